@@ -1,0 +1,5 @@
+import sys
+
+from callhook.cli import main
+
+sys.exit(main())

@@ -1,0 +1,127 @@
+"""Reading settings from an environment mapping, collecting every problem before failing.
+
+Each component's ``config.py`` builds its frozen settings object with one :class:`EnvReader`; the reader
+never raises on a bad value, it records the problem and returns a harmless placeholder, and ``finish()``
+raises one :class:`ConfigError` that lists them all, so a person fixes a deployment in one round.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from yarl import URL
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """One or more settings are missing or invalid; ``problems`` has one line per setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class EnvReader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.problems: list[str] = []
+
+    def _raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def _parse(self, name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is not {expected}")
+            return default
+
+    def required_str(self, name: str, *, secret: bool = False) -> str:
+        raw = self._raw(name)
+        if raw is None:
+            self.problems.append(f"{name} is required")
+            return ""
+        return raw
+
+    def str(self, name: str, default: str) -> str:
+        return self._raw(name) or default
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if raw.lower() not in choices:
+            self.problems.append(f"{name}={raw!r} must be one of {', '.join(choices)}")
+            return default
+        return raw.lower()
+
+    def int(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        value = self._parse(name, default, int, "an integer")
+        self._check_range(name, value, minimum, maximum)
+        return value
+
+    def float(
+        self, name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
+    ) -> float:
+        value = self._parse(name, default, float, "a number")
+        self._check_range(name, value, minimum, maximum)
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        return self._parse(name, default, _parse_bool, "a boolean (true/false)")
+
+    def list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+    def required_list(self, name: str) -> tuple[str, ...]:
+        items = self.list(name)
+        if not items:
+            self.problems.append(f"{name} is required (comma-separated)")
+        return items
+
+    def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:
+        raw = self._raw(name) or default
+        url = URL(raw)
+        if url.scheme not in schemes or not url.host:
+            self.problems.append(f"{name} must be a {'/'.join(schemes)} URL with a host")
+        return raw
+
+    def ip_list(self, name: str) -> tuple[str, ...]:
+        items = self.list(name)
+        for item in items:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                self.problems.append(f"{name}: {item!r} is not an IP address")
+        return items
+
+    def _check_range(self, name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+        if minimum is not None and value < minimum:
+            self.problems.append(f"{name}={value} must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            self.problems.append(f"{name}={value} must be <= {maximum}")
+
+    def finish(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

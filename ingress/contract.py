@@ -1,0 +1,144 @@
+"""The broker contract between the ingress and the workers: names, headers, queue arguments.
+
+Standard library only, so that anything (the ingress, the worker, tests, the Helm chart's tests) can import it
+without dragging a broker client in. Queue arguments live here as constants because RabbitMQ refuses a second
+declaration of a queue whose arguments differ: every process must declare exactly the same thing.
+
+Topology (see docs/architecture.md)::
+
+    ingress ──▶ [callhook.webhooks] (quorum) ──router──▶ callhook.calls (direct, key = call id)
+                      │ delivery limit                      │ bound: callhook.call.<id> (owner's exclusive mailbox)
+                      ▼                                     │ unbound: alternate exchange
+                 callhook.dead ◀── poison                   ▼
+                                                  callhook.unclaimed (fanout) ──▶ [callhook.calls.unclaimed]
+                                                                                       │ TTL, dead-letter
+                                                                                       ▼
+                                                                               [callhook.calls.expired]
+    router ──▶ callhook.events (topic, key = change field or call.*) ──▶ integrators' queues
+    [callhook.calls.retry] : TTL, dead-letters back into callhook.calls (events that beat their owner)
+    [callhook.dials]       : outgoing call commands, taken by a worker with free capacity
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Final
+
+# Exchanges
+CALLS_EXCHANGE: Final = "callhook.calls"
+UNCLAIMED_EXCHANGE: Final = "callhook.unclaimed"
+EVENTS_EXCHANGE: Final = "callhook.events"
+DEAD_EXCHANGE: Final = "callhook.dead"
+
+# Queues
+WEBHOOKS_QUEUE: Final = "callhook.webhooks"
+DEAD_QUEUE: Final = "callhook.dead"
+UNCLAIMED_QUEUE: Final = "callhook.calls.unclaimed"
+EXPIRED_QUEUE: Final = "callhook.calls.expired"
+RETRY_QUEUE: Final = "callhook.calls.retry"
+DIALS_QUEUE: Final = "callhook.dials"
+MAILBOX_PREFIX: Final = "callhook.call."
+
+# Message headers (AMQP header table keys)
+HEADER_RECEIVED_AT: Final = "x-callhook-received-at"  # float unix seconds at the ingress
+HEADER_APP_SECRET_ID: Final = "x-callhook-app-secret-id"  # fingerprint of the app secret that matched
+HEADER_DEAD_REASON: Final = "x-callhook-dead-reason"  # why a message was dead-lettered by callhook
+HEADER_DEAD_SOURCE: Final = "x-callhook-dead-source"  # which stage dead-lettered it
+HEADER_ATTEMPT: Final = "x-callhook-attempt"  # delayed-retry count of a call event
+HEADER_REQUEST_ID: Final = "x-callhook-request-id"  # id of a dial request (API or CLI)
+
+WEBHOOK_CONTENT_TYPE: Final = "application/json"
+
+# Timing constants baked into queue arguments (identical in every process, see module docstring).
+WEBHOOK_DELIVERY_LIMIT: Final = 5
+# Unclaimed call events expire a little before Meta's shortest answer window (30 s), leaving time to reject.
+UNCLAIMED_TTL_MS: Final = 20_000
+# Events of a call whose owner has not claimed it yet (outgoing call: webhook before the connect response).
+RETRY_DELAY_MS: Final = 250
+RETRY_MAX_ATTEMPTS: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    arguments: dict[str, str | int] = field(default_factory=dict)
+    bind_to: str | None = None
+    routing_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    name: str
+    kind: str  # direct | fanout | topic
+    arguments: dict[str, str | int] = field(default_factory=dict)
+
+
+def _quorum(**extra: str | int) -> dict[str, str | int]:
+    return {"x-queue-type": "quorum", **extra}
+
+
+def _dead_lettered(**extra: str | int) -> dict[str, str | int]:
+    # at-least-once dead-lettering needs reject-publish overflow (RabbitMQ >= 3.10).
+    return _quorum(
+        **{
+            "x-dead-letter-exchange": DEAD_EXCHANGE,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+        **extra,
+    )
+
+
+EXCHANGES: Final[tuple[ExchangeSpec, ...]] = (
+    ExchangeSpec(DEAD_EXCHANGE, "fanout"),
+    ExchangeSpec(UNCLAIMED_EXCHANGE, "fanout"),
+    ExchangeSpec(CALLS_EXCHANGE, "direct", {"alternate-exchange": UNCLAIMED_EXCHANGE}),
+    ExchangeSpec(EVENTS_EXCHANGE, "topic"),
+)
+
+QUEUES: Final[tuple[QueueSpec, ...]] = (
+    QueueSpec(DEAD_QUEUE, _quorum(), bind_to=DEAD_EXCHANGE),
+    QueueSpec(WEBHOOKS_QUEUE, _dead_lettered(**{"x-delivery-limit": WEBHOOK_DELIVERY_LIMIT})),
+    QueueSpec(EXPIRED_QUEUE, _quorum()),
+    QueueSpec(
+        UNCLAIMED_QUEUE,
+        _quorum(
+            **{
+                "x-message-ttl": UNCLAIMED_TTL_MS,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": EXPIRED_QUEUE,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            }
+        ),
+        bind_to=UNCLAIMED_EXCHANGE,
+    ),
+    QueueSpec(
+        RETRY_QUEUE,
+        _quorum(
+            **{
+                "x-message-ttl": RETRY_DELAY_MS,
+                "x-dead-letter-exchange": CALLS_EXCHANGE,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            }
+        ),
+    ),
+    QueueSpec(DIALS_QUEUE, _dead_lettered(**{"x-delivery-limit": WEBHOOK_DELIVERY_LIMIT})),
+)
+
+
+def mailbox_queue(call_id: str) -> str:
+    """Name of the exclusive queue that is both the claim on a call and its owner's mailbox."""
+    return MAILBOX_PREFIX + call_id
+
+
+def message_id(body: bytes) -> str:
+    """Meta's retries of one delivery carry the same bytes, so they share this id."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def secret_id(secret: str) -> str:
+    """A short, non-reversible tag telling which configured app secret matched (never the secret)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:12]

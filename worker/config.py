@@ -1,0 +1,74 @@
+"""The worker's settings: one frozen object parsed once from an environment mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from callhook.env import EnvReader
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    amqp_url: str = DEFAULT_AMQP_URL
+    log_level: str = "info"
+    log_format: str = "json"
+    # calls
+    max_calls: int = 40
+    app: str = "echo"
+    answer_deadline_seconds: float = 30.0
+    media_connect_timeout_seconds: float = 10.0
+    media_silence_timeout_seconds: float = 10.0
+    tombstone_seconds: float = 120.0
+    drain_timeout_seconds: float = 120.0
+    # Graph API
+    graph_url: str = "https://graph.facebook.com"
+    graph_version: str = "v23.0"
+    access_token: str = field(default="", repr=False)
+    graph_timeout_seconds: float = 5.0
+    # media
+    ice_servers: tuple[str, ...] = ()
+    turn_username: str = ""
+    turn_credential: str = field(default="", repr=False)
+    ice_host_addresses: tuple[str, ...] = ()
+    # observability
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9100
+
+
+def load(env: Mapping[str, str]) -> WorkerConfig:
+    """Parse the worker's settings; raises :class:`callhook.env.ConfigError` listing every problem."""
+    r = EnvReader(env)
+    config = WorkerConfig(
+        amqp_url=r.url("CALLHOOK_AMQP_URL", DEFAULT_AMQP_URL, schemes=("amqp", "amqps")),
+        log_level=r.choice("CALLHOOK_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        log_format=r.choice("CALLHOOK_LOG_FORMAT", "json", ("json", "console")),
+        max_calls=r.int("CALLHOOK_MAX_CALLS", 40, minimum=1, maximum=10_000),
+        app=r.str("CALLHOOK_APP", "echo"),
+        answer_deadline_seconds=r.float("CALLHOOK_ANSWER_DEADLINE_SECONDS", 30.0, minimum=1, maximum=120),
+        media_connect_timeout_seconds=r.float(
+            "CALLHOOK_MEDIA_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=60
+        ),
+        media_silence_timeout_seconds=r.float(
+            "CALLHOOK_MEDIA_SILENCE_TIMEOUT_SECONDS", 10.0, minimum=0.5, maximum=600
+        ),
+        tombstone_seconds=r.float("CALLHOOK_TOMBSTONE_SECONDS", 120.0, minimum=1, maximum=3600),
+        drain_timeout_seconds=r.float("CALLHOOK_DRAIN_TIMEOUT_SECONDS", 120.0, minimum=0, maximum=86_400),
+        graph_url=r.url("CALLHOOK_GRAPH_URL", "https://graph.facebook.com", schemes=("http", "https")),
+        graph_version=r.str("CALLHOOK_GRAPH_VERSION", "v23.0"),
+        access_token=r.required_str("CALLHOOK_ACCESS_TOKEN", secret=True),
+        graph_timeout_seconds=r.float("CALLHOOK_GRAPH_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=60),
+        ice_servers=r.list("CALLHOOK_ICE_SERVERS"),
+        turn_username=r.str("CALLHOOK_TURN_USERNAME", ""),
+        turn_credential=r.str("CALLHOOK_TURN_CREDENTIAL", ""),
+        ice_host_addresses=r.ip_list("CALLHOOK_ICE_HOST_ADDRESSES"),
+        metrics_host=r.str("CALLHOOK_METRICS_HOST", "0.0.0.0"),
+        metrics_port=r.int("CALLHOOK_METRICS_PORT", 9100, minimum=0, maximum=65535),
+    )
+    for server in config.ice_servers:
+        if not server.startswith(("stun:", "turn:", "turns:")):
+            r.problems.append(f"CALLHOOK_ICE_SERVERS: {server!r} must start with stun:, turn: or turns:")
+    r.finish()
+    return config

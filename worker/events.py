@@ -1,0 +1,123 @@
+"""Normalized events: what the router makes of Meta's webhooks, and what a call's owner consumes.
+
+Pure (msgspec only). The router publishes each per-call event to ``callhook.calls`` (routing key = call id) as
+JSON with a ``type`` tag; the owner decodes it with :data:`call_event_decoder`. Values Meta may extend
+(``status``) are normalized to lower case and kept as ``str``, so a new value is counted, not a poison message.
+Times are unix seconds; ``0`` means the webhook did not say.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Direction = Literal["incoming", "outgoing"]
+
+
+class CallConnect(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="connect"):
+    """``connect``: an incoming call's offer, or the answer to a call the business placed."""
+
+    call_id: str
+    phone_number_id: str
+    direction: Direction
+    caller: str  # Meta's ``from``
+    callee: str  # Meta's ``to``
+    timestamp: int
+    sdp_type: str  # "offer" (incoming) or "answer" (outgoing)
+    sdp: str
+    display_phone_number: str = ""
+    waba_id: str = ""
+    contact_name: str | None = None
+    contact_wa_id: str | None = None
+    biz_opaque_callback_data: str | None = None
+    deeplink_payload: str | None = None
+    cta_payload: str | None = None
+
+
+class CallTerminate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="terminate"):
+    """``terminate``: the call ended on Meta's side (either party hung up, or it failed)."""
+
+    call_id: str
+    phone_number_id: str
+    timestamp: int
+    status: str  # "completed" | "failed" | whatever Meta adds, lower case
+    direction: Direction | None = None
+    start_time: int | None = None
+    end_time: int | None = None
+    duration_seconds: int | None = None
+    biz_opaque_callback_data: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    waba_id: str = ""
+
+
+class CallStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="status"):
+    """``statuses[]`` of a business-initiated call: ringing, accepted, rejected (lower case)."""
+
+    call_id: str
+    phone_number_id: str
+    timestamp: int
+    status: str
+    recipient_id: str | None = None
+    biz_opaque_callback_data: str | None = None
+    waba_id: str = ""
+
+
+class HangupRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="hangup"):
+    """Not from Meta: an integrator asked (HTTP API) that a live call be ended by its owner."""
+
+    call_id: str
+    request_id: str = ""
+    timestamp: int = 0
+
+
+CallEvent = CallConnect | CallTerminate | CallStatus | HangupRequest
+
+
+class CallNotice(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A known call event nobody has to act on (``call_created``, recording/transcription available).
+
+    Published to ``callhook.events`` as ``call.<event>`` for integrators, with Meta's item unchanged.
+    """
+
+    call_id: str
+    event: str
+    phone_number_id: str
+    timestamp: int
+    item: msgspec.Raw
+
+
+class PermissionReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A user's answer to a call permission request (an interactive ``messages`` reply)."""
+
+    phone_number_id: str
+    user: str  # the user's wa id (``from`` of the message)
+    response: str  # "accept" | "reject" (lower case)
+    timestamp: int
+    is_permanent: bool = False
+    expiration_timestamp: int | None = None
+    response_source: str | None = None
+    message_id: str = ""
+
+
+class Passthrough(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A change that is not about calls (messages, account updates, ...): passed on under its ``field``."""
+
+    field: str
+    value: msgspec.Raw
+    waba_id: str = ""
+
+
+class Skipped(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An item decoding chose to skip (unknown call event, item without an id): counted, never fatal."""
+
+    field: str
+    kind: str  # e.g. "unknown_call_event:<event>", "call_without_id"
+    call_id: str | None = None
+
+
+Event = CallConnect | CallTerminate | CallStatus | CallNotice | PermissionReply | Passthrough | Skipped
+
+call_event_encoder = msgspec.json.Encoder()
+call_event_decoder: msgspec.json.Decoder[CallEvent] = msgspec.json.Decoder(CallEvent)

@@ -1,0 +1,160 @@
+"""Every Prometheus metric a worker exports, created on a registry that is passed in (no globals).
+
+Names are prefixed ``callhook_``, carry their unit, and never label by call id or phone number. The Helm chart's
+alerts, scaler and dashboard use these names; ``tests/helm`` checks them against a scrape of a running worker.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Buckets for latencies dominated by local work and one HTTP round trip (seconds).
+FAST_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        # router stage
+        self.webhook_lag = Histogram(
+            "callhook_webhook_lag_seconds",
+            "Ingress receipt of a webhook to its decoding by a router.",
+            buckets=FAST_BUCKETS,
+            registry=registry,
+        )
+        self.router_webhooks = Counter(
+            "callhook_router_webhooks_total",
+            "Webhooks consumed by the router, by outcome (ok, poison).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.router_events = Counter(
+            "callhook_router_events_total",
+            "Normalized events the router published, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.router_skipped = Counter(
+            "callhook_router_skipped_total",
+            "Webhook items skipped while decoding (unknown events), by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "callhook_dead_letters_total",
+            "Messages callhook dead-lettered, by stage and reason.",
+            ["source", "reason"],
+            registry=registry,
+        )
+        # ownership
+        self.claims = Counter(
+            "callhook_call_claims_total",
+            "Claims on calls by outcome (claimed, duplicate, tombstone).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.dropped_events = Counter(
+            "callhook_call_events_dropped_total",
+            "Call events dropped, by reason (duplicate, stale, orphan, tombstoned, unknown_status).",
+            ["reason"],
+            registry=registry,
+        )
+        self.orphans = Counter(
+            "callhook_orphan_events_total",
+            "Call events that no owner claimed after their retries, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.overflow = Counter(
+            "callhook_calls_overflow_total",
+            "Incoming calls rejected because no worker had room in time.",
+            registry=registry,
+        )
+        # calls
+        self.setup_seconds = Histogram(
+            "callhook_call_setup_seconds",
+            "Ingress receipt of the connect webhook to a setup stage (pre_accept, media_connected, accept).",
+            ["direction", "stage"],
+            buckets=FAST_BUCKETS,
+            registry=registry,
+        )
+        self.graph_duration = Histogram(
+            "callhook_graph_request_duration_seconds",
+            "Graph API requests by action and outcome.",
+            ["action", "outcome"],
+            buckets=FAST_BUCKETS,
+            registry=registry,
+        )
+        self.graph_errors = Counter(
+            "callhook_graph_errors_total",
+            "Graph API errors by action and Meta error code.",
+            ["action", "code"],
+            registry=registry,
+        )
+        self.calls_active = Gauge(
+            "callhook_calls_active", "Calls this worker owns right now.", registry=registry
+        )
+        self.calls_capacity = Gauge(
+            "callhook_calls_capacity",
+            "Calls this worker may own at once (CALLHOOK_MAX_CALLS).",
+            registry=registry,
+        )
+        self.calls = Counter(
+            "callhook_calls_total",
+            "Calls ended, by direction and outcome.",
+            ["direction", "outcome"],
+            registry=registry,
+        )
+        self.call_duration = Histogram(
+            "callhook_call_duration_seconds",
+            "Answered calls from accept to end.",
+            ["direction"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.media_frames = Counter(
+            "callhook_media_frames_total",
+            "Audio frames received from (in) and sent to (out) callers.",
+            ["direction"],
+            registry=registry,
+        )
+        self.media_packets_lost = Counter(
+            "callhook_media_packets_lost_total",
+            "RTP packets lost on inbound audio (RTCP receiver reports).",
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "callhook_event_loop_lag_seconds",
+            "Event-loop scheduling lag, sampled periodically.",
+            buckets=FAST_BUCKETS,
+            registry=registry,
+        )
+        self.draining = Gauge(
+            "callhook_worker_draining", "1 while the worker drains before exit.", registry=registry
+        )
+        self.lifecycle_events = Counter(
+            "callhook_lifecycle_events_total",
+            "Call lifecycle events published for integrators, by type.",
+            ["event"],
+            registry=registry,
+        )
