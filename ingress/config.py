@@ -1,0 +1,78 @@
+"""The ingress's settings: one frozen object parsed once from an environment mapping.
+
+Secrets (the app secrets, the verify token and the AMQP URL, which carries a password) are excluded from
+``repr``; log :attr:`IngressConfig.amqp_url_redacted` instead of the URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from yarl import URL
+
+from callhook.env import EnvReader
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# Meta's bodies are "at most about 3 MB"; leave headroom so a legitimate large batch is never refused.
+DEFAULT_MAX_BODY_BYTES = 3_500_000
+
+
+@dataclass(frozen=True, slots=True)
+class IngressConfig:
+    app_secrets: tuple[str, ...] = field(repr=False)
+    verify_token: str = field(repr=False)
+    amqp_url: str = field(default=DEFAULT_AMQP_URL, repr=False)
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # More concurrent requests than this are answered 503 at once: bounds memory (bodies are held until
+    # confirmed) and keeps latency from collapsing under overload; Meta retries.
+    max_inflight_requests: int = 2_000
+    log_level: str = "info"
+    log_format: str = "json"
+    # broker
+    publish_confirm_timeout_seconds: float = 5.0
+    connect_timeout_seconds: float = 5.0
+    reconnect_initial_seconds: float = 0.2
+    reconnect_max_seconds: float = 5.0
+    # shutdown: readiness fails at once; the listener stays open for shutdown_delay_seconds (so load balancers
+    # stop sending), then in-flight requests get up to shutdown_grace_seconds before the broker is closed.
+    shutdown_delay_seconds: float = 2.0
+    shutdown_grace_seconds: float = 10.0
+
+    @property
+    def amqp_url_redacted(self) -> str:
+        return str(URL(self.amqp_url).with_password(None).with_user(None))
+
+
+def load(env: Mapping[str, str]) -> IngressConfig:
+    """Parse the ingress's settings; raises :class:`callhook.env.ConfigError` listing every problem."""
+    r = EnvReader(env)
+    config = IngressConfig(
+        app_secrets=r.required_list("CALLHOOK_APP_SECRETS"),
+        verify_token=r.required_str("CALLHOOK_VERIFY_TOKEN", secret=True),
+        amqp_url=r.url("CALLHOOK_AMQP_URL", DEFAULT_AMQP_URL, schemes=("amqp", "amqps")),
+        host=r.str("CALLHOOK_INGRESS_HOST", "0.0.0.0"),
+        port=r.int("CALLHOOK_INGRESS_PORT", 8080, minimum=0, maximum=65535),
+        max_body_bytes=r.int("CALLHOOK_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1, maximum=2**30),
+        max_inflight_requests=r.int("CALLHOOK_MAX_INFLIGHT_REQUESTS", 2_000, minimum=1, maximum=1_000_000),
+        log_level=r.choice("CALLHOOK_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+        log_format=r.choice("CALLHOOK_LOG_FORMAT", "json", ("json", "console")),
+        publish_confirm_timeout_seconds=r.float(
+            "CALLHOOK_PUBLISH_CONFIRM_TIMEOUT_SECONDS", 5.0, minimum=0.01, maximum=60
+        ),
+        connect_timeout_seconds=r.float("CALLHOOK_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=120),
+        reconnect_initial_seconds=r.float(
+            "CALLHOOK_RECONNECT_INITIAL_SECONDS", 0.2, minimum=0.01, maximum=60
+        ),
+        reconnect_max_seconds=r.float("CALLHOOK_RECONNECT_MAX_SECONDS", 5.0, minimum=0.01, maximum=300),
+        shutdown_delay_seconds=r.float("CALLHOOK_SHUTDOWN_DELAY_SECONDS", 2.0, minimum=0, maximum=300),
+        shutdown_grace_seconds=r.float("CALLHOOK_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0, maximum=600),
+    )
+    if config.reconnect_max_seconds < config.reconnect_initial_seconds:
+        r.problems.append("CALLHOOK_RECONNECT_MAX_SECONDS must be >= CALLHOOK_RECONNECT_INITIAL_SECONDS")
+    if len(set(config.app_secrets)) != len(config.app_secrets):
+        r.problems.append("CALLHOOK_APP_SECRETS lists the same secret twice")
+    r.finish()
+    return config
