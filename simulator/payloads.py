@@ -1,0 +1,270 @@
+"""Webhook bodies exactly as Meta shapes them (see shared/reference/whatsapp-calling.md). Pure.
+
+An :class:`Update` is one item Meta would report (a call event, a call status, a message) together with the
+change it belongs to. :func:`envelope` puts one or many updates into one body
+(``entry[] x changes[] x items``), grouping items of the same business number and field into one change as
+Meta does when it batches, and :func:`encode` serialises it the way Meta does: compact, ASCII-only
+(``\\u00e4``), slashes escaped (``\\/``). :func:`signature` is the ``X-Hub-Signature-256`` value over those
+exact bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+OBJECT = "whatsapp_business_account"
+USER_INITIATED = "USER_INITIATED"
+BUSINESS_INITIATED = "BUSINESS_INITIATED"
+_ITEM_KEYS = ("calls", "statuses", "messages")
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessNumber:
+    phone_number_id: str
+    display_phone_number: str
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    wa_id: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One webhook item and where it goes: ``entry[id=waba_id].changes[field].value[items_key][]``."""
+
+    kind: str  # "connect" | "terminate" | "status" | "message": what the journal calls it
+    waba_id: str
+    number: BusinessNumber
+    field: str  # "calls" | "messages"
+    items_key: str  # "calls" | "statuses" | "messages"
+    item: dict[str, Any]
+    call_id: str | None = None
+    contact: Contact | None = None
+    errors: tuple[dict[str, Any], ...] = ()
+
+
+def new_call_id() -> str:
+    """``wacid.`` + URL-safe base64, like Meta's (``wacid.HBgLMTIx...``, sometimes padded)."""
+    return "wacid." + base64.urlsafe_b64encode(b"\x1c\x18\x0b" + os.urandom(25)).decode("ascii")
+
+
+def new_message_id() -> str:
+    return "wamid." + base64.b64encode(b"\x15\x02\x00\x11\x18\x12" + os.urandom(18)).decode("ascii")
+
+
+def call_connect(
+    *,
+    waba_id: str,
+    number: BusinessNumber,
+    call_id: str,
+    user: Contact,
+    direction: str,
+    timestamp: int,
+    sdp_type: str,
+    sdp: str,
+    biz_opaque_callback_data: str | None = None,
+) -> Update:
+    """``connect``: the user's offer (USER_INITIATED) or the user's answer (BUSINESS_INITIATED)."""
+    caller, callee = _parties(direction, number, user)
+    item: dict[str, Any] = {
+        "id": call_id,
+        "from": caller,
+        "to": callee,
+        "event": "connect",
+        "timestamp": str(timestamp),
+        "direction": direction,
+        "session": {"sdp_type": sdp_type, "sdp": sdp},
+    }
+    if biz_opaque_callback_data is not None:
+        item["biz_opaque_callback_data"] = biz_opaque_callback_data
+    return Update("connect", waba_id, number, "calls", "calls", item, call_id, user)
+
+
+def call_terminate(
+    *,
+    waba_id: str,
+    number: BusinessNumber,
+    call_id: str,
+    user: Contact,
+    direction: str,
+    timestamp: int,
+    status: str,
+    start_time: int | None = None,
+    end_time: int | None = None,
+    biz_opaque_callback_data: str | None = None,
+    error: tuple[int, str, str] | None = None,
+) -> Update:
+    """``terminate``; ``start_time``/``end_time``/``duration`` only when the call was picked up."""
+    caller, callee = _parties(direction, number, user)
+    item: dict[str, Any] = {
+        "id": call_id,
+        "from": caller,
+        "to": callee,
+        "event": "terminate",
+        "direction": direction,
+        "timestamp": str(timestamp),
+        "status": status,
+    }
+    if start_time is not None and end_time is not None:
+        item["start_time"] = str(start_time)
+        item["end_time"] = str(end_time)
+        item["duration"] = max(0, end_time - start_time)
+    if biz_opaque_callback_data is not None:
+        item["biz_opaque_callback_data"] = biz_opaque_callback_data
+    errors: tuple[dict[str, Any], ...] = ()
+    if error is not None:
+        code, title, details = error
+        errors = (
+            {
+                "code": code,
+                "message": title,
+                "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
+                "error_data": {"details": details},
+            },
+        )
+    return Update("terminate", waba_id, number, "calls", "calls", item, call_id, user, errors)
+
+
+def call_status(
+    *,
+    waba_id: str,
+    number: BusinessNumber,
+    call_id: str,
+    user: Contact,
+    status: str,
+    timestamp: int,
+    biz_opaque_callback_data: str | None = None,
+) -> Update:
+    """``statuses[]`` of a business-initiated call: RINGING, ACCEPTED or REJECTED."""
+    item: dict[str, Any] = {
+        "id": call_id,
+        "type": "call",
+        "status": status,
+        "timestamp": str(timestamp),
+        "recipient_id": user.wa_id,
+    }
+    if biz_opaque_callback_data is not None:
+        item["biz_opaque_callback_data"] = biz_opaque_callback_data
+    return Update(f"status:{status}", waba_id, number, "calls", "statuses", item, call_id, user)
+
+
+def permission_reply(
+    *,
+    waba_id: str,
+    number: BusinessNumber,
+    user: Contact,
+    request_message_id: str,
+    timestamp: int,
+    response: str,
+    is_permanent: bool = False,
+    expiration_timestamp: int | None = None,
+) -> Update:
+    """The user's answer to an interactive ``call_permission_request`` (``field: messages``)."""
+    reply: dict[str, Any] = {"response": response}
+    if response == "accept":
+        reply["is_permanent"] = is_permanent
+        if expiration_timestamp is not None:
+            reply["expiration_timestamp"] = expiration_timestamp
+    reply["response_source"] = "user_action"
+    item = {
+        "context": {"from": number.display_phone_number, "id": request_message_id},
+        "from": user.wa_id,
+        "id": new_message_id(),
+        "timestamp": str(timestamp),
+        "type": "interactive",
+        "interactive": {"type": "call_permission_reply", "call_permission_reply": reply},
+    }
+    return Update("message", waba_id, number, "messages", "messages", item, None, user)
+
+
+def _parties(direction: str, number: BusinessNumber, user: Contact) -> tuple[str, str]:
+    if direction == USER_INITIATED:
+        return user.wa_id, number.display_phone_number
+    return number.display_phone_number, user.wa_id
+
+
+def envelope(updates: Sequence[Update]) -> dict[str, Any]:
+    """One webhook body holding ``updates``: one entry per WABA, one change per (number, field) run.
+
+    Items carrying ``errors`` get a change of their own, because ``errors`` sits on the change's value and
+    would otherwise be read as belonging to the other items.
+    """
+    entries: dict[str, list[dict[str, Any]]] = {}
+    open_changes: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for update in updates:
+        changes = entries.setdefault(update.waba_id, [])
+        key = (update.waba_id, update.number.phone_number_id, update.field)
+        value = None if update.errors else open_changes.get(key)
+        if value is None:
+            value = _new_value(update)
+            changes.append({"value": value, "field": update.field})
+            if not update.errors:
+                open_changes[key] = value
+        _add_item(value, update)
+    return {
+        "object": OBJECT,
+        "entry": [{"id": waba_id, "changes": changes} for waba_id, changes in entries.items()],
+    }
+
+
+def _new_value(update: Update) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {
+            "display_phone_number": update.number.display_phone_number,
+            "phone_number_id": update.number.phone_number_id,
+        },
+    }
+    if update.errors:
+        value["errors"] = list(update.errors)
+    return value
+
+
+def _add_item(value: dict[str, Any], update: Update) -> None:
+    if update.contact is not None:
+        contacts: list[dict[str, Any]] = value.setdefault("contacts", [])
+        contact = _contact_json(update.contact)
+        if contact not in contacts:
+            contacts.append(contact)
+    value.setdefault(update.items_key, []).append(update.item)
+    # Keep Meta's key order: metadata, contacts, items, errors.
+    for key in (*_ITEM_KEYS, "errors"):
+        if key in value:
+            value[key] = value.pop(key)
+
+
+def _contact_json(contact: Contact) -> dict[str, Any]:
+    if contact.name is None:
+        return {"wa_id": contact.wa_id}
+    return {"profile": {"name": contact.name}, "wa_id": contact.wa_id}
+
+
+def encode(body: dict[str, Any], *, escape_slashes: bool = True) -> bytes:
+    """Meta's serialisation: compact, escaped unicode, and ``/`` written as ``\\/``."""
+    text = json.dumps(body, ensure_ascii=True, separators=(",", ":"))
+    if escape_slashes:
+        text = text.replace("/", "\\/")
+    return text.encode("ascii")
+
+
+def signature(body: bytes, app_secret: str) -> str:
+    """``X-Hub-Signature-256`` header value: ``sha256=`` + lowercase hex HMAC-SHA256 of the exact bytes."""
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_sha1(body: bytes, app_secret: str) -> str:
+    """The legacy ``X-Hub-Signature`` header Meta still sends alongside."""
+    return "sha1=" + hmac.new(app_secret.encode(), body, hashlib.sha1).hexdigest()
+
+
+def kinds(updates: Iterable[Update]) -> tuple[str, ...]:
+    return tuple(update.kind for update in updates)

@@ -1,0 +1,188 @@
+"""The phone's test signal and the analysis of what the phone heard. Pure (numpy only).
+
+Design: a never-repeating (within ten minutes) sequence of 100 ms tones drawn from twelve frequencies in the
+telephone band (400-2900 Hz, at least 150 Hz apart), each faded in and out over 5 ms, at -10 dBFS. It survives
+Opus at any bitrate and a 16 kHz cap, and it is verifiable two ways:
+
+* *alignment*: the tone sequence is pseudo-random, so its cross-correlation with a delayed copy has a single
+  sharp peak; the peak's lag says which part of the signal was heard and, with the send/arrival times of the
+  frames, the audio round trip of an echo;
+* *content*: after alignment, every whole 100 ms tone heard must have its dominant frequency within 4 % (25 Hz
+  at least) of the tone that was played.
+
+The signal is defined for any sample rate, so the phone renders 48 kHz frames to send and the analysis renders
+the same stretch at 16 kHz (:data:`ANALYSIS_RATE`) to compare with what was heard, downsampled the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+Samples = npt.NDArray[np.float32]
+Times = npt.NDArray[np.float64]
+
+SEND_RATE = 48_000
+ANALYSIS_RATE = 16_000
+FRAME_SECONDS = 0.02
+SYMBOL_SECONDS = 0.1
+FREQUENCIES_HZ: tuple[float, ...] = (400, 550, 700, 850, 1000, 1200, 1400, 1650, 1900, 2200, 2500, 2900)
+AMPLITUDE = 0.3
+FADE_SECONDS = 0.005
+PERIOD_SYMBOLS = 6000  # ten minutes before the sequence repeats
+
+MIN_CORRELATION = 0.5
+MIN_MATCH_RATIO = 0.8
+MIN_WINDOWS = 3
+MAX_LAG_SECONDS = 10.0  # heard audio is looked for at most this far into the played signal
+_SILENCE_RMS = 0.01
+
+
+class TestSignal:
+    """A deterministic tone sequence; ``seed`` picks the sequence, so two phones can play different ones."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, seed: int = 1) -> None:
+        rng = np.random.default_rng(seed)
+        steps = rng.integers(1, len(FREQUENCIES_HZ), size=PERIOD_SYMBOLS)
+        # Each step moves to a different tone, so no two neighbouring symbols are equal.
+        self.symbols = np.cumsum(steps) % len(FREQUENCIES_HZ)
+        self._frequencies = np.asarray(FREQUENCIES_HZ, dtype=np.float64)
+
+    def render(self, start: int, count: int, rate: int) -> Samples:
+        """Samples ``start .. start+count`` of the signal at ``rate`` Hz, float32 in [-1, 1]."""
+        index = np.arange(start, start + count, dtype=np.int64)
+        per_symbol = round(rate * SYMBOL_SECONDS)
+        symbol = (index // per_symbol) % PERIOD_SYMBOLS
+        within = (index % per_symbol).astype(np.float64)
+        fade = rate * FADE_SECONDS
+        envelope = np.clip(np.minimum(within, per_symbol - 1 - within) / fade, 0.0, 1.0)
+        phase = 2.0 * np.pi * self._frequencies[self.symbols[symbol]] * (index / rate)
+        return (AMPLITUDE * envelope * np.sin(phase)).astype(np.float32)
+
+    def frequency(self, symbol_index: int) -> float:
+        return float(self._frequencies[self.symbols[symbol_index % PERIOD_SYMBOLS]])
+
+    def symbol_frequencies(self, first: int, count: int) -> npt.NDArray[np.float64]:
+        return self._frequencies[self.symbols[np.arange(first, first + count) % PERIOD_SYMBOLS]]
+
+
+def downsample_48k_to_16k(samples: npt.ArrayLike) -> Samples:
+    """Average groups of three: a cheap low-pass + decimation used on both the sent and heard sides."""
+    values: Samples = np.asarray(samples, dtype=np.float32)
+    usable = len(values) - len(values) % 3
+    means: Samples = values[:usable].reshape(-1, 3).mean(axis=1, dtype=np.float32)
+    return means
+
+
+@dataclass(frozen=True, slots=True)
+class AudioReport:
+    """What the phone heard compared with what it played (an echo of itself)."""
+
+    seconds_played: float
+    seconds_heard: float
+    correlation: float  # Pearson correlation of heard vs played over the aligned overlap
+    windows_compared: int  # whole 100 ms tones inside the overlap
+    windows_matched: int  # of those, dominant frequency within tolerance
+    offset_seconds: float | None  # heard[0] lines up with the played signal at this time
+    round_trip_seconds: float | None  # median frame send -> echo arrival
+    matched: bool
+
+    @property
+    def match_ratio(self) -> float:
+        return self.windows_matched / self.windows_compared if self.windows_compared else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """Inputs to :func:`analyse`: played frames' send times, heard samples and their frames' arrival times.
+
+    ``sent_times[k]`` is when played frame ``k`` (samples ``k*frame .. (k+1)*frame`` at the analysis rate) was
+    handed to the encoder; ``heard_ends[j]`` is the index just past heard frame ``j`` in ``heard`` and
+    ``heard_times[j]`` its arrival time. All times on one monotonic clock.
+    """
+
+    sent_times: Times
+    heard: Samples
+    heard_ends: npt.NDArray[np.int64]
+    heard_times: Times
+
+
+def analyse(signal: TestSignal, recording: Recording, rate: int = ANALYSIS_RATE) -> AudioReport:
+    """Align the heard audio on the played signal, check each tone, and measure the round trip."""
+    frame = round(rate * FRAME_SECONDS)
+    heard = recording.heard
+    usable_frames = (len(heard) + round(MAX_LAG_SECONDS * rate)) // frame
+    played_count = min(len(recording.sent_times), usable_frames) * frame
+    seconds_played = len(recording.sent_times) * FRAME_SECONDS
+    seconds_heard = len(heard) / rate
+    if played_count == 0 or len(heard) < frame:
+        return AudioReport(seconds_played, seconds_heard, 0.0, 0, 0, None, None, False)
+    played = signal.render(0, played_count, rate)
+    shift = _best_shift(heard, played)
+    correlation = _overlap_correlation(heard, played, shift)
+    compared, matched = _compare_tones(signal, heard, shift, played_count, rate)
+    rtt = _round_trip(recording, shift, frame, played_count)
+    ok = correlation >= MIN_CORRELATION and compared >= MIN_WINDOWS and matched >= MIN_MATCH_RATIO * compared
+    return AudioReport(seconds_played, seconds_heard, correlation, compared, matched, shift / rate, rtt, ok)
+
+
+def _best_shift(heard: Samples, played: Samples) -> int:
+    """``s`` maximising sum(heard[n] * played[n + s]), via one FFT cross-correlation."""
+    size = 1 << int(np.ceil(np.log2(len(heard) + len(played))))
+    spectrum = np.conj(np.fft.rfft(heard, size)) * np.fft.rfft(played, size)
+    correlation = np.fft.irfft(spectrum, size)
+    # Lags 0..len(played)-1 sit at the start, negative lags wrap to the end.
+    lags = np.concatenate([np.arange(0, len(played)), np.arange(-(len(heard) - 1), 0)])
+    values = np.concatenate([correlation[: len(played)], correlation[size - (len(heard) - 1) :]])
+    return int(lags[int(np.argmax(values))])
+
+
+def _overlap(heard_len: int, played_len: int, shift: int) -> tuple[int, int]:
+    start = max(0, -shift)
+    end = min(heard_len, played_len - shift)
+    return start, end
+
+
+def _overlap_correlation(heard: Samples, played: Samples, shift: int) -> float:
+    start, end = _overlap(len(heard), len(played), shift)
+    if end - start < 2:
+        return 0.0
+    a = heard[start:end].astype(np.float64)
+    b = played[start + shift : end + shift].astype(np.float64)
+    denominator = float(np.linalg.norm(a - a.mean()) * np.linalg.norm(b - b.mean()))
+    return float(np.dot(a - a.mean(), b - b.mean()) / denominator) if denominator > 0 else 0.0
+
+
+def _compare_tones(
+    signal: TestSignal, heard: Samples, shift: int, played_count: int, rate: int
+) -> tuple[int, int]:
+    per_symbol = round(rate * SYMBOL_SECONDS)
+    start, end = _overlap(len(heard), played_count, shift)
+    first = -(-(start + shift) // per_symbol)  # first whole symbol inside the overlap
+    last = (end + shift) // per_symbol  # one past the last whole symbol
+    if last <= first:
+        return 0, 0
+    trim = per_symbol // 10
+    offsets = np.arange(first, last) * per_symbol - shift + trim
+    windows = np.stack([heard[o : o + per_symbol - 2 * trim] for o in offsets])
+    fft_size = 4096
+    magnitudes = np.abs(np.fft.rfft(windows * np.hanning(windows.shape[1]), fft_size, axis=1))
+    dominant = np.argmax(magnitudes, axis=1) * rate / fft_size
+    expected = signal.symbol_frequencies(int(first), int(last - first))
+    tolerance = np.maximum(25.0, 0.04 * expected)
+    loud = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1)) > _SILENCE_RMS
+    matched = int(np.count_nonzero(loud & (np.abs(dominant - expected) <= tolerance)))
+    return len(offsets), matched
+
+
+def _round_trip(recording: Recording, shift: int, frame: int, played_count: int) -> float | None:
+    played_index = recording.heard_ends - 1 + shift
+    usable = (played_index >= 0) & (played_index < played_count)
+    if not np.any(usable):
+        return None
+    sent = recording.sent_times[played_index[usable] // frame]
+    return float(np.median(recording.heard_times[usable] - sent))
