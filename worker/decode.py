@@ -1,0 +1,496 @@
+"""Meta's webhook bytes -> normalized events (``worker/events.py``), in one pure function.
+
+:func:`decode_webhook` either returns a list of events or raises :class:`~worker.errors.PoisonWebhook`; it
+never raises anything else, whatever the bytes (``tests/unit/test_decode_fuzz.py`` holds it to that).
+
+Output, in document order, for every entry x change x item:
+
+- ``field == "calls"``: ``calls[]`` -> :class:`CallConnect` / :class:`CallTerminate` / :class:`CallNotice`
+  (``call_created``, ``call_recording_available``, ``call_transcription_available``; Meta's item unchanged),
+  then ``statuses[]`` -> :class:`CallStatus`. Calls changes are consumed here, never passed through.
+- any other field: one :class:`Passthrough` per change, whose ``value`` is the exact bytes Meta sent.
+  A ``messages`` change also yields, after its Passthrough, one :class:`PermissionReply` per
+  ``call_permission_reply`` and one :class:`CallStatus` per ``statuses[]`` item of ``type == "call"``.
+  Message statuses and every other message stay in the Passthrough only.
+
+Poison or skip (the rule)
+-------------------------
+A webhook is *poison* (dead-lettered whole, with the reason) when it is not the envelope this module reads:
+
+- not JSON (including invalid UTF-8, lone UTF-16 surrogates, nesting too deep), top level not an object;
+- ``object`` missing or not ``"whatsapp_business_account"``: callhook subscribes only WhatsApp Business
+  Account fields, so another object (``page``, ``instagram``) is a misrouted subscription that a human should
+  find in the dead-letter queue, not a count of dropped items;
+- ``entry`` missing or not a list; an entry, change, ``changes``, ``field`` or ``value`` missing or of the
+  wrong type (an entry's ``changes`` may be missing or null: it has nothing to say);
+- the ``value`` of a ``calls`` change is not an object, its ``calls`` / ``statuses`` / ``contacts`` /
+  ``errors`` are not lists, or ``metadata.phone_number_id`` is missing: no call of it could be answered, and a
+  change shaped like that means Meta's format changed, which must be seen, not silently skipped.
+
+Below that level everything is per item, and one item never blocks the others of a batch (a POST carries up
+to 1,000 updates): an item that cannot be used becomes a :class:`Skipped` with a low-cardinality ``kind`` (a
+metric label) and, when readable, the call id. Kinds:
+
+- ``malformed_call_item``, ``malformed_call_status``, ``malformed_contact``, ``malformed_call_error``,
+  ``malformed_permission_reply``: a field of the wrong JSON type (e.g. ``"id": 5``, ``"session": "x"``), or
+  a time that is not a non-negative integer (as a number or a numeric string, see ``wire.Seconds``);
+- ``call_without_id``, ``call_without_event``, ``unknown_call_event:<event>``, ``unknown_status_type:<type>``;
+- ``connect_without_sdp``, ``connect_without_sdp_type``, ``unknown_sdp_type``, ``connect_direction_mismatch``
+  (``direction`` contradicts ``sdp_type``: we could not tell whether to answer or to apply the SDP);
+- ``call_status_without_status``, ``permission_reply_without_user``, ``permission_reply_without_response``,
+  ``no_phone_number_id`` (call content in a ``messages`` change without ``metadata``);
+- ``malformed_messages_value``: a ``messages`` value that does not decode and whose bytes mention a call
+  (``_CALL_MARKERS``); its Passthrough is still emitted, since judging messages is not callhook's business,
+  and an undecodable messages value or item that does not mention a call is not counted at all.
+
+Event and type names inside kinds are kept only when short and ``[a-z0-9_]``, else ``other``.
+
+Normalization: ``event``, ``status``, ``sdp_type`` and ``response`` are lower-cased. ``direction``
+``USER_INITIATED`` -> ``incoming``, ``BUSINESS_INITIATED`` -> ``outgoing`` in any case; when missing or
+unknown it is inferred from ``sdp_type`` (offer -> incoming, answer -> outgoing), and ``sdp_type`` from
+``direction`` when only the legacy SDP is present. ``session.sdp`` is preferred over the legacy
+``connection.webrtc.sdp``. A ``terminate`` status given as a list takes its first element; missing ->
+``unknown``. Times become ints; a missing ``timestamp`` is ``0``. A call's contact is the one whose
+``wa_id`` is the call's ``from``, else its ``to``, else the only contact if the change has only one call (in a
+batch, one contact cannot be told to belong to a call it does not match). ``value.errors[0]`` (``message``,
+else ``title``, then ``: details``) goes to the change's terminate only when the change has exactly one
+terminate and no unreadable item that might be another: a wrongly attributed failure is worse than none.
+
+Performance: the envelope is decoded with each change's ``value`` kept as :class:`msgspec.Raw` (a
+validating skip scan that allocates nothing), then each ``calls`` value is decoded into typed structs by a
+reused decoder.
+Raw values make the passthrough free and byte-exact. The alternatives, measured by ``bench/decode.py
+--alternatives``: decoding to dicts, converting and re-encoding passthrough values is slower and not
+byte-exact; one typed pass over the whole body saves under a microsecond on a single-call webhook but cannot
+give a passthrough its bytes (a second pass would be needed for any webhook with a non-call change); decoding
+item by item costs about a quarter more on batches, so it is only the slow path, taken when the typed decode
+of a change fails, to find the items to skip. Every ``messages`` value is decoded into the few fields a
+permission reply or call status needs: that measured faster than searching its bytes for call markers first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, TypeVar
+
+import msgspec
+
+from worker import wire
+from worker.errors import PoisonWebhook
+from worker.events import (
+    CallConnect,
+    CallNotice,
+    CallStatus,
+    CallTerminate,
+    Direction,
+    Event,
+    Passthrough,
+    PermissionReply,
+    Skipped,
+)
+
+__all__ = ["NOTICE_EVENTS", "WABA_OBJECT", "decode_webhook"]
+
+WABA_OBJECT: Final = "whatsapp_business_account"
+NOTICE_EVENTS: Final = frozenset({"call_created", "call_recording_available", "call_transcription_available"})
+
+_DIRECTIONS: Final[dict[str, Direction]] = {"user_initiated": "incoming", "business_initiated": "outgoing"}
+_SDP_DIRECTIONS: Final[dict[str, Direction]] = {"offer": "incoming", "answer": "outgoing"}
+# Bytes that a messages value carrying call content contains (Meta escapes only non-ASCII characters; JSON
+# allows escaping any, so a value with an escape counts as a maybe).
+_CALL_MARKERS: Final = (b"call_permission_reply", b'"call"', b"\\u")
+
+# What msgspec raises on bad input: ValidationError and DecodeError, UnicodeDecodeError for invalid UTF-8 in a
+# string it decodes, RecursionError past its depth limit.
+_DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+# Reused decoders; strict=False lets msgspec read Meta's string timestamps as ints (wire.Seconds).
+_envelope: Final = msgspec.json.Decoder(wire.Envelope)
+_calls: Final = msgspec.json.Decoder(wire.CallsValue, strict=False)
+_calls_items: Final = msgspec.json.Decoder(wire.CallsValueItems, strict=False)
+_messages: Final = msgspec.json.Decoder(wire.MessagesValue, strict=False)
+_messages_items: Final = msgspec.json.Decoder(wire.MessagesValueItems, strict=False)
+_call_item: Final = msgspec.json.Decoder(wire.CallItem, strict=False)
+_status_item: Final = msgspec.json.Decoder(wire.StatusItem, strict=False)
+_contact: Final = msgspec.json.Decoder(wire.Contact, strict=False)
+_call_error: Final = msgspec.json.Decoder(wire.CallError, strict=False)
+_message_item: Final = msgspec.json.Decoder(wire.MessageItem, strict=False)
+
+_T = TypeVar("_T")
+
+
+def decode_webhook(body: bytes) -> list[Event]:
+    """All events of one webhook body, in document order; raises :class:`PoisonWebhook` and nothing else."""
+    envelope = _decode_envelope(body)
+    events: list[Event] = []
+    for entry_index, entry in enumerate(envelope.entry):
+        waba_id = str(entry.id)
+        for change_index, change in enumerate(entry.changes or ()):
+            if change.field == "calls":
+                _calls_change(change.value, waba_id, (entry_index, change_index), events)
+                continue
+            events.append(Passthrough(field=change.field, value=change.value, waba_id=waba_id))
+            if change.field == "messages":
+                _messages_change(change.value, waba_id, events)
+    return events
+
+
+def _may_concern_calls(raw: msgspec.Raw) -> bool:
+    """Whether an undecodable messages value might hold call content (only then is it worth a Skipped)."""
+    data = bytes(raw)  # Raw has no search method
+    return any(marker in data for marker in _CALL_MARKERS)
+
+
+def _decode_envelope(body: bytes) -> wire.Envelope:
+    try:
+        envelope = _envelope.decode(body)
+    except _DECODE_ERRORS as exc:
+        raise PoisonWebhook(_describe(exc)) from exc
+    if envelope.object_type != WABA_OBJECT:
+        raise PoisonWebhook(f"object is '{_printable(envelope.object_type)}', not {WABA_OBJECT}")
+    return envelope
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, ASCII reason for a dead-letter header."""
+    if isinstance(exc, msgspec.ValidationError):
+        return f"invalid envelope: {_printable(str(exc), 200)}"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not JSON: invalid UTF-8"
+    if isinstance(exc, RecursionError):
+        return "not JSON: nested too deeply"
+    return f"not JSON: {_printable(str(exc), 200)}"
+
+
+def _printable(text: str, limit: int = 40) -> str:
+    """``text`` escaped to printable ASCII (safe in an AMQP header and a log line), cut to ``limit``."""
+    escaped = ascii(text)[1:-1]
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+
+
+class _Change(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What the items of one change share (a Struct: builds several times faster than a frozen dataclass)."""
+
+    waba_id: str
+    phone_number_id: str
+    display_phone_number: str
+    contacts: dict[str, wire.Contact] = {}  # by wa_id
+    error: wire.CallError | None = None
+    only_contact: wire.Contact | None = None  # one contact for one call: theirs even without a matching wa_id
+
+    def contact_for(self, caller: str, callee: str) -> wire.Contact | None:
+        return self.contacts.get(caller) or self.contacts.get(callee) or self.only_contact
+
+
+# --- field = "calls" ------------------------------------------------------------------------------------
+
+
+def _calls_change(raw: msgspec.Raw, waba_id: str, where: tuple[int, int], out: list[Event]) -> None:
+    try:
+        value = _calls.decode(raw)
+    except _DECODE_ERRORS:
+        _calls_change_slow(raw, waba_id, where, out)
+        return
+    calls = value.calls or []
+    change = _calls_context(value.metadata, waba_id, value.contacts or [], value.errors or [], calls)
+    raw_calls: list[msgspec.Raw] | None = None
+    for index, item in enumerate(calls):
+        if item.event is not None and item.event.lower() in NOTICE_EVENTS and raw_calls is None:
+            raw_calls = _calls_items.decode(raw).calls or []  # cannot fail: laxer than what just succeeded
+        out.append(_call_event(item, change, raw_calls[index] if raw_calls is not None else None))
+    if value.statuses:
+        out.extend(_call_status(status, change, "calls") for status in value.statuses)
+
+
+def _calls_change_slow(raw: msgspec.Raw, waba_id: str, where: tuple[int, int], out: list[Event]) -> None:
+    """The typed decode failed: find out whether the change (poison) or some items (skipped) are at fault."""
+    try:
+        value = _calls_items.decode(raw)
+    except _DECODE_ERRORS as exc:
+        entry_index, change_index = where
+        raise PoisonWebhook(f"entry[{entry_index}].changes[{change_index}].value: {_describe(exc)}") from exc
+    contacts = _items(value.contacts, _contact, "malformed_contact", out)
+    errors = _items(value.errors, _call_error, "malformed_call_error", out)
+    raw_calls = value.calls or []
+    calls = [_try_decode(_call_item, raw_item) for raw_item in raw_calls]
+    # A malformed item may have been a terminate: errors are then not attributed (None keeps count honest).
+    change = _calls_context(value.metadata, waba_id, contacts, errors, calls)
+    for item, raw_item in zip(calls, raw_calls, strict=True):
+        if item is None:
+            out.append(Skipped(field="calls", kind="malformed_call_item", call_id=_probe_id(raw_item)))
+        else:
+            out.append(_call_event(item, change, raw_item))
+    for raw_status in value.statuses or ():
+        status = _try_decode(_status_item, raw_status)
+        if status is None:
+            out.append(Skipped(field="calls", kind="malformed_call_status", call_id=_probe_id(raw_status)))
+        else:
+            out.append(_call_status(status, change, "calls"))
+
+
+def _calls_context(
+    metadata: wire.Metadata,
+    waba_id: str,
+    contacts: list[wire.Contact],
+    errors: list[wire.CallError],
+    calls: Sequence[wire.CallItem | None],
+) -> _Change:
+    error = None
+    if errors and None not in calls and sum(1 for c in calls if _is_terminate(c)) == 1:
+        error = errors[0]
+    return _Change(
+        waba_id=waba_id,
+        phone_number_id=str(metadata.phone_number_id),
+        display_phone_number=str(metadata.display_phone_number),
+        # reversed: the first contact listed for a wa_id wins, as a scan would find it
+        contacts={str(c.wa_id): c for c in reversed(contacts) if c.wa_id is not None} if contacts else {},
+        error=error,
+        only_contact=contacts[0] if len(contacts) == 1 and len(calls) == 1 else None,
+    )
+
+
+def _is_terminate(item: wire.CallItem | None) -> bool:
+    return item is not None and item.event is not None and item.event.lower() == "terminate"
+
+
+def _call_event(item: wire.CallItem, change: _Change, raw_item: msgspec.Raw | None) -> Event:
+    if not item.id:
+        return Skipped(field="calls", kind="call_without_id")
+    event = item.event.lower() if item.event else ""
+    if event == "connect":
+        return _connect(item.id, item, change)
+    if event == "terminate":
+        return _terminate(item.id, item, change)
+    if event in NOTICE_EVENTS and raw_item is not None:
+        return CallNotice(
+            call_id=item.id,
+            event=event,
+            phone_number_id=change.phone_number_id,
+            timestamp=item.timestamp or 0,
+            item=raw_item,
+        )
+    kind = f"unknown_call_event:{_label(event)}" if event else "call_without_event"
+    return Skipped(field="calls", kind=kind, call_id=item.id)
+
+
+def _connect(call_id: str, item: wire.CallItem, change: _Change) -> CallConnect | Skipped:
+    session = item.session
+    sdp = session.sdp if session is not None else None
+    sdp_type = session.sdp_type.lower() if session is not None and session.sdp_type else None
+    if not sdp:
+        legacy = item.connection.webrtc if item.connection is not None else None
+        sdp = legacy.sdp if legacy is not None else None
+    if not sdp:
+        return Skipped(field="calls", kind="connect_without_sdp", call_id=call_id)
+    direction = _direction(item.direction)
+    if sdp_type is None:
+        if direction is None:
+            return Skipped(field="calls", kind="connect_without_sdp_type", call_id=call_id)
+        sdp_type = "offer" if direction == "incoming" else "answer"
+    implied = _SDP_DIRECTIONS.get(sdp_type)
+    if implied is None:
+        return Skipped(field="calls", kind="unknown_sdp_type", call_id=call_id)
+    if direction is not None and direction != implied:
+        return Skipped(field="calls", kind="connect_direction_mismatch", call_id=call_id)
+    caller, callee = _text(item.from_), _text(item.to)
+    contact = change.contact_for(caller, callee)
+    return CallConnect(
+        call_id=call_id,
+        phone_number_id=change.phone_number_id,
+        direction=implied,
+        caller=caller,
+        callee=callee,
+        timestamp=item.timestamp or 0,
+        sdp_type=sdp_type,
+        sdp=sdp,
+        display_phone_number=change.display_phone_number,
+        waba_id=change.waba_id,
+        contact_name=contact.profile.name if contact is not None and contact.profile is not None else None,
+        contact_wa_id=(_text(contact.wa_id) or None) if contact is not None else None,
+        biz_opaque_callback_data=item.biz_opaque_callback_data,
+        deeplink_payload=item.deeplink_payload,
+        cta_payload=item.cta_payload,
+    )
+
+
+def _terminate(call_id: str, item: wire.CallItem, change: _Change) -> CallTerminate:
+    status = item.status[0] if isinstance(item.status, list) and item.status else item.status
+    error = change.error
+    return CallTerminate(
+        call_id=call_id,
+        phone_number_id=change.phone_number_id,
+        timestamp=item.timestamp or 0,
+        status=status.lower() if isinstance(status, str) and status else "unknown",
+        direction=_direction(item.direction),
+        start_time=item.start_time,
+        end_time=item.end_time,
+        duration_seconds=item.duration,
+        biz_opaque_callback_data=item.biz_opaque_callback_data,
+        error_code=error.code if error is not None else None,
+        error_message=_error_message(error) if error is not None else None,
+        waba_id=change.waba_id,
+    )
+
+
+def _call_status(item: wire.StatusItem, change: _Change, field: str) -> Event:
+    kind = item.type.lower() if item.type else "call"
+    if kind != "call":
+        return Skipped(field=field, kind=f"unknown_status_type:{_label(kind)}", call_id=item.id)
+    if not item.id:
+        return Skipped(field=field, kind="call_without_id")
+    if not item.status:
+        return Skipped(field=field, kind="call_status_without_status", call_id=item.id)
+    return CallStatus(
+        call_id=item.id,
+        phone_number_id=change.phone_number_id,
+        timestamp=item.timestamp or 0,
+        status=item.status.lower(),
+        recipient_id=_text(item.recipient_id) or None,
+        biz_opaque_callback_data=item.biz_opaque_callback_data,
+        waba_id=change.waba_id,
+    )
+
+
+# --- field = "messages" ---------------------------------------------------------------------------------
+
+
+def _messages_change(raw: msgspec.Raw, waba_id: str, out: list[Event]) -> None:
+    try:
+        value = _messages.decode(raw)
+        messages: list[wire.MessageItem] = value.messages or []
+        statuses: list[wire.StatusItem] = value.statuses or []
+        metadata = value.metadata
+    except _DECODE_ERRORS:
+        try:
+            items = _messages_items.decode(raw)
+        except _DECODE_ERRORS:
+            if _may_concern_calls(raw):
+                out.append(Skipped(field="messages", kind="malformed_messages_value"))
+            return
+        messages = _ours(
+            items.messages, _message_item, b"call_permission_reply", "malformed_permission_reply", out
+        )
+        statuses = _ours(items.statuses, _status_item, b'"call"', "malformed_call_status", out)
+        metadata = items.metadata
+    change = None
+    if metadata is not None:
+        change = _Change(
+            waba_id=waba_id,
+            phone_number_id=str(metadata.phone_number_id),
+            display_phone_number=str(metadata.display_phone_number),
+        )
+    for message in messages:
+        interactive = message.interactive
+        if interactive is not None and (interactive.type or "").lower() == "call_permission_reply":
+            out.append(_permission_reply(message, interactive, change))
+    out.extend(
+        _call_status(status, change, "messages") if change else _no_number(status.id)
+        for status in statuses
+        if (status.type or "").lower() == "call"
+    )
+
+
+def _permission_reply(
+    message: wire.MessageItem, interactive: wire.Interactive, change: _Change | None
+) -> PermissionReply | Skipped:
+    reply = interactive.call_permission_reply
+    if reply is None or not reply.response:
+        return Skipped(field="messages", kind="permission_reply_without_response")
+    user = _text(message.from_)
+    if not user:
+        return Skipped(field="messages", kind="permission_reply_without_user")
+    if change is None:
+        return _no_number(None)
+    return PermissionReply(
+        phone_number_id=change.phone_number_id,
+        user=user,
+        response=reply.response.lower(),
+        timestamp=message.timestamp or 0,
+        is_permanent=bool(reply.is_permanent),
+        expiration_timestamp=reply.expiration_timestamp,
+        response_source=reply.response_source,
+        message_id=message.id or "",
+    )
+
+
+def _no_number(call_id: str | None) -> Skipped:
+    return Skipped(field="messages", kind="no_phone_number_id", call_id=call_id)
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def _try_decode(decoder: msgspec.json.Decoder[_T], raw: msgspec.Raw) -> _T | None:
+    try:
+        return decoder.decode(raw)
+    except _DECODE_ERRORS:
+        return None
+
+
+def _items(
+    raws: list[msgspec.Raw] | None, decoder: msgspec.json.Decoder[_T], kind: str, out: list[Event]
+) -> list[_T]:
+    """Decode each item, skipping (and reporting) the ones that do not decode."""
+    decoded = []
+    for raw in raws or ():
+        item = _try_decode(decoder, raw)
+        if item is None:
+            out.append(Skipped(field="calls", kind=kind))
+        else:
+            decoded.append(item)
+    return decoded
+
+
+def _ours(
+    raws: list[msgspec.Raw] | None,
+    decoder: msgspec.json.Decoder[_T],
+    marker: bytes,
+    kind: str,
+    out: list[Event],
+) -> list[_T]:
+    """Like :func:`_items` for a messages change: an item that does not decode is reported only if it looks
+    like call content; any other message is not callhook's to judge."""
+    decoded = []
+    for raw in raws or ():
+        item = _try_decode(decoder, raw)
+        if item is not None:
+            decoded.append(item)
+        elif marker in bytes(raw):
+            out.append(Skipped(field="messages", kind=kind, call_id=_probe_id(raw)))
+    return decoded
+
+
+class _IdProbe(msgspec.Struct, frozen=True, gc=False):
+    id: str | None = None
+
+
+_id_probe: Final = msgspec.json.Decoder(_IdProbe)
+
+
+def _probe_id(raw: msgspec.Raw) -> str | None:
+    """The ``id`` of an item that did not decode, if that much is readable (for logs)."""
+    probe = _try_decode(_id_probe, raw)
+    return probe.id if probe is not None else None
+
+
+def _text(value: int | str | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _direction(value: str | None) -> Direction | None:
+    return _DIRECTIONS.get(value.lower()) if value else None
+
+
+def _error_message(error: wire.CallError) -> str | None:
+    text = error.message or error.title
+    details = error.error_data.details if error.error_data is not None else None
+    if text and details:
+        return f"{text}: {details}"
+    return text or details
+
+
+def _label(value: str) -> str:
+    """``value`` if it is safe as a metric label value (short, ``[a-z0-9_]``), else ``other``."""
+    if len(value) <= 40 and value.isascii() and value.replace("_", "").isalnum():
+        return value.lower()
+    return "other"
