@@ -1,0 +1,49 @@
+"""The pure modules stay pure: importing one pulls in no I/O library (house style, rule 1).
+
+Each module is imported alone in a fresh interpreter, so an import that some other test already made cannot
+hide a violation, and a failure names the module that dragged the library in.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PURE_MODULES = ["worker.decode", "worker.wire", "worker.events", "ingress.contract"]
+FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
+
+PROBE = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def _modules_after_importing(module: str) -> set[str]:
+    result = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
+        [sys.executable, "-c", PROBE, module],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_module_imports_no_io_library(module: str) -> None:
+    loaded = _modules_after_importing(module)
+    assert module in loaded
+    dragged_in = sorted(name for name in loaded if name.split(".")[0] in FORBIDDEN)
+    assert dragged_in == [], f"{module} imports {dragged_in}"
+
+
+def test_the_probe_would_notice_an_io_import() -> None:
+    assert "asyncio" in _modules_after_importing("asyncio")
