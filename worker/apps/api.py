@@ -1,0 +1,143 @@
+"""What a call's app sees: ``async def app(call: Call) -> None``.
+
+An app gets the call's facts (:class:`CallInfo`), the caller's audio as an async iterator of 20 ms frames of
+16-bit mono PCM, a way to send PCM back, and :meth:`Call.hangup`. It runs after ``accept`` succeeded, in its
+own task; when it returns the call is hung up, and when the call ends for any other reason the frames
+iterator ends (and the app's task may be cancelled). Audio queued with :meth:`Call.send` is played in order,
+paced in real time; silence is sent while nothing is queued.
+
+:class:`MediaCall` is the implementation the worker's session uses: a :class:`CallInfo`, the call's media
+(anything shaped like :class:`AudioPort`, i.e. ``worker.media.MediaSession``) and the session's hang-up.
+This module stays light (no aiortc) so apps and their tests can import it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from worker.errors import CallhookError
+from worker.events import CallConnect
+
+Direction = Literal["incoming", "outgoing"]
+
+
+class CallEnded(CallhookError):
+    """The call is over: raised by :meth:`Call.send` once nobody can hear it any more."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """Who is on the call. Numbers are as Meta wrote them (wa ids, digits without "+")."""
+
+    call_id: str
+    phone_number_id: str  # the business number's Graph API id
+    direction: Direction
+    user_number: str  # the WhatsApp user: the caller of an incoming call, the callee of an outgoing one
+    user_name: str | None = None  # the user's profile name, when Meta sent it
+    business_number: str = ""  # the business's display number, when known
+    biz_opaque_callback_data: str | None = None
+
+    @property
+    def caller(self) -> str:
+        return self.user_number if self.direction == "incoming" else self.business_number
+
+    @property
+    def callee(self) -> str:
+        return self.business_number if self.direction == "incoming" else self.user_number
+
+    @classmethod
+    def from_connect(cls, event: CallConnect) -> CallInfo:
+        incoming = event.direction == "incoming"
+        return cls(
+            call_id=event.call_id,
+            phone_number_id=event.phone_number_id,
+            direction=event.direction,
+            user_number=event.caller if incoming else event.callee,
+            user_name=event.contact_name,
+            business_number=(event.callee if incoming else event.caller) or event.display_phone_number,
+            biz_opaque_callback_data=event.biz_opaque_callback_data,
+        )
+
+
+class Call(Protocol):
+    """The call as an app uses it."""
+
+    @property
+    def info(self) -> CallInfo: ...
+
+    def frames(self, sample_rate: int = 16000) -> AsyncIterator[bytes]:
+        """The caller's audio, 20 ms per item, mono 16-bit PCM at ``sample_rate``; ends with the call."""
+        ...
+
+    async def send(self, pcm: bytes, sample_rate: int = 16000) -> None:
+        """Queue mono 16-bit PCM; waits while ~2 s are queued. Raises CallEnded once the call is over."""
+        ...
+
+    def clear(self) -> None:
+        """Drop everything queued and not yet played (the caller interrupted)."""
+        ...
+
+    async def wait_played(self) -> None:
+        """Return once everything queued has been played (or the call ended)."""
+        ...
+
+    async def hangup(self) -> None:
+        """End the call. Idempotent; the app may keep running until it returns or is cancelled."""
+        ...
+
+
+App = Callable[[Call], Awaitable[None]]
+
+
+class AudioPort(Protocol):
+    """The part of ``worker.media.MediaSession`` a call's app needs."""
+
+    def frames(self, sample_rate: int = 16000) -> AsyncIterator[bytes]: ...
+
+    async def send(self, pcm: bytes, sample_rate: int = 16000) -> None: ...
+
+    def clear(self) -> None: ...
+
+    async def wait_played(self) -> None: ...
+
+    @property
+    def ended_reason(self) -> object | None: ...
+
+
+class MediaCall:
+    """A :class:`Call` over a call's media; ``hangup`` is the session's (asks the call to end)."""
+
+    def __init__(self, info: CallInfo, media: AudioPort, hangup: Callable[[], Awaitable[None]]) -> None:
+        self._info = info
+        self._media = media
+        self._hangup = hangup
+        self._hung_up = False
+
+    @property
+    def info(self) -> CallInfo:
+        return self._info
+
+    def frames(self, sample_rate: int = 16000) -> AsyncIterator[bytes]:
+        return self._media.frames(sample_rate)
+
+    async def send(self, pcm: bytes, sample_rate: int = 16000) -> None:
+        if self._hung_up or self._media.ended_reason is not None:
+            raise CallEnded(f"call {self._info.call_id} has ended")
+        await self._media.send(pcm, sample_rate)
+
+    def clear(self) -> None:
+        self._media.clear()
+
+    async def wait_played(self) -> None:
+        await self._media.wait_played()
+
+    async def hangup(self) -> None:
+        if self._hung_up:
+            return
+        self._hung_up = True
+        await self._hangup()
+
+    def __repr__(self) -> str:
+        return f"MediaCall(call_id={self._info.call_id!r}, direction={self._info.direction!r})"

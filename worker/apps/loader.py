@@ -1,0 +1,89 @@
+"""Turn an app spec (``CALLHOOK_APP``) into the app to run for each call.
+
+* ``echo``
+* ``play:<path to a 16-bit PCM WAV file>``
+* ``record:<existing writable directory>``
+* ``package.module:function`` - a user's ``async def function(call: Call) -> None``
+
+``play`` and ``record`` are checked when loaded (the file is a usable WAV, the directory is writable), so a
+bad setting fails at start-up (``check-config``) rather than on the first call. The built-in names win over a
+user module of the same name.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import os
+from pathlib import Path
+
+from worker.apps.api import App
+from worker.apps.echo import echo
+from worker.apps.play import UnplayableFile, check_wav, play
+from worker.apps.record import record
+from worker.errors import CallhookError
+
+
+class AppSpecError(CallhookError):
+    """The app spec names nothing runnable; the message says what is wrong and how specs look."""
+
+
+USAGE = "use echo, play:<wav file>, record:<directory> or package.module:function"
+
+
+def load_app(spec: str) -> App:
+    spec = spec.strip()
+    if spec == "echo":
+        return echo
+    kind, sep, argument = spec.partition(":")
+    if not sep or not kind or not argument:
+        raise AppSpecError(f"app spec {spec!r} is not understood: {USAGE}")
+    if kind == "play":
+        return _play(Path(argument))
+    if kind == "record":
+        return _record(Path(argument))
+    return _user_app(kind, argument)
+
+
+def _play(path: Path) -> App:
+    try:
+        check_wav(path)
+    except UnplayableFile as exc:
+        raise AppSpecError(f"play: {exc}") from exc
+    return functools.partial(play, path=path)
+
+
+def _record(directory: Path) -> App:
+    if not directory.is_dir():
+        raise AppSpecError(f"record: {directory} is not an existing directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise AppSpecError(f"record: {directory} is not writable")
+    return functools.partial(record, directory=directory)
+
+
+def _user_app(module_name: str, attribute: str) -> App:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise AppSpecError(f"app module {module_name!r} not found ({exc}): {USAGE}") from exc
+    except Exception as exc:  # user code failing at import: say so, whatever it raised
+        raise AppSpecError(f"importing app module {module_name!r} failed: {exc!r}") from exc
+    target: object = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise AppSpecError(f"app {module_name}:{attribute} not found: {module_name} has no {attribute!r}")
+        target = getattr(target, part)
+    if not _is_async_callable(target):
+        raise AppSpecError(
+            f"app {module_name}:{attribute} must be a coroutine function (async def app(call) -> None), "
+            f"found {type(target).__name__}"
+        )
+    return target  # type: ignore[return-value]  # checked above: an async callable taking the call
+
+
+def _is_async_callable(target: object) -> bool:
+    if inspect.iscoroutinefunction(target):
+        return True
+    call = getattr(target, "__call__", None)  # noqa: B004  # an object with ``async def __call__``
+    return not inspect.isclass(target) and inspect.iscoroutinefunction(call)
