@@ -7,6 +7,7 @@ raises one :class:`ConfigError` that lists them all, so a person fixes a deploym
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -25,17 +26,19 @@ class ConfigError(Exception):
 
 
 class EnvReader:
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[builtins.str, builtins.str]) -> None:
         self._env = env
         self.problems: list[str] = []
 
-    def _raw(self, name: str) -> str | None:
+    def _raw(self, name: builtins.str) -> builtins.str | None:
         value = self._env.get(name)
         if value is None or value.strip() == "":
             return None
         return value.strip()
 
-    def _parse(self, name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+    def _parse(
+        self, name: builtins.str, default: T, parse: Callable[[builtins.str], T], expected: builtins.str
+    ) -> T:
         raw = self._raw(name)
         if raw is None:
             return default
@@ -45,17 +48,19 @@ class EnvReader:
             self.problems.append(f"{name}={raw!r} is not {expected}")
             return default
 
-    def required_str(self, name: str, *, secret: bool = False) -> str:
+    def required_str(self, name: builtins.str, *, secret: builtins.bool = False) -> builtins.str:
         raw = self._raw(name)
         if raw is None:
             self.problems.append(f"{name} is required")
             return ""
         return raw
 
-    def str(self, name: str, default: str) -> str:
+    def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
         return self._raw(name) or default
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(
+        self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]
+    ) -> builtins.str:
         raw = self._raw(name)
         if raw is None:
             return default
@@ -64,41 +69,55 @@ class EnvReader:
             return default
         return raw.lower()
 
-    def int(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
-        value = self._parse(name, default, int, "an integer")
+    def int(
+        self,
+        name: builtins.str,
+        default: builtins.int,
+        *,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> builtins.int:
+        value = self._parse(name, default, builtins.int, "an integer")
         self._check_range(name, value, minimum, maximum)
         return value
 
     def float(
-        self, name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
-    ) -> float:
-        value = self._parse(name, default, float, "a number")
+        self,
+        name: builtins.str,
+        default: builtins.float,
+        *,
+        minimum: builtins.float | None = None,
+        maximum: builtins.float | None = None,
+    ) -> builtins.float:
+        value = self._parse(name, default, builtins.float, "a number")
         self._check_range(name, value, minimum, maximum)
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         return self._parse(name, default, _parse_bool, "a boolean (true/false)")
 
-    def list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    def list(self, name: builtins.str, default: tuple[builtins.str, ...] = ()) -> tuple[builtins.str, ...]:
         raw = self._raw(name)
         if raw is None:
             return default
         return tuple(item.strip() for item in raw.split(",") if item.strip())
 
-    def required_list(self, name: str) -> tuple[str, ...]:
+    def required_list(self, name: builtins.str) -> tuple[builtins.str, ...]:
         items = self.list(name)
         if not items:
             self.problems.append(f"{name} is required (comma-separated)")
         return items
 
-    def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:
+    def url(
+        self, name: builtins.str, default: builtins.str, *, schemes: tuple[builtins.str, ...]
+    ) -> builtins.str:
         raw = self._raw(name) or default
         url = URL(raw)
         if url.scheme not in schemes or not url.host:
             self.problems.append(f"{name} must be a {'/'.join(schemes)} URL with a host")
         return raw
 
-    def ip_list(self, name: str) -> tuple[str, ...]:
+    def ip_list(self, name: builtins.str) -> tuple[builtins.str, ...]:
         items = self.list(name)
         for item in items:
             try:
@@ -107,7 +126,13 @@ class EnvReader:
                 self.problems.append(f"{name}: {item!r} is not an IP address")
         return items
 
-    def _check_range(self, name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    def _check_range(
+        self,
+        name: builtins.str,
+        value: builtins.float,
+        minimum: builtins.float | None,
+        maximum: builtins.float | None,
+    ) -> None:
         if minimum is not None and value < minimum:
             self.problems.append(f"{name}={value} must be >= {minimum}")
         if maximum is not None and value > maximum:

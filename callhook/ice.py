@@ -10,11 +10,11 @@ worker and the simulator, from their configuration.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import aioice.ice
 
-_original: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+_original = aioice.ice.get_host_addresses
 
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:

@@ -74,19 +74,22 @@ class ExchangeSpec:
     arguments: dict[str, str | int] = field(default_factory=dict)
 
 
-def _quorum(**extra: str | int) -> dict[str, str | int]:
-    return {"x-queue-type": "quorum", **extra}
+Arguments = dict[str, str | int]
 
 
-def _dead_lettered(**extra: str | int) -> dict[str, str | int]:
+def _quorum(extra: Arguments | None = None) -> Arguments:
+    return {"x-queue-type": "quorum", **(extra or {})}
+
+
+def _dead_lettered(extra: Arguments) -> Arguments:
     # at-least-once dead-lettering needs reject-publish overflow (RabbitMQ >= 3.10).
     return _quorum(
-        **{
+        {
             "x-dead-letter-exchange": DEAD_EXCHANGE,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
-        },
-        **extra,
+            **extra,
+        }
     )
 
 
@@ -99,12 +102,12 @@ EXCHANGES: Final[tuple[ExchangeSpec, ...]] = (
 
 QUEUES: Final[tuple[QueueSpec, ...]] = (
     QueueSpec(DEAD_QUEUE, _quorum(), bind_to=DEAD_EXCHANGE),
-    QueueSpec(WEBHOOKS_QUEUE, _dead_lettered(**{"x-delivery-limit": WEBHOOK_DELIVERY_LIMIT})),
+    QueueSpec(WEBHOOKS_QUEUE, _dead_lettered({"x-delivery-limit": WEBHOOK_DELIVERY_LIMIT})),
     QueueSpec(EXPIRED_QUEUE, _quorum()),
     QueueSpec(
         UNCLAIMED_QUEUE,
         _quorum(
-            **{
+            {
                 "x-message-ttl": UNCLAIMED_TTL_MS,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": EXPIRED_QUEUE,
@@ -117,7 +120,7 @@ QUEUES: Final[tuple[QueueSpec, ...]] = (
     QueueSpec(
         RETRY_QUEUE,
         _quorum(
-            **{
+            {
                 "x-message-ttl": RETRY_DELAY_MS,
                 "x-dead-letter-exchange": CALLS_EXCHANGE,
                 "x-dead-letter-strategy": "at-least-once",
@@ -125,7 +128,7 @@ QUEUES: Final[tuple[QueueSpec, ...]] = (
             }
         ),
     ),
-    QueueSpec(DIALS_QUEUE, _dead_lettered(**{"x-delivery-limit": WEBHOOK_DELIVERY_LIMIT})),
+    QueueSpec(DIALS_QUEUE, _dead_lettered({"x-delivery-limit": WEBHOOK_DELIVERY_LIMIT})),
 )
 
 

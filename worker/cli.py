@@ -48,6 +48,8 @@ def _decode(args: argparse.Namespace) -> int:
         return 1
     encoder = msgspec.json.Encoder()
     for event in events:
-        line = {"event": type(event).__name__, **msgspec.to_builtins(event)}
+        # Raw fields (passthrough values, notice items) are embedded as the JSON they are.
+        fields = msgspec.structs.asdict(event)
+        line = {"event": type(event).__name__, **fields}
         sys.stdout.write(encoder.encode(line).decode() + "\n")
     return 0
