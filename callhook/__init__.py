@@ -1,1 +1,1 @@
-"""callhook: WhatsApp Business voice calls in production (CLI, logging and settings shared by all processes)."""
+"""callhook: WhatsApp Business voice calls in production (the CLI, logging and settings all processes share)."""

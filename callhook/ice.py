@@ -2,7 +2,7 @@
 
 aioice gathers host candidates from every interface of the machine and leaves 127.0.0.1 out. Production wants
 the default; tests, benchmarks and the demo must keep all media on loopback. aioice has no option for it, so
-this module replaces its module-level ``get_host_addresses`` with one that returns the configured list: the one
+this module replaces its module-level ``get_host_addresses`` with one returning the configured list: the one
 documented seam (aiortc-notes.md, trap 3). Process-wide by nature, so it is applied once at start-up by the
 worker and the simulator, from their configuration.
 """

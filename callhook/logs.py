@@ -18,6 +18,11 @@ call_id_var: ContextVar[str | None] = ContextVar("callhook_call_id", default=Non
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """Fields passed with ``extra=``: everything on the record that logging itself did not put there."""
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, component: str) -> None:
         super().__init__()
@@ -34,9 +39,7 @@ class JsonFormatter(logging.Formatter):
         call_id = call_id_var.get()
         if call_id is not None:
             entry["call_id"] = call_id
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = value
+        entry.update(_extras(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
