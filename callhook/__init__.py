@@ -1,1 +1,1 @@
-"""callhook: WhatsApp Business voice calls in production (the CLI, logging and settings all processes share)."""
+"""callhook: WhatsApp Business voice calls in production (CLI, logging, settings shared by all processes)."""
