@@ -1,0 +1,101 @@
+"""Call lifecycle events for integrators: ``call.dialed``, ``.ringing``, ``.answered``, ``.ended``.
+
+Published on the topic exchange ``callhook.events`` (routing key ``call.<event>``) as JSON, with publisher
+confirms, for incoming and outgoing calls alike. A notification must never hold a call up: each publish is
+bounded, and one that fails (broker away) is logged and counted, the call goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aio_pika
+import msgspec
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+from ingress import contract
+from worker.amqp import AmqpLink, Session, publish
+from worker.apps.api import CallInfo
+from worker.errors import TransientError
+from worker.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The body of every ``call.*`` event (README, "Call lifecycle events")."""
+
+    event: str  # dialed | ringing | answered | ended | rejected
+    call_id: str
+    direction: str
+    phone_number_id: str
+    user: str  # the WhatsApp user's number
+    timestamp: float
+    user_name: str | None = None
+    biz_opaque_callback_data: str | None = None
+    request_id: str | None = None  # the dial request of an outgoing call
+    state: str | None = None
+    outcome: str | None = (
+        None  # ended: completed | rejected | abandoned | declined | unanswered | failed | ...
+    )
+    reason: str | None = None
+    error_code: int | None = None  # Meta's code from the terminate webhook or the refused request
+    duration_seconds: float | None = None
+
+
+_encoder = msgspec.json.Encoder()
+
+
+class LifecyclePublisher:
+    def __init__(self, link: AmqpLink, metrics: WorkerMetrics, *, timeout_seconds: float = 5.0) -> None:
+        self._link = link
+        self._metrics = metrics
+        self._timeout_seconds = timeout_seconds
+        self._exchange: tuple[Session, AbstractChannel, AbstractExchange] | None = None
+        self._lock = asyncio.Lock()
+
+    async def call_event(self, name: str, info: CallInfo, **fields: object) -> None:
+        body = LifecycleEvent(
+            event=name,
+            call_id=info.call_id,
+            direction=info.direction,
+            phone_number_id=info.phone_number_id,
+            user=info.user_number,
+            user_name=info.user_name,
+            biz_opaque_callback_data=info.biz_opaque_callback_data,
+            timestamp=round(time.time(), 3),
+            **{k: v for k, v in fields.items() if v is not None},  # type: ignore[arg-type]
+        )
+        await self.publish(f"call.{name}", _encoder.encode(body), request_id=body.request_id)
+
+    async def publish(self, routing_key: str, body: bytes, *, request_id: str | None = None) -> None:
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={contract.HEADER_REQUEST_ID: request_id} if request_id else None,
+        )
+        try:
+            async with asyncio.timeout(self._timeout_seconds):
+                exchange = await self._events_exchange()
+                await publish(exchange, message, routing_key, confirm_timeout_seconds=self._timeout_seconds)
+        except (TransientError, TimeoutError) as exc:
+            log.warning(
+                "lifecycle event not published", extra={"routing_key": routing_key, "error": str(exc)}
+            )
+            self._metrics.lifecycle_events.labels(event="unpublished").inc()
+            return
+        self._metrics.lifecycle_events.labels(event=routing_key).inc()
+
+    async def _events_exchange(self) -> AbstractExchange:
+        async with self._lock:
+            cached = self._exchange
+            if cached is not None and not cached[0].is_lost and not cached[1].is_closed:
+                return cached[2]
+            session = await self._link.wait_session()
+            channel = await session.channel(critical=False)
+            exchange = await channel.get_exchange(contract.EVENTS_EXCHANGE, ensure=False)
+            self._exchange = (session, channel, exchange)
+            return exchange

@@ -1,0 +1,259 @@
+"""A worker process: the router stage, call ownership, one session per owned call, health and metrics.
+
+Start-up is one AsyncExitStack, torn down in reverse: the calls' TaskGroup is entered last, so on the way out
+every call has ended (and sent its reject or terminate) before ownership, the Graph client and the broker
+connection close.
+
+SIGTERM drains: stop taking unclaimed calls and dials at once (readiness fails), let running calls end by
+themselves for up to ``CALLHOOK_DRAIN_TIMEOUT_SECONDS``, then hang up the rest through the Graph API, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from contextlib import AsyncExitStack
+
+from prometheus_client import CollectorRegistry
+
+from callhook.ice import restrict_host_addresses
+from callhook.logs import call_id_var, setup_logging
+from worker import call as machine
+from worker.amqp import AmqpLink
+from worker.apps.api import App, CallInfo
+from worker.apps.loader import load_app
+from worker.config import WorkerConfig
+from worker.errors import GraphError
+from worker.events import CallConnect, CallEvent
+from worker.graph import GraphClient, GraphSettings
+from worker.health import HealthServer, watch_loop_lag
+from worker.lifecycle import LifecyclePublisher
+from worker.media import MediaSettings
+from worker.metrics import WorkerMetrics
+from worker.ownership import Claim, Ownership, OwnershipSettings, Reservation
+from worker.router import Router
+from worker.session import CallSession, SessionDeps, SessionSettings
+
+log = logging.getLogger(__name__)
+
+
+class WorkerService:
+    """``async with WorkerService(config) as service: await service.wait_stopped()``; ``stop()`` drains."""
+
+    def __init__(self, config: WorkerConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = WorkerMetrics(self.registry)
+        self.app: App = load_app(config.app)  # fail at start-up, not on the first call
+        self.sessions: dict[str, CallSession] = {}
+        self._session_tasks: dict[str, asyncio.Task[None]] = {}
+        self._lag_probe: asyncio.Task[None] | None = None
+        self._stack = AsyncExitStack()
+        self._stop = asyncio.Event()
+        self._draining = False
+        self._calls = asyncio.TaskGroup()
+        self._side_tasks = asyncio.TaskGroup()
+        self.health: HealthServer | None = None
+        self._link: AmqpLink | None = None
+        self._ownership: Ownership | None = None
+        self._graph: GraphClient | None = None
+        self._deps: SessionDeps | None = None
+
+    # ---------------------------------------------------------------------------------- lifecycle
+    async def __aenter__(self) -> WorkerService:
+        config, stack = self.config, self._stack
+        restrict_host_addresses(config.ice_host_addresses)
+        try:
+            self._link = await stack.enter_async_context(AmqpLink(config.amqp_url, name="worker"))
+            self._graph = await stack.enter_async_context(
+                GraphClient(
+                    GraphSettings(
+                        graph_url=config.graph_url,
+                        graph_version=config.graph_version,
+                        access_token=config.access_token,
+                        timeout_seconds=config.graph_timeout_seconds,
+                    ),
+                    metrics=self.metrics,
+                )
+            )
+            self._ownership = await stack.enter_async_context(
+                Ownership(
+                    self._link,
+                    self,
+                    self.metrics,
+                    OwnershipSettings(
+                        capacity=config.max_calls,
+                        answer_deadline_seconds=config.answer_deadline_seconds,
+                        tombstone_seconds=config.tombstone_seconds,
+                    ),
+                )
+            )
+            self._deps = SessionDeps(
+                graph=self._graph,
+                metrics=self.metrics,
+                lifecycle=LifecyclePublisher(self._link, self.metrics),
+                claimer=self._ownership,
+                media_settings=MediaSettings(
+                    ice_servers=config.ice_servers,
+                    turn_username=config.turn_username,
+                    turn_credential=config.turn_credential,
+                    silence_timeout_seconds=config.media_silence_timeout_seconds,
+                ),
+            )
+            await stack.enter_async_context(Router(self._link, self.metrics))
+            self.health = await stack.enter_async_context(
+                HealthServer(config.metrics_host, config.metrics_port, self.registry, self.ready)
+            )
+            await stack.enter_async_context(self._side_tasks)
+            self._lag_probe = self._side_tasks.create_task(watch_loop_lag(self.metrics), name="loop-lag")
+            await stack.enter_async_context(self._calls)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()
+        await self._drain()
+        if self._lag_probe is not None:  # runs until cancelled
+            self._lag_probe.cancel()
+        await self._stack.aclose()
+
+    def stop(self) -> None:
+        """Begin draining (idempotent): no new calls; running calls end by themselves or at the timeout."""
+        if not self._draining:
+            self._draining = True
+            self.metrics.draining.set(1)
+            if self._ownership is not None:
+                self._ownership.drain()
+            log.info("draining", extra={"calls": len(self.sessions)})
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    def ready(self) -> bool:
+        return (
+            not self._draining
+            and self._link is not None
+            and self._link.current is not None
+            and self._ownership is not None
+            and self._ownership.statistics().connected
+        )
+
+    async def _drain(self) -> None:
+        deadline = self.config.drain_timeout_seconds
+        try:
+            async with asyncio.timeout(deadline):
+                await self._wait_no_calls()
+        except TimeoutError:
+            log.warning("drain timeout: hanging up the remaining calls", extra={"calls": len(self.sessions)})
+            for session in list(self.sessions.values()):
+                session.hang_up("worker shutting down")
+        await self._wait_no_calls()
+
+    async def _wait_no_calls(self) -> None:
+        while self._session_tasks:
+            await asyncio.wait(list(self._session_tasks.values()), return_when=asyncio.FIRST_COMPLETED)
+
+    # ------------------------------------------------------------------------------- CallHandler
+    async def on_incoming(self, claim: Claim, event: CallConnect, received_at: float) -> None:
+        info = CallInfo.from_connect(event)
+        session = self._session(info, claim=claim, received_at=received_at)
+        self._start(session, machine.Offered(event.sdp))
+
+    async def on_stale(self, event: CallConnect) -> None:
+        self._reject_unowned(event, "stale: too old to answer in time")
+
+    async def on_overflow(self, event: CallConnect) -> None:
+        self._reject_unowned(event, "overflow: no worker had room in time")
+
+    async def on_orphan(self, event: CallEvent) -> None:
+        if isinstance(event, CallConnect) and event.direction == "outgoing":
+            # An answer to a call nobody owns (its worker died): end it, or the user hears silence.
+            self._side_tasks.create_task(self._end_unowned(event, "terminate", "orphan answer"))
+
+    # --------------------------------------------------------------------------------- sessions
+    def _session(
+        self,
+        info: CallInfo,
+        *,
+        claim: Claim | None = None,
+        reservation: Reservation | None = None,
+        received_at: float = 0.0,
+        app: App | None = None,
+        request_id: str = "",
+    ) -> CallSession:
+        assert self._deps is not None
+        settings = SessionSettings(
+            answer_deadline_seconds=self.config.answer_deadline_seconds,
+            media_connect_timeout_seconds=self.config.media_connect_timeout_seconds,
+            request_id=request_id,
+        )
+        return CallSession(
+            self._deps, settings, info, app or self.app,
+            claim=claim, reservation=reservation, received_at=received_at,
+        )  # fmt: skip
+
+    def _start(self, session: CallSession, first: machine.Event) -> None:
+        key = session.info.call_id or f"dial:{id(session)}"
+        self.sessions[key] = session
+        self._session_tasks[key] = self._calls.create_task(
+            self._run_session(key, session, first), name=f"call:{key}"
+        )
+
+    async def _run_session(self, key: str, session: CallSession, first: machine.Event) -> None:
+        try:
+            await session.run(first)
+        except Exception:  # a bug in one call must not end the others: count it and carry on
+            log.exception("call session crashed", extra={"call_id": session.info.call_id})
+            self.metrics.calls.labels(direction=session.info.direction, outcome="crashed").inc()
+        finally:
+            self.sessions.pop(key, None)
+            self._session_tasks.pop(key, None)
+
+    def _reject_unowned(self, event: CallConnect, reason: str) -> None:
+        self._side_tasks.create_task(self._end_unowned(event, "reject", reason))
+
+    async def _end_unowned(self, event: CallConnect, action: str, reason: str) -> None:
+        assert self._graph is not None
+        assert self._deps is not None
+        token = call_id_var.set(event.call_id)
+        deadline = time.monotonic() + 10.0
+        try:
+            if action == "reject":
+                await self._graph.reject(event.phone_number_id, event.call_id, deadline=deadline)
+            else:
+                await self._graph.terminate(event.phone_number_id, event.call_id, deadline=deadline)
+        except GraphError as exc:
+            log.warning("could not %s an unowned call", action, extra={"error": str(exc), "reason": reason})
+        outcome = "rejected" if action == "reject" else "failed"
+        self.metrics.calls.labels(direction=event.direction, outcome=outcome).inc()
+        await self._deps.lifecycle.call_event(
+            "ended", CallInfo.from_connect(event), outcome=outcome, reason=reason
+        )
+        call_id_var.reset(token)
+
+
+def run(config: WorkerConfig) -> int:
+    """``callhook worker``: run until SIGTERM/SIGINT, drain, exit 0."""
+    setup_logging("worker", config.log_level, config.log_format)
+    return asyncio.run(_main(config))
+
+
+async def _main(config: WorkerConfig) -> int:
+    loop = asyncio.get_running_loop()
+    async with WorkerService(config) as service:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+        assert service.health is not None
+        log.info("worker started", extra={"metrics_port": service.health.port, "max_calls": config.max_calls})
+        await service.wait_stopped()
+    with contextlib.suppress(NotImplementedError):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("worker stopped")
+    return 0

@@ -1,0 +1,370 @@
+"""One call's session: runs the commands of :mod:`worker.call` and feeds their outcomes back as events.
+
+The session decides nothing (the state machine does). It owns the call's I/O for the call's whole life: the
+aiortc media, the Graph API requests, the app's task and the mailbox reader, all inside one TaskGroup, so
+when :meth:`CallSession.run` returns nothing of the call is left running. Every fact reaches the machine
+through one queue, in arrival order; a mailbox event is acked only after the machine applied it.
+
+Long commands (Graph requests, waiting for media, the app) run as tasks, so that a terminate webhook or a
+hang-up can be applied while they are in flight; short ones (making an SDP, closing media) run in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from callhook.logs import call_id_var
+from worker import call as machine
+from worker.apps.api import App, CallInfo, MediaCall
+from worker.errors import CallhookError, GraphError
+from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest
+from worker.graph import GraphClient
+from worker.media import EndReason, MediaError, MediaSession, MediaSettings
+from worker.metrics import WorkerMetrics
+from worker.ownership import Claim, ClaimLost, MailboxItem, Reservation
+
+log = logging.getLogger(__name__)
+
+Ack = Callable[[], Awaitable[None]]
+
+
+class Claimer(Protocol):
+    """The part of :class:`worker.ownership.Ownership` a session needs."""
+
+    async def claim(self, call_id: str, *, reservation: Reservation | None = None) -> Claim | None: ...
+
+
+class Lifecycle(Protocol):
+    """Where integrators hear about calls (``callhook.events``, routing keys ``call.*``)."""
+
+    async def call_event(self, name: str, info: CallInfo, **fields: object) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    answer_deadline_seconds: float = 30.0
+    media_connect_timeout_seconds: float = 10.0
+    hangup_deadline_seconds: float = 10.0  # how long reject/terminate may keep retrying
+    app_stop_timeout_seconds: float = 2.0
+    request_id: str = ""  # the dial request an outgoing call came from
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDeps:
+    graph: GraphClient
+    metrics: WorkerMetrics
+    lifecycle: Lifecycle
+    claimer: Claimer
+    media_settings: MediaSettings
+
+
+class CallSession:
+    """``await CallSession(...).run()`` carries one call from claim (or dial) to its end."""
+
+    def __init__(
+        self,
+        deps: SessionDeps,
+        settings: SessionSettings,
+        info: CallInfo,
+        app: App,
+        *,
+        claim: Claim | None = None,
+        reservation: Reservation | None = None,
+        received_at: float = 0.0,
+    ) -> None:
+        self.info = info
+        self._deps, self._settings, self._app = deps, settings, app
+        self._claim, self._reservation = claim, reservation
+        self._call = machine.incoming() if info.direction == "incoming" else machine.outgoing()
+        self._inbox: asyncio.Queue[tuple[machine.Event, Ack | None]] = asyncio.Queue()
+        self._received_at = received_at or time.time()
+        # Answer deadline as a monotonic instant: Meta's window counts from when it sent the connect.
+        remaining = self._received_at + settings.answer_deadline_seconds - time.time()
+        self._answer_deadline = time.monotonic() + max(1.0, remaining)
+        self._media: MediaSession | None = None
+        self._app_task: asyncio.Task[None] | None = None
+        self._answered_at: float | None = None
+        self._remote_error: int | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.outcome: machine.Outcome | None = None
+
+    # ------------------------------------------------------------------------------------- public API
+    @property
+    def state(self) -> machine.CallState:
+        return self._call.state
+
+    def hang_up(self, reason: str) -> None:
+        """Ask the call to end (drain, API, app). Safe at any time, any number of times."""
+        self._post(machine.HangupRequested(reason))
+
+    async def run(self, first: machine.Event) -> machine.Outcome:
+        call_id_var.set(self.info.call_id or None)
+        self._media = MediaSession(
+            self._deps.media_settings, metrics=self._deps.metrics, on_ended=self._on_media_end
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                if self._claim is not None:
+                    self._spawn("mailbox", self._read_mailbox(self._claim))
+                self._post(first)
+                await self._loop()
+                # The call is over: helpers still waiting (mailbox, a watchdog) have no news left. Lifecycle
+                # notifications are let finish (each is bounded by its publish timeout).
+                for task in self._tasks:
+                    if not task.get_name().startswith("notify"):
+                        task.cancel()
+        finally:
+            await self._media.close()
+            if self._reservation is not None:
+                self._reservation.release()
+            if self._claim is not None:
+                await self._claim.release()
+        assert self.outcome is not None
+        return self.outcome
+
+    # ------------------------------------------------------------------------------------ the loop
+    async def _loop(self) -> None:
+        while True:
+            event, ack = await self._inbox.get()
+            self._call, commands = machine.step(self._call, event)
+            for command in commands:
+                await self._execute(command)
+            if ack is not None:
+                await ack()
+            if self._call.state is machine.CallState.ENDED:
+                return
+
+    def _post(self, event: machine.Event, ack: Ack | None = None) -> None:
+        self._inbox.put_nowait((event, ack))
+
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._tg is not None
+        task = self._tg.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _execute(self, command: machine.Command) -> None:
+        assert self._media is not None
+        match command:
+            case machine.CreateAnswer(offer_sdp=offer):
+                await self._make_sdp(self._media.answer(offer))
+            case machine.CreateOffer():
+                await self._make_sdp(self._media.offer())
+            case machine.ApplyAnswer(sdp=answer):
+                try:
+                    await self._media.apply_answer(answer)
+                except MediaError as exc:
+                    self._post(machine.MediaFailed(f"bad answer: {exc}"))
+            case machine.GraphRequest():
+                self._spawn(command.action, self._graph(command))
+            case machine.WaitMedia():
+                self._spawn("wait-media", self._wait_media())
+            case machine.StartApp():
+                self._start_app()
+            case machine.StopApp():
+                await self._stop_app()
+            case machine.CloseMedia():
+                await self._media.close()
+            case machine.Notify(event=name):
+                self._spawn(f"notify-{name}", self._notify(name))
+            case machine.Finish(outcome=outcome, reason=reason):
+                self._finish(outcome, reason)
+
+    # ---------------------------------------------------------------------------------- commands
+    async def _make_sdp(self, making: Awaitable[str]) -> None:
+        try:
+            self._post(machine.LocalSdpReady(await making))
+        except MediaError as exc:
+            self._post(machine.LocalSdpFailed(str(exc)))
+
+    async def _graph(self, request: machine.GraphRequest) -> None:
+        graph, pid, call_id = self._deps.graph, self.info.phone_number_id, self.info.call_id
+        action = request.action
+        try:
+            if action == "connect":
+                await self._connect(request.sdp or "")
+                return
+            self._observe_setup(action)
+            if action == "pre_accept":
+                await graph.pre_accept(pid, call_id, request.sdp or "", deadline=self._answer_deadline)
+            elif action == "accept":
+                await graph.accept(
+                    pid,
+                    call_id,
+                    request.sdp or "",
+                    deadline=self._answer_deadline,
+                    biz_opaque_callback_data=self.info.biz_opaque_callback_data,
+                )
+            elif action == "reject":
+                await graph.reject(pid, call_id, deadline=self._hangup_deadline(self._answer_deadline))
+            else:
+                await graph.terminate(pid, call_id, deadline=self._hangup_deadline())
+        except GraphError as exc:
+            log.warning("graph %s failed", action, extra={"code": exc.code, "error": str(exc)})
+            self._post(machine.GraphFailed(action, f"graph {action}: {exc}", code=exc.code))
+        else:
+            self._post(machine.GraphDone(action))
+
+    async def _connect(self, offer: str) -> None:
+        """Place the outgoing call, then own it: its events may already be waiting in the retry loop."""
+        info = self.info
+        call_id = await self._deps.graph.connect(
+            info.phone_number_id,
+            info.user_number,
+            offer,
+            biz_opaque_callback_data=info.biz_opaque_callback_data,
+        )
+        self.info = info = dataclasses.replace(info, call_id=call_id)
+        call_id_var.set(call_id)
+        claim = await self._deps.claimer.claim(call_id, reservation=self._reservation)
+        self._reservation = None
+        if claim is None:  # cannot happen unless Meta reused an id; end it rather than run it unowned
+            self._post(machine.GraphDone("connect", call_id=call_id))
+            self._post(machine.HangupRequested("call id already owned elsewhere"))
+            return
+        self._claim = claim
+        self._spawn("mailbox", self._read_mailbox(claim))
+        self._post(machine.GraphDone("connect", call_id=call_id))
+
+    def _hangup_deadline(self, floor: float = 0.0) -> float:
+        return max(floor, time.monotonic() + self._settings.hangup_deadline_seconds)
+
+    async def _wait_media(self) -> None:
+        assert self._media is not None
+        try:
+            await self._media.wait_connected(self._settings.media_connect_timeout_seconds)
+        except MediaError as exc:
+            self._post(machine.MediaFailed(str(exc)))
+        else:
+            self._observe_setup("media_connected")
+            self._post(machine.MediaConnected())
+
+    def _start_app(self) -> None:
+        assert self._media is not None
+        self._media.start_sending()
+        self._answered_at = time.monotonic()
+        call = MediaCall(self.info, self._media, self._app_hangup)
+        self._app_task = self._spawn("app", self._run_app(call))
+
+    async def _run_app(self, call: MediaCall) -> None:
+        try:
+            await self._app(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the user's app failing must end its call, never the worker
+            log.exception("app failed")
+            self._post(machine.AppFinished(error=repr(exc)))
+        else:
+            self._post(machine.AppFinished())
+
+    async def _app_hangup(self) -> None:
+        self._post(machine.HangupRequested("app hung up"))
+
+    async def _stop_app(self) -> None:
+        task, self._app_task = self._app_task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        try:
+            async with asyncio.timeout(self._settings.app_stop_timeout_seconds):
+                await asyncio.wait({task})
+        except TimeoutError:
+            log.warning("app ignored cancellation; the call's task group waits for it")
+
+    def _on_media_end(self, reason: EndReason) -> None:
+        if reason is not EndReason.CLOSED:
+            self._post(machine.MediaLost(f"media ended: {reason.value}"))
+
+    async def _notify(self, name: str) -> None:
+        fields: dict[str, object] = {"state": self._call.state.value}
+        if name == "ended":
+            fields.update(
+                outcome=self._call.outcome.value if self._call.outcome else None,
+                reason=self._call.end_reason,
+                error_code=self._remote_error,
+                duration_seconds=self._duration(),
+            )
+        if self._settings.request_id:
+            fields["request_id"] = self._settings.request_id
+        await self._deps.lifecycle.call_event(name, self.info, **fields)
+
+    def _finish(self, outcome: machine.Outcome, reason: str) -> None:
+        self.outcome = outcome
+        metrics = self._deps.metrics
+        metrics.calls.labels(direction=self.info.direction, outcome=outcome.value).inc()
+        duration = self._duration()
+        if duration is not None:
+            metrics.call_duration.labels(direction=self.info.direction).observe(duration)
+        log.info(
+            "call ended", extra={"outcome": outcome.value, "reason": reason, "duration_seconds": duration}
+        )
+
+    def _duration(self) -> float | None:
+        return None if self._answered_at is None else round(time.monotonic() - self._answered_at, 3)
+
+    def _observe_setup(self, stage: str) -> None:
+        if self.info.direction == "incoming" and stage in ("pre_accept", "media_connected", "accept"):
+            self._deps.metrics.setup_seconds.labels(direction="incoming", stage=stage).observe(
+                max(0.0, time.time() - self._received_at)
+            )
+
+    # --------------------------------------------------------------------------------- the mailbox
+    async def _read_mailbox(self, claim: Claim) -> None:
+        current: Claim | None = claim
+        while current is not None:
+            try:
+                async for item in current:
+                    self._apply_mailbox(item)
+            except ClaimLost:
+                current = await self._reclaim(current)
+            else:
+                return
+
+    def _apply_mailbox(self, item: MailboxItem) -> None:
+        event = _machine_event(item.event, self.info.direction)
+        if event is None:
+            self._spawn("ack", item.ack())
+            return
+        if isinstance(item.event, CallTerminate):
+            self._remote_error = item.event.error_code
+        self._post(event, item.ack)
+
+    async def _reclaim(self, lost: Claim) -> Claim | None:
+        """The broker connection died with our claim. Claim the call again on the next connection; if someone
+        else holds it now (a terminate made it a tombstone there), the call is over: end it."""
+        await lost.release()
+        while self._call.state is not machine.CallState.ENDED:
+            try:
+                claim = await self._deps.claimer.claim(self.info.call_id)
+            except CallhookError:
+                continue  # no connection within the claim timeout: keep trying while the call lives
+            if claim is None:
+                self.hang_up("claim taken over while the broker connection was down")
+                return None
+            self._claim = claim
+            log.info("call reclaimed after a broker reconnect")
+            return claim
+        return None
+
+
+def _machine_event(event: CallEvent, direction: str) -> machine.Event | None:
+    """A mailbox event as the state machine's input; None when it carries nothing for this call."""
+    match event:
+        case CallTerminate(status=status, error_code=code):
+            return machine.RemoteTerminated(status, error_code=code)
+        case CallStatus(status=status):
+            return machine.CalleeStatus(status) if direction == "outgoing" else None
+        case CallConnect(direction="outgoing", sdp=sdp) if direction == "outgoing":
+            return machine.AnswerReceived(sdp)
+        case HangupRequest():
+            return machine.HangupRequested("hangup requested through the API")
+    return None  # an incoming call's connect was handled at claim time (duplicates are dropped by the claim)
