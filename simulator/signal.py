@@ -10,8 +10,8 @@ Opus at any bitrate and a 16 kHz cap, and it is verifiable two ways:
 * *content*: after alignment, every whole 100 ms tone heard must have its dominant frequency within 4 % (25 Hz
   at least) of the tone that was played.
 
-The signal is defined for any sample rate, so the phone renders 48 kHz frames to send and the analysis renders
-the same stretch at 16 kHz (:data:`ANALYSIS_RATE`) to compare with what was heard, downsampled the same way.
+The signal is defined for any sample rate: the phone renders 48 kHz frames to send, and the analysis renders
+the same stretch and downsamples it to 16 kHz (:data:`ANALYSIS_RATE`) exactly as the heard audio was.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class AudioReport:
     windows_compared: int  # whole 100 ms tones inside the overlap
     windows_matched: int  # of those, dominant frequency within tolerance
     offset_seconds: float | None  # heard[0] lines up with the played signal at this time
-    round_trip_seconds: float | None  # median frame send -> echo arrival
+    round_trip_seconds: float | None  # median frame send -> echo arrival; None unless matched
     matched: bool
 
     @property
@@ -111,8 +111,9 @@ class Recording:
     heard_times: Times
 
 
-def analyse(signal: TestSignal, recording: Recording, rate: int = ANALYSIS_RATE) -> AudioReport:
+def analyse(signal: TestSignal, recording: Recording) -> AudioReport:
     """Align the heard audio on the played signal, check each tone, and measure the round trip."""
+    rate = ANALYSIS_RATE
     frame = round(rate * FRAME_SECONDS)
     heard = recording.heard
     usable_frames = (len(heard) + round(MAX_LAG_SECONDS * rate)) // frame
@@ -121,12 +122,13 @@ def analyse(signal: TestSignal, recording: Recording, rate: int = ANALYSIS_RATE)
     seconds_heard = len(heard) / rate
     if played_count == 0 or len(heard) < frame:
         return AudioReport(seconds_played, seconds_heard, 0.0, 0, 0, None, None, False)
-    played = signal.render(0, played_count, rate)
+    # The reference goes through the same 48 -> 16 kHz step as what was heard, so no fractional offset.
+    played = downsample_48k_to_16k(signal.render(0, played_count * 3, SEND_RATE))
     shift = _best_shift(heard, played)
     correlation = _overlap_correlation(heard, played, shift)
     compared, matched = _compare_tones(signal, heard, shift, played_count, rate)
-    rtt = _round_trip(recording, shift, frame, played_count)
     ok = correlation >= MIN_CORRELATION and compared >= MIN_WINDOWS and matched >= MIN_MATCH_RATIO * compared
+    rtt = _round_trip(recording, shift, frame, played_count) if ok else None
     return AudioReport(seconds_played, seconds_heard, correlation, compared, matched, shift / rate, rtt, ok)
 
 

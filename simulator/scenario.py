@@ -1,0 +1,257 @@
+"""Scenarios: many users calling the business at a rate, talking, hanging up; and what came of it.
+
+:func:`run_scenario` places ``calls`` incoming calls at ``rate_per_second`` through a running
+:class:`~simulator.sim.Simulator`, holds each answered call for ``hold_seconds`` while the phone plays its
+test signal, then ends it from the side the scenario names (``phone``, ``business`` or ``random``). For the
+business side, a ``business_hangup(call_id)`` hook asks the business to end the call (e.g. through its API);
+without one the runner waits ``business_grace_seconds`` for the business to terminate on its own, and counts
+``business_did_not_hang_up`` if it does not (the phone then hangs up).
+
+The :class:`ScenarioSummary` says how many calls were answered, why the others failed, the setup latency
+measured from the moment the connect webhook was first sent to the moment the Graph API received the
+business's ``pre_accept`` and ``accept``, and the audio round trip measured on the test signal (meaningful
+when the business echoes audio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from simulator.calls import CallState
+from simulator.errors import CallEndedError, ScenarioError
+from simulator.signal import AudioReport
+from simulator.sim import SimulatedCall, Simulator
+
+HangupSide = Literal["phone", "business", "random"]
+BusinessHangup = Callable[[str], Awaitable[None]]
+NOT_HUNG_UP = "business_did_not_hang_up"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    calls: int = 1
+    rate_per_second: float = 1.0
+    hold_seconds: float = 5.0
+    hangup: HangupSide = "phone"
+    business_grace_seconds: float = 10.0
+    phone_number_id: str | None = None
+    first_caller: int = 15557000001  # callers are numbered from here
+
+    def __post_init__(self) -> None:
+        if self.calls < 0 or self.rate_per_second <= 0 or self.hold_seconds < 0:
+            raise ScenarioError("calls >= 0, rate_per_second > 0 and hold_seconds >= 0 are required")
+        if self.hangup not in ("phone", "business", "random"):
+            raise ScenarioError(f"hangup must be phone, business or random, not {self.hangup!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    call_id: str
+    state: str
+    end_reason: str | None
+    answered: bool
+    setup_pre_accept_seconds: float | None  # connect webhook first sent -> pre_accept received
+    setup_accept_seconds: float | None  # connect webhook first sent -> accept received
+    audio: AudioReport | None
+
+
+@dataclass(slots=True)
+class ScenarioSummary:
+    outcomes: list[CallOutcome] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    statistics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def placed(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def answered(self) -> int:
+        return sum(1 for o in self.outcomes if o.answered)
+
+    @property
+    def failed_by_reason(self) -> dict[str, int]:
+        """Calls that did not end as a normal hang-up after being answered, by reason."""
+        normal = {"phone_hangup", "business_hangup"}
+        return dict(Counter(o.end_reason or o.state for o in self.outcomes if o.end_reason not in normal))
+
+    @property
+    def audio_matched(self) -> int:
+        return sum(1 for o in self.outcomes if o.audio is not None and o.audio.matched)
+
+    def setup_pre_accept(self) -> list[float]:
+        return [o.setup_pre_accept_seconds for o in self.outcomes if o.setup_pre_accept_seconds is not None]
+
+    def setup_accept(self) -> list[float]:
+        return [o.setup_accept_seconds for o in self.outcomes if o.setup_accept_seconds is not None]
+
+    def round_trips(self) -> list[float]:
+        return [
+            o.audio.round_trip_seconds
+            for o in self.outcomes
+            if o.audio is not None and o.audio.matched and o.audio.round_trip_seconds is not None
+        ]
+
+    @property
+    def ok(self) -> bool:
+        return self.answered == self.placed and not self.failed_by_reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "placed": self.placed,
+            "answered": self.answered,
+            "failed_by_reason": self.failed_by_reason,
+            "setup_pre_accept_ms": _percentiles_ms(self.setup_pre_accept()),
+            "setup_accept_ms": _percentiles_ms(self.setup_accept()),
+            "audio_round_trip_ms": _percentiles_ms(self.round_trips()),
+            "audio_matched": self.audio_matched,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "simulator": self.statistics,
+        }
+
+    def format(self) -> str:
+        data = self.as_dict()
+        failed = ", ".join(f"{k} {v}" for k, v in sorted(data["failed_by_reason"].items())) or "none"
+        lines = [
+            f"calls placed {self.placed}, answered {self.answered}, failed: {failed}",
+            "setup, connect webhook sent -> pre_accept received: " + _format_ms(data["setup_pre_accept_ms"]),
+            "setup, connect webhook sent -> accept received:     " + _format_ms(data["setup_accept_ms"]),
+            f"audio round trip (echo of the phone's test signal): {_format_ms(data['audio_round_trip_ms'])}"
+            f"; audio matched in {self.audio_matched} of {self.answered} answered calls",
+            f"wall time {self.wall_seconds:.1f} s",
+        ]
+        return "\n".join(lines)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (``fraction`` in 0..1) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def _percentiles_ms(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {
+        "p50": round(percentile(values, 0.5) * 1000, 1),
+        "p99": round(percentile(values, 0.99) * 1000, 1),
+        "n": len(values),
+    }
+
+
+def _format_ms(stats: dict[str, float] | None) -> str:
+    if stats is None:
+        return "no data"
+    return f"p50 {stats['p50']:.1f} ms, p99 {stats['p99']:.1f} ms (n={int(stats['n'])})"
+
+
+async def run_scenario(
+    sim: Simulator,
+    scenario: Scenario,
+    *,
+    business_hangup: BusinessHangup | None = None,
+    rng: random.Random | None = None,
+    keep_calls: bool = False,
+) -> ScenarioSummary:
+    """Run ``scenario`` against the business behind ``sim``'s ingress URL; returns when every call ended.
+
+    Each call's outcome (with its audio report) is kept in the summary; the call itself and its recording are
+    dropped from the simulator unless ``keep_calls``, so long scenarios run in bounded memory.
+    """
+    rng = rng or random.Random()
+    summary = ScenarioSummary()
+    started = time.monotonic()
+    runner = _CallRunner(sim, scenario, business_hangup, keep_calls=keep_calls)
+    async with asyncio.TaskGroup() as tg:
+        for index in range(scenario.calls):
+            # Pace call starts at the scenario's rate: this sleep *is* the load profile.
+            await asyncio.sleep(max(0.0, started + index / scenario.rate_per_second - time.monotonic()))
+            side = rng.choice(("phone", "business")) if scenario.hangup == "random" else scenario.hangup
+            tg.create_task(runner.run(str(scenario.first_caller + index), side, summary))
+    summary.wall_seconds = time.monotonic() - started
+    summary.statistics = _statistics(sim)
+    return summary
+
+
+class _CallRunner:
+    def __init__(
+        self, sim: Simulator, scenario: Scenario, business_hangup: BusinessHangup | None, *, keep_calls: bool
+    ) -> None:
+        self._sim = sim
+        self._keep_calls = keep_calls
+        self._scenario = scenario
+        self._business_hangup = business_hangup
+        timing = sim.config.timing
+        self._answer_wait = timing.answer_window_seconds + timing.accept_media_timeout_seconds + 5.0
+
+    async def run(self, caller: str, side: str, summary: ScenarioSummary) -> None:
+        call = await self._sim.place_call(caller, self._scenario.phone_number_id)
+        not_hung_up = False
+        try:
+            await call.wait_state(CallState.ACCEPTED, timeout=self._answer_wait)
+            await asyncio.sleep(self._scenario.hold_seconds)  # the conversation itself
+            not_hung_up = await self._end(call, side)
+        except CallEndedError:
+            pass
+        except TimeoutError:
+            await self._hang_up_if_live(call)
+        summary.outcomes.append(self._outcome(call, not_hung_up))
+        if not self._keep_calls:
+            call.phone.forget_audio()
+            self._sim.forget(call.call_id)
+
+    async def _end(self, call: SimulatedCall, side: str) -> bool:
+        """End the call from ``side``; True when the business was asked to and did not."""
+        if call.ended:
+            return False
+        if side == "phone":
+            await call.hangup()
+            return False
+        if self._business_hangup is not None:
+            await self._business_hangup(call.call_id)
+        try:
+            await call.wait_ended(timeout=self._scenario.business_grace_seconds)
+        except TimeoutError:
+            await self._hang_up_if_live(call)
+            return True
+        return False
+
+    @staticmethod
+    async def _hang_up_if_live(call: SimulatedCall) -> None:
+        if not call.ended:
+            await call.hangup()
+
+    def _outcome(self, call: SimulatedCall, not_hung_up: bool) -> CallOutcome:
+        journal = self._sim.journal
+        sent = journal.connect_sent_at(call.call_id)
+        pre_accept = journal.first_request(call.call_id, "pre_accept")
+        accept = journal.first_request(call.call_id, "accept")
+        answered = call.accepted_at is not None
+        return CallOutcome(
+            call_id=call.call_id,
+            state=str(call.state),
+            end_reason=NOT_HUNG_UP if not_hung_up else call.end_reason,
+            answered=answered,
+            setup_pre_accept_seconds=pre_accept.received_at - sent if pre_accept and sent else None,
+            setup_accept_seconds=accept.received_at - sent if accept and sent else None,
+            audio=call.audio_report() if answered else None,
+        )
+
+
+def _statistics(sim: Simulator) -> dict[str, Any]:
+    stats = sim.statistics()
+    return {
+        "graph_requests": stats.graph_requests,
+        "webhook_posts": stats.webhook_posts,
+        "webhook_attempts": stats.webhook_attempts,
+        "webhook_failures": stats.webhook_failures,
+        "faults_fired": stats.faults_fired,
+        "call_errors": stats.call_errors,
+    }
