@@ -304,7 +304,9 @@ _KINDS: dict[type, str] = {
 def _message(event: Event, received_at: float | None) -> aio_pika.Message:
     headers: dict[str, Any] = {}
     if received_at is not None:
-        headers[contract.HEADER_RECEIVED_AT] = received_at
+        # A string, as the ingress sends it: pamqp encodes a Python float as a 32-bit float, which at today's
+        # unix time has a resolution of 128 s.
+        headers[contract.HEADER_RECEIVED_AT] = f"{received_at:.6f}"
     return aio_pika.Message(
         call_event_encoder.encode(event),
         headers=headers,

@@ -135,7 +135,9 @@ async def send(
     channel: aio_pika.abc.AbstractChannel, event: CallEvent, *, received_at: float | None = None
 ) -> None:
     """Publish a call event the way the router does."""
-    headers: dict[str, Any] = {} if received_at is None else {contract.HEADER_RECEIVED_AT: received_at}
+    headers: dict[str, Any] = (
+        {} if received_at is None else {contract.HEADER_RECEIVED_AT: f"{received_at:.6f}"}
+    )
     exchange = await channel.get_exchange(contract.CALLS_EXCHANGE)
     message = aio_pika.Message(
         call_event_encoder.encode(event), headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT

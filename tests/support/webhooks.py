@@ -144,6 +144,7 @@ async def publish(
         content_type=contract.WEBHOOK_CONTENT_TYPE,
         message_id=contract.message_id(data),
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        headers={contract.HEADER_RECEIVED_AT: time.time() if received_at is None else received_at},
+        # a string, as the ingress sends it (pamqp would encode a float with 32 bits)
+        headers={contract.HEADER_RECEIVED_AT: f"{time.time() if received_at is None else received_at:.6f}"},
     )
     await channel.default_exchange.publish(message, contract.WEBHOOKS_QUEUE, timeout=10)
