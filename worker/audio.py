@@ -133,7 +133,7 @@ class OpusEncoder:
     encoder at 24 kb/s loses nothing the phone would play.
     """
 
-    def __init__(self, sample_rate: int = 16000, bitrate: int = 24000, complexity: int = 5) -> None:
+    def __init__(self, sample_rate: int = 16000, bitrate: int = 24000, complexity: int = 1) -> None:
         if sample_rate not in (8000, 12000, 16000, 24000, 48000):
             raise ValueError(f"Opus cannot encode at {sample_rate} Hz")
         self.sample_rate = sample_rate
