@@ -30,6 +30,7 @@ from typing import Any, Literal, Self, TypeVar
 import aiohttp
 import msgspec
 
+from worker.config import WorkerConfig
 from worker.errors import (
     GraphAuthError,
     GraphError,
@@ -91,6 +92,15 @@ class GraphSettings:
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.timeout_seconds <= 0:
             raise ValueError("max_attempts must be >= 1 and timeout_seconds > 0")
+
+    @classmethod
+    def from_config(cls, config: WorkerConfig) -> GraphSettings:
+        return cls(
+            graph_url=config.graph_url,
+            graph_version=config.graph_version,
+            access_token=config.access_token,
+            timeout_seconds=config.graph_timeout_seconds,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ wire types

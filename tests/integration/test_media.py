@@ -21,6 +21,7 @@ from worker.media import (
     MediaSession,
     MediaSettings,
     UnusableSdp,
+    ice_servers,
 )
 from worker.metrics import WorkerMetrics
 
@@ -145,7 +146,7 @@ async def test_watchdog_ends_media_when_the_caller_goes_quiet(baseline: object) 
     reasons: list[EndReason] = []
     phone = MetaPhone()
     media = MediaSession(
-        MediaSettings(silence_timeout_seconds=0.5, stats_interval_seconds=0.2), on_ended=reasons.append
+        MediaSettings(silence_timeout_seconds=1.5, stats_interval_seconds=0.2), on_ended=reasons.append
     )
     await phone.accept_answer(await media.answer(await phone.offer()))
     await media.wait_connected(CONNECT_TIMEOUT)
@@ -266,3 +267,20 @@ async def test_many_sessions_open_and_close_without_leaks(baseline: object) -> N
         await media.close()
         await phone.close()
     await assert_no_leftovers(baseline)  # type: ignore[arg-type]
+
+
+def test_ice_servers_come_from_configuration_only() -> None:
+    assert ice_servers(MediaSettings()) == []  # never aiortc's default Google STUN server
+    settings = MediaSettings(
+        ice_servers=("stun:stun.example.net:3478", "turn:turn.example.net:3478?transport=udp"),
+        turn_username="user",
+        turn_credential="s3cret",
+    )
+    stun, turn = ice_servers(settings)
+    assert (stun.urls, stun.username, stun.credential) == ("stun:stun.example.net:3478", None, None)
+    assert (turn.urls, turn.username, turn.credential) == (
+        "turn:turn.example.net:3478?transport=udp",
+        "user",
+        "s3cret",
+    )
+    assert "s3cret" not in repr(settings)

@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from worker.config import load as load_config
 from worker.errors import GraphAuthError, GraphRefused, GraphRetryable, GraphUnknownOutcome
 from worker.graph import ERROR_CODES, GraphClient, GraphSettings, PermissionStatus
 from worker.metrics import WorkerMetrics
@@ -473,3 +474,22 @@ async def test_close_is_idempotent_and_leaves_a_passed_session_open(meta: tuple[
     async with owned:
         await owned.terminate(PNID, CALL_ID, deadline=later())
     await owned.close()
+
+
+def test_settings_from_worker_config() -> None:
+    config = load_config(
+        {
+            "CALLHOOK_ACCESS_TOKEN": TOKEN,
+            "CALLHOOK_GRAPH_URL": "http://127.0.0.1:9",
+            "CALLHOOK_GRAPH_VERSION": "v99.0",
+            "CALLHOOK_GRAPH_TIMEOUT_SECONDS": "1.5",
+        }
+    )
+    s = GraphSettings.from_config(config)
+    assert (s.graph_url, s.graph_version, s.access_token, s.timeout_seconds) == (
+        "http://127.0.0.1:9",
+        "v99.0",
+        TOKEN,
+        1.5,
+    )
+    assert TOKEN not in repr(s)
