@@ -12,6 +12,15 @@
         └── GraphUnknownOutcome the request may or may not have taken effect (timeout after sending):
                                 never retried for ``connect``
 
+Defined beside the code that raises them, under the same root:
+    CallhookError
+    ├── worker.media.MediaError         the call's media failed: before accept → reject, after → terminate
+    │   ├── UnusableSdp                 an offer/answer we cannot use (the caller's problem, counted)
+    │   ├── MediaConnectTimeout         ICE+DTLS not connected in time
+    │   └── MediaConnectFailed          the connection failed before connecting
+    ├── worker.apps.api.CallEnded       an app sent audio after its call ended
+    └── worker.apps.loader.AppSpecError CALLHOOK_APP (or a dial's app) cannot be loaded: fails start-up
+
 Library exceptions (aiohttp, aio-pika, aiortc) are translated into these at the module that calls the library,
 with ``raise ... from exc``.
 """

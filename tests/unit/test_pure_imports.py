@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PURE_MODULES = ["worker.decode", "worker.wire", "worker.events", "ingress.contract"]
+PURE_MODULES = ["worker.decode", "worker.wire", "worker.events", "worker.call", "worker.sdp", "ingress.contract"]
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 
 PROBE = """
