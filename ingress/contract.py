@@ -132,9 +132,26 @@ QUEUES: Final[tuple[QueueSpec, ...]] = (
 )
 
 
+_QUEUE_NAME_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_MAX_QUEUE_NAME_BYTES = 255
+
+
 def mailbox_queue(call_id: str) -> str:
-    """Name of the exclusive queue that is both the claim on a call and its owner's mailbox."""
-    return MAILBOX_PREFIX + call_id
+    """Name of the exclusive queue that is both the claim on a call and its owner's mailbox.
+
+    Meta's call ids are base64 (``wacid.HBgL...AA==``) and AMQP clients accept only ``[A-Za-z0-9-_.:]`` in
+    queue names, so every other character (and ``:`` itself) is written ``:XX`` (its UTF-8 bytes in hex): a
+    one-to-one mapping, readable for the ids Meta really sends. Ids too long for a queue name are hashed.
+    """
+    escaped = "".join(c if c in _QUEUE_NAME_SAFE else _escape(c) for c in call_id)
+    name = MAILBOX_PREFIX + escaped
+    if len(name) > _MAX_QUEUE_NAME_BYTES:
+        name = MAILBOX_PREFIX + "sha256:" + hashlib.sha256(call_id.encode()).hexdigest()
+    return name
+
+
+def _escape(char: str) -> str:
+    return "".join(f":{byte:02X}" for byte in char.encode())
 
 
 def message_id(body: bytes) -> str:
