@@ -7,7 +7,7 @@ declaration of a queue whose arguments differ: every process must declare exactl
 Topology (see docs/architecture.md)::
 
     ingress ──▶ [callhook.webhooks] (quorum) ──router──▶ callhook.calls (direct, key = call id)
-                      │ delivery limit                      │ bound: callhook.call.<id> (owner's exclusive mailbox)
+                      │ delivery limit                      │ bound: callhook.call.<id> (owner's mailbox)
                       ▼                                     │ unbound: alternate exchange
                  callhook.dead ◀── poison                   ▼
                                                   callhook.unclaimed (fanout) ──▶ [callhook.calls.unclaimed]
@@ -42,7 +42,7 @@ MAILBOX_PREFIX: Final = "callhook.call."
 
 # Message headers (AMQP header table keys)
 HEADER_RECEIVED_AT: Final = "x-callhook-received-at"  # float unix seconds at the ingress
-HEADER_APP_SECRET_ID: Final = "x-callhook-app-secret-id"  # fingerprint of the app secret that matched
+HEADER_APP_SECRET_ID: Final = "x-callhook-app-secret-id"  # noqa: S105 - a header name: which secret matched
 HEADER_DEAD_REASON: Final = "x-callhook-dead-reason"  # why a message was dead-lettered by callhook
 HEADER_DEAD_SOURCE: Final = "x-callhook-dead-source"  # which stage dead-lettered it
 HEADER_ATTEMPT: Final = "x-callhook-attempt"  # delayed-retry count of a call event
