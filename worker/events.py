@@ -75,6 +75,18 @@ class HangupRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
 CallEvent = CallConnect | CallTerminate | CallStatus | HangupRequest
 
 
+class DialRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Place a call (``callhook.dials``), from the ingress API or ``callhook dial`` (ingress/commands.py)."""
+
+    request_id: str
+    to: str
+    phone_number_id: str
+    permission: Literal["skip", "check", "request"] = "skip"
+    app: str | None = None
+    biz_opaque_callback_data: str | None = None
+    requested_at: float = 0.0
+
+
 class CallNotice(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A known call event nobody has to act on (``call_created``, recording/transcription available).
 
@@ -121,3 +133,4 @@ Event = CallConnect | CallTerminate | CallStatus | CallNotice | PermissionReply 
 
 call_event_encoder = msgspec.json.Encoder()
 call_event_decoder: msgspec.json.Decoder[CallEvent] = msgspec.json.Decoder(CallEvent)
+dial_decoder: msgspec.json.Decoder[DialRequest] = msgspec.json.Decoder(DialRequest)

@@ -152,6 +152,13 @@ class WorkerMetrics:
         self.draining = Gauge(
             "callhook_worker_draining", "1 while the worker drains before exit.", registry=registry
         )
+        self.dials = Counter(
+            "callhook_dials_total",
+            "Outgoing call requests by outcome (placed, no_permission, permission_requested, "
+            "permission_request_limit, callee_limit, calling_unavailable, not_callable, bad_app, failed).",
+            ["outcome"],
+            registry=registry,
+        )
         self.lifecycle_events = Counter(
             "callhook_lifecycle_events_total",
             "Call lifecycle events published for integrators, by type.",

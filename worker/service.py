@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from prometheus_client import CollectorRegistry
@@ -24,10 +25,11 @@ from callhook.logs import call_id_var, setup_logging
 from worker import call as machine
 from worker.amqp import AmqpLink
 from worker.apps.api import App, CallInfo
-from worker.apps.loader import load_app
+from worker.apps.loader import AppSpecError, load_app
 from worker.config import WorkerConfig
+from worker.dials import Ack, DialIntake
 from worker.errors import GraphError
-from worker.events import CallConnect, CallEvent
+from worker.events import CallConnect, CallEvent, DialRequest
 from worker.graph import GraphClient, GraphSettings
 from worker.health import HealthServer, watch_loop_lag
 from worker.lifecycle import LifecyclePublisher
@@ -35,7 +37,7 @@ from worker.media import MediaSettings
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, Ownership, OwnershipSettings, Reservation
 from worker.router import Router
-from worker.session import CallSession, SessionDeps, SessionSettings
+from worker.session import DIAL_REFUSALS, CallSession, SessionDeps, SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class WorkerService:
         self._ownership: Ownership | None = None
         self._graph: GraphClient | None = None
         self._deps: SessionDeps | None = None
+        self._dials: DialIntake | None = None
+        self._apps: dict[str, App] = {config.app: self.app}
 
     # ---------------------------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> WorkerService:
@@ -104,6 +108,9 @@ class WorkerService:
                 ),
             )
             await stack.enter_async_context(Router(self._link, self.metrics))
+            self._dials = await stack.enter_async_context(
+                DialIntake(self._link, self._ownership, self._take_dial, self.metrics)
+            )
             self.health = await stack.enter_async_context(
                 HealthServer(config.metrics_host, config.metrics_port, self.registry, self.ready)
             )
@@ -129,6 +136,8 @@ class WorkerService:
             self.metrics.draining.set(1)
             if self._ownership is not None:
                 self._ownership.drain()
+            if self._dials is not None:
+                self._dials.drain()
             log.info("draining", extra={"calls": len(self.sessions)})
         self._stop.set()
 
@@ -186,6 +195,7 @@ class WorkerService:
         received_at: float = 0.0,
         app: App | None = None,
         request_id: str = "",
+        before_connect: Callable[[], Awaitable[None]] | None = None,
     ) -> CallSession:
         assert self._deps is not None
         settings = SessionSettings(
@@ -195,7 +205,7 @@ class WorkerService:
         )
         return CallSession(
             self._deps, settings, info, app or self.app,
-            claim=claim, reservation=reservation, received_at=received_at,
+            claim=claim, reservation=reservation, received_at=received_at, before_connect=before_connect,
         )  # fmt: skip
 
     def _start(self, session: CallSession, first: machine.Event) -> None:
@@ -214,6 +224,64 @@ class WorkerService:
         finally:
             self.sessions.pop(key, None)
             self._session_tasks.pop(key, None)
+            if self._dials is not None:
+                self._dials.room_changed()
+
+    # ----------------------------------------------------------------------------------- dials
+    def _take_dial(self, request: DialRequest, reservation: Reservation, ack: Ack) -> None:
+        self._calls.create_task(self._dial(request, reservation, ack), name=f"dial:{request.request_id}")
+
+    async def _dial(self, request: DialRequest, reservation: Reservation, ack: Ack) -> None:
+        """Check what the dial asks to be checked, then place the call in a session of its own."""
+        assert self._deps is not None
+        info = CallInfo(
+            call_id="",
+            phone_number_id=request.phone_number_id,
+            direction="outgoing",
+            user_number=request.to,
+            biz_opaque_callback_data=request.biz_opaque_callback_data,
+        )
+        try:
+            app = self._app(request.app)
+            refusal = await self._permission_refusal(request) if request.permission != "skip" else None
+        except AppSpecError as exc:
+            refusal = ("bad_app", str(exc))
+        except GraphError as exc:
+            refusal = (DIAL_REFUSALS.get(exc.code or 0, "failed"), f"permission check: {exc}")
+        if refusal is not None:
+            await ack()
+            reservation.release()
+            outcome, reason = refusal
+            self.metrics.dials.labels(outcome=outcome).inc()
+            log.info("dial not placed", extra={"request_id": request.request_id, "outcome": outcome})
+            await self._deps.lifecycle.call_event(
+                "ended", info, outcome=outcome, reason=reason, request_id=request.request_id
+            )
+            if self._dials is not None:
+                self._dials.room_changed()
+            return
+        session = self._session(
+            info, reservation=reservation, app=app, request_id=request.request_id, before_connect=ack
+        )
+        self._start(session, machine.Dialed())
+
+    async def _permission_refusal(self, request: DialRequest) -> tuple[str, str] | None:
+        """None when the user may be called now; else (outcome, reason). ``request`` mode asks the user."""
+        assert self._graph is not None
+        status = await self._graph.call_permissions(request.phone_number_id, request.to)
+        if status.status in ("temporary", "permanent") and status.can_start_call is not False:
+            return None
+        if request.permission == "request" and status.can_request_permission is not False:
+            await self._graph.send_permission_request(request.phone_number_id, request.to)
+            return ("permission_requested", "no permission yet: a permission request was sent to the user")
+        return ("no_permission", f"call permission is {status.status}")
+
+    def _app(self, spec: str | None) -> App:
+        key = spec or self.config.app
+        app = self._apps.get(key)
+        if app is None:
+            app = self._apps[key] = load_app(key)
+        return app
 
     def _reject_unowned(self, event: CallConnect, reason: str) -> None:
         self._side_tasks.create_task(self._end_unowned(event, "reject", reason))

@@ -34,6 +34,16 @@ log = logging.getLogger(__name__)
 Ack = Callable[[], Awaitable[None]]
 
 
+# Meta's refusals of ``connect`` that an integrator must tell apart (README, "Outgoing calls").
+DIAL_REFUSALS: dict[int, str] = {
+    138001: "not_callable",
+    138006: "no_permission",
+    138009: "permission_request_limit",
+    138012: "callee_limit",
+    138013: "calling_unavailable",
+}
+
+
 class Claimer(Protocol):
     """The part of :class:`worker.ownership.Ownership` a session needs."""
 
@@ -77,8 +87,10 @@ class CallSession:
         claim: Claim | None = None,
         reservation: Reservation | None = None,
         received_at: float = 0.0,
+        before_connect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.info = info
+        self._before_connect = before_connect
         self._deps, self._settings, self._app = deps, settings, app
         self._claim, self._reservation = claim, reservation
         self._call = machine.incoming() if info.direction == "incoming" else machine.outgoing()
@@ -189,10 +201,10 @@ class CallSession:
     async def _graph(self, request: machine.GraphRequest) -> None:
         graph, pid, call_id = self._deps.graph, self.info.phone_number_id, self.info.call_id
         action = request.action
+        if action == "connect":
+            await self._connect(request.sdp or "")
+            return
         try:
-            if action == "connect":
-                await self._connect(request.sdp or "")
-                return
             self._observe_setup(action)
             if action == "pre_accept":
                 await graph.pre_accept(pid, call_id, request.sdp or "", deadline=self._answer_deadline)
@@ -216,24 +228,38 @@ class CallSession:
 
     async def _connect(self, offer: str) -> None:
         """Place the outgoing call, then own it: its events may already be waiting in the retry loop."""
-        info = self.info
-        call_id = await self._deps.graph.connect(
-            info.phone_number_id,
-            info.user_number,
-            offer,
-            biz_opaque_callback_data=info.biz_opaque_callback_data,
-        )
+        info, metrics = self.info, self._deps.metrics
+        if self._before_connect is not None:
+            await self._before_connect()  # the dial leaves its queue now: connect is never repeated
+        try:
+            call_id = await self._deps.graph.connect(
+                info.phone_number_id, info.user_number, offer,
+                biz_opaque_callback_data=info.biz_opaque_callback_data,
+            )  # fmt: skip
+        except GraphError as exc:
+            outcome = DIAL_REFUSALS.get(exc.code or 0, "failed")
+            metrics.dials.labels(outcome=outcome).inc()
+            log.warning("dial refused", extra={"outcome": outcome, "code": exc.code, "error": str(exc)})
+            self._remote_error = exc.code
+            self._post(machine.GraphFailed("connect", f"{outcome}: {exc}", code=exc.code))
+            return
+        metrics.dials.labels(outcome="placed").inc()
         self.info = info = dataclasses.replace(info, call_id=call_id)
         call_id_var.set(call_id)
-        claim = await self._deps.claimer.claim(call_id, reservation=self._reservation)
-        self._reservation = None
-        if claim is None:  # cannot happen unless Meta reused an id; end it rather than run it unowned
-            self._post(machine.GraphDone("connect", call_id=call_id))
-            self._post(machine.HangupRequested("call id already owned elsewhere"))
+        try:
+            claim = await self._deps.claimer.claim(call_id, reservation=self._reservation)
+        except CallhookError as exc:  # the call exists at Meta: it must be ended, not left ringing
+            log.warning("could not claim a placed call", extra={"error": str(exc)})
+            claim = None
+        if self._reservation is not None:
+            self._reservation.release()  # a no-op when the claim took its unit over
+            self._reservation = None
+        self._post(machine.GraphDone("connect", call_id=call_id))
+        if claim is None:
+            self._post(machine.HangupRequested("could not own the placed call"))
             return
         self._claim = claim
         self._spawn("mailbox", self._read_mailbox(claim))
-        self._post(machine.GraphDone("connect", call_id=call_id))
 
     def _hangup_deadline(self, floor: float = 0.0) -> float:
         return max(floor, time.monotonic() + self._settings.hangup_deadline_seconds)
