@@ -25,12 +25,48 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     decode.add_argument("file", type=Path, help="a file holding the raw webhook body ('-' for stdin)")
     decode.set_defaults(handler=_decode)
 
+    dial = sub.add_parser(
+        "dial",
+        help="place an outgoing call: a worker with room takes it (prints the request id)",
+        description="Queue a call to a WhatsApp user on callhook.dials; with --wait, print the call's "
+        "lifecycle events (call.dialed/ringing/answered/ended) until it ends. Needs CALLHOOK_AMQP_URL and "
+        "the business number's id (--from or CALLHOOK_PHONE_NUMBER_ID).",
+    )
+    dial.add_argument("to", help="the user's phone number, international format (e.g. 15551234567)")
+    dial.add_argument(
+        "--from", dest="from_id", help="business phone number id (default CALLHOOK_PHONE_NUMBER_ID)"
+    )
+    dial.add_argument("--app", help="the call's app (default: the worker's CALLHOOK_APP)")
+    dial.add_argument("--callback-data", help="biz_opaque_callback_data, echoed in Meta's webhooks (<= 512)")
+    dial.add_argument(
+        "--permission", choices=("skip", "check", "request"), default="skip",
+        help="check call permission first; 'request' also asks the user for it when missing",
+    )  # fmt: skip
+    dial.add_argument("--wait", type=float, metavar="SECONDS", help="follow the call's events this long")
+    dial.set_defaults(handler=_dial)
+
 
 def _run_worker(args: argparse.Namespace) -> int:
     from worker import config
     from worker.service import run
 
     return run(config.load(os.environ))
+
+
+def _dial(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ingress.commands import CommandError
+    from worker.dial_cli import dial, options_from
+
+    options, amqp_url = options_from(
+        args.to, args.from_id, args.app, args.callback_data, args.permission, args.wait
+    )
+    try:
+        return asyncio.run(dial(options, amqp_url))
+    except CommandError as exc:
+        print(f"callhook dial: {exc}", file=sys.stderr)
+        return 2
 
 
 def _decode(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 Pure (msgspec only). The router publishes each per-call event to ``callhook.calls`` (routing key = call id) as
 JSON with a ``type`` tag; the owner decodes it with :data:`call_event_decoder`. Values Meta may extend
-(``status``) are normalized to lower case and kept as ``str``, so a new value is counted, not a poison message.
+(``status``) are normalized to lower case and kept as ``str``, so a new value is counted, never poison.
 Times are unix seconds; ``0`` means the webhook did not say.
 """
 

@@ -1,6 +1,6 @@
 """Every Prometheus metric a worker exports, created on a registry that is passed in (no globals).
 
-Names are prefixed ``callhook_``, carry their unit, and never label by call id or phone number. The Helm chart's
+Names are prefixed ``callhook_``, carry their unit, and never label by call id or phone number. The chart's
 alerts, scaler and dashboard use these names; ``tests/helm`` checks them against a scrape of a running worker.
 """
 
