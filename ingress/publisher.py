@@ -101,6 +101,7 @@ class Publisher:
         self._disconnected = asyncio.Event()
         self._disconnected.set()
         self._supervisor: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Future[None] | None = None  # resolved by close(): the supervisor's way out
         self._closing = False
         self._pending: dict[str, asyncio.Future[None]] = {}  # message_id -> done, see module docstring
         self._drained: asyncio.Future[None] | None = None
@@ -108,7 +109,8 @@ class Publisher:
 
     async def __aenter__(self) -> Self:
         if self._supervisor is None:
-            self._supervisor = asyncio.create_task(self._supervise(), name="callhook-ingress-broker")
+            stopping = self._stopping = asyncio.get_running_loop().create_future()
+            self._supervisor = asyncio.create_task(self._supervise(stopping), name="callhook-ingress-broker")
         return self
 
     async def __aexit__(
@@ -144,9 +146,15 @@ class Publisher:
                     await self._drained
             except TimeoutError:
                 log.warning("closing with publishes still unconfirmed", extra={"inflight": self._inflight})
+        if self._stopping is not None and not self._stopping.done():
+            self._stopping.set_result(None)
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+            # Connected or backing off, the supervisor sees ``stopping`` and returns, closing the connection
+            # properly; a connection attempt is cut short by cancelling. On Python 3.11 a cancellation can be
+            # lost inside a library's wait_for, which is why ``stopping`` exists at all.
+            if self._channel is None:
+                self._supervisor.cancel()
+            await asyncio.wait([self._supervisor])
 
     async def publish(self, body: bytes, *, received_at: float, secret_id: str) -> None:
         """Store ``body`` unchanged in ``callhook.webhooks``; returns once the broker confirmed it."""
@@ -214,11 +222,11 @@ class Publisher:
                 raise
             raise BrokerUnavailable("broker connection closed") from None
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, stopping: asyncio.Future[None]) -> None:
         delay = self._reconnect_initial
-        while True:
+        while not stopping.done():
             try:
-                await self._run_connection()
+                await self._run_connection(stopping)
             except (AMQPError, ConnectionError, OSError, TimeoutError) as exc:
                 log.warning(
                     "broker connection failed",
@@ -226,17 +234,17 @@ class Publisher:
                 )
             else:
                 delay = self._reconnect_initial  # we were connected: start backing off afresh
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            await asyncio.wait([stopping], timeout=delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self._reconnect_max)
 
-    async def _run_connection(self) -> None:
+    async def _run_connection(self, stopping: asyncio.Future[None]) -> None:
         async with asyncio.timeout(self._connect_timeout):
             connection = await aio_pika.connect(
-                self._url,
-                timeout=self._connect_timeout,
-                client_properties={"connection_name": self._connection_name},
+                self._url, client_properties={"connection_name": self._connection_name}
             )
         try:
+            if stopping.done():
+                return
             async with asyncio.timeout(self._connect_timeout):
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 await declare_topology(channel)
@@ -244,8 +252,9 @@ class Publisher:
             if not isinstance(raw, aiormq.Channel):  # we need its basic_publish(wait=False)
                 raise TypeError(f"unexpected aiormq channel type {type(raw).__name__}")
             self._set_channel(raw)
-            await asyncio.wait([raw.closing])
-            log.warning("broker connection lost", extra={"broker": _redacted(self._url)})
+            await asyncio.wait([raw.closing, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.done():
+                log.warning("broker connection lost", extra={"broker": _redacted(self._url)})
         finally:
             self._set_channel(None)
             await self._close_connection(connection)

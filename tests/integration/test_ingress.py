@@ -33,7 +33,7 @@ from ingress import contract
 from ingress.app import LINGERING_SECONDS, PUBLISHER, create_app
 from ingress.broker import declare_topology
 from ingress.config import IngressConfig
-from ingress.publisher import Publisher
+from ingress.publisher import BrokerUnavailable, Publisher
 from ingress.signature import sign
 from tests.support.tcpproxy import TcpProxy
 
@@ -422,6 +422,26 @@ async def test_confirm_timeout_is_503(
             proxy.set_delay(0)
             assert await post(http, ingress, BODY.replace(b"connect", b"terminate")) == 200
             assert ingress.publisher.connected
+
+
+async def test_publisher_close_is_prompt_and_idempotent_in_every_state(amqp_url: str) -> None:
+    async with TcpProxy("127.0.0.1", 5672) as proxy:
+        url = via_proxy(amqp_url, proxy)
+        await proxy.cut()
+        never_connected = Publisher(url, reconnect_initial_seconds=0.01, reconnect_max_seconds=0.02)
+        async with asyncio.timeout(WAIT):
+            async with never_connected:
+                pass  # closed while its first attempts fail
+            await never_connected.close()
+        proxy.restore()
+        connected = Publisher(url)
+        async with asyncio.timeout(WAIT):
+            async with connected:
+                await connected.wait_connected()
+            assert not connected.connected
+            await connected.close()
+            with pytest.raises(BrokerUnavailable):
+                await connected.publish(BODY, received_at=time.time(), secret_id="x")
 
 
 def _rabbitmqctl(*args: str) -> None:
