@@ -177,7 +177,8 @@ class EchoBusiness:
             else:  # the answer beat the HTTP response of connect
                 self._pending_answers[call_id] = sdp
         elif event == "terminate" and call_id in self.calls:
-            self._tasks.spawn(self._ended(self.calls[call_id]))
+            # Never cancelled: aiortc's close() cut short leaves the connection unclosable.
+            self._tasks.spawn(self._ended(self.calls[call_id]), cancel_on_close=False)
 
     # Calls
     def _new_call(self, call_id: str, direction: str) -> BusinessCall:

@@ -31,11 +31,11 @@ class Changes:
         self._event = asyncio.Event()
 
     async def wait_for(self, predicate: Callable[[], T | None], timeout: float | None) -> T:  # noqa: ASYNC109 - a bounded wait is the API
-        """The first non-None, non-False value of ``predicate()``; TimeoutError after ``timeout`` seconds."""
+        """The first truthy value of ``predicate()``; TimeoutError after ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
             while True:
                 result = predicate()
-                if result is not None and result is not False:
+                if result:
                     return result
                 await self._event.wait()
 

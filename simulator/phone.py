@@ -203,6 +203,15 @@ class Phone:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def ice_role(self) -> str | None:
+        """``"controlled"`` as Meta's side always is (``"controlling"`` would mean the seam broke)."""
+        transceivers = self._pc.getTransceivers()
+        if not transceivers:
+            return None
+        role: str = transceivers[0].sender.transport.transport.role
+        return role
+
     async def wait_connected(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bounded wait is the API
         """True once ICE and DTLS are up, False if that takes longer than ``timeout`` seconds."""
         try:

@@ -90,7 +90,7 @@ class WebhookSender:
         return answered
 
     async def _route(self, update: payloads.Update, answered: asyncio.Future[None]) -> None:
-        switches = self.switches
+        switches = self.switches  # the switches in force when the update was submitted apply to it
         hold = switches.delay_seconds
         if (
             update.kind == "connect"
@@ -103,7 +103,7 @@ class WebhookSender:
         if switches.batch_size > 1:
             self._add_to_batch(update, answered, switches)
         else:
-            await self._deliver([update], [answered])
+            await self._deliver([update], [answered], switches)
 
     def _add_to_batch(
         self, update: payloads.Update, answered: asyncio.Future[None], switches: DeliverySwitches
@@ -121,9 +121,14 @@ class WebhookSender:
             self._batch_timer = None
         items, self._batch = self._batch, []
         if items:
-            self._spawn(self._deliver([u for u, _ in items], [f for _, f in items]))
+            self._spawn(self._deliver([u for u, _ in items], [f for _, f in items], self.switches))
 
-    async def _deliver(self, updates: list[payloads.Update], answered: list[asyncio.Future[None]]) -> None:
+    async def _deliver(
+        self,
+        updates: list[payloads.Update],
+        answered: list[asyncio.Future[None]],
+        switches: DeliverySwitches,
+    ) -> None:
         body = payloads.encode(payloads.envelope(updates), escape_slashes=self._config.escape_slashes)
         delivery = Delivery(
             id=next(self._ids),
@@ -134,7 +139,6 @@ class WebhookSender:
         )
         self._journal.record_delivery(delivery)
         delivered = await self._post(delivery, answered)
-        switches = self.switches
         if delivered and switches.duplicate_fraction and self._rng.random() < switches.duplicate_fraction:
             if switches.duplicate_delay_seconds > 0:
                 await asyncio.sleep(switches.duplicate_delay_seconds)
