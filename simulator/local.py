@@ -1,4 +1,4 @@
-"""The whole of callhook on this machine as real processes: for the demo, end-to-end tests, benchmarks, drills.
+"""The whole of callhook on this machine as real processes, for the demo, end-to-end tests, benches, drills.
 
 ``System`` starts ``callhook ingress`` and one or more ``callhook worker`` processes against a RabbitMQ vhost,
 with every setting pointed at 127.0.0.1 (the simulator's Graph API, loopback-only ICE candidates). Readiness
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import aiohttp
 
-APP_SECRET = "local-app-secret"
-ACCESS_TOKEN = "local-access-token"
-VERIFY_TOKEN = "local-verify-token"
+# Credentials of a throw-away local deployment (the simulator plays Meta), never of a real one.
+APP_SECRET = "local-app-secret"  # noqa: S105
+ACCESS_TOKEN = "local-access-token"  # noqa: S105
+VERIFY_TOKEN = "local-verify-token"  # noqa: S105
 ROOT = Path(__file__).resolve().parents[1]
 
 
