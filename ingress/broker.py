@@ -1,4 +1,4 @@
-"""Declaring the broker topology of :mod:`ingress.contract` with aio-pika; shared by the ingress and workers."""
+"""Declaring the topology of :mod:`ingress.contract` with aio-pika; shared by the ingress and the workers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Commands integrators send to the workers: place a call (``callhook.dials``), end a call (``callhook.calls``).
+"""Commands integrators send the workers: place a call (``callhook.dials``), end one (``callhook.calls``).
 
 The ingress's HTTP API (``POST /v1/calls``, ``POST /v1/calls/{id}/hangup``) and ``callhook dial`` both build
 them here, so there is one definition of each message. The worker decodes them with msgspec
@@ -41,7 +41,8 @@ class Dial:
             problems.append("'to' must be a phone number: digits in international format, e.g. 15551234567")
         if not self.phone_number_id.isdigit():
             problems.append("'phone_number_id' must be the business number's Graph API id (digits)")
-        if self.biz_opaque_callback_data is not None and len(self.biz_opaque_callback_data) > MAX_CALLBACK_DATA:
+        callback_data = self.biz_opaque_callback_data
+        if callback_data is not None and len(callback_data) > MAX_CALLBACK_DATA:
             problems.append(f"'biz_opaque_callback_data' is limited to {MAX_CALLBACK_DATA} characters")
         if self.app is not None and not self.app.strip():
             problems.append("'app' must not be empty when given")

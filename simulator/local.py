@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +26,29 @@ APP_SECRET = "local-app-secret"  # noqa: S105
 ACCESS_TOKEN = "local-access-token"  # noqa: S105
 VERIFY_TOKEN = "local-verify-token"  # noqa: S105
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def broker_reachable(host: str = "127.0.0.1", port: int = 5672) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_broker(timeout_seconds: float = 90.0) -> None:
+    """Start the local RabbitMQ if it is installed but not running, and wait until it takes connections."""
+    if broker_reachable():
+        return
+    if shutil.which("rabbitmq-server") is None:
+        raise RuntimeError("RabbitMQ is not reachable on 127.0.0.1:5672 and is not installed "
+                           "(Debian/Ubuntu: apt-get install rabbitmq-server)")  # fmt: skip
+    subprocess.run(["rabbitmq-server", "-detached"], capture_output=True, check=False)
+    deadline = time.monotonic() + timeout_seconds
+    while not broker_reachable():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"RabbitMQ did not come up within {timeout_seconds:.0f} s")
+        time.sleep(0.5)  # the broker boots in seconds; nothing to wait on but its port
 
 
 def free_port() -> int:
@@ -93,7 +117,7 @@ class System:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as log:
-            popen = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+            popen = subprocess.Popen(
                 [sys.executable, "-m", "callhook", command],
                 env=env,
                 cwd=ROOT,

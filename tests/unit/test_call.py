@@ -70,7 +70,8 @@ def test_audio_starts_only_after_accept_succeeded() -> None:
 
 def test_caller_hangs_up_during_call_stops_app_and_sends_nothing() -> None:
     call, states, commands = drive(c.incoming(), *HAPPY_INCOMING, c.RemoteTerminated("completed"))
-    assert states[-1] is S.ENDED and call.outcome is Outcome.COMPLETED
+    assert states[-1] is S.ENDED
+    assert call.outcome is Outcome.COMPLETED
     tail = commands[commands.index(c.Notify("answered")) + 1 :]
     assert tail == [
         c.StopApp(),
@@ -104,7 +105,8 @@ def test_reject_that_fails_still_ends_the_call() -> None:
     call, states, _ = drive(
         c.incoming(), c.Offered(OFFER), c.LocalSdpFailed("x"), c.GraphFailed("reject", "timeout")
     )
-    assert states[-1] is S.ENDED and call.outcome is Outcome.REJECTED
+    assert states[-1] is S.ENDED
+    assert call.outcome is Outcome.REJECTED
 
 
 def test_caller_hangs_up_while_ringing_is_abandoned_without_reject() -> None:
@@ -126,7 +128,8 @@ def test_hangup_while_accept_in_flight_waits_then_terminates() -> None:
     assert states[4:] == [S.ACCEPTING, S.ACCEPTING, S.TERMINATING, S.ENDED]
     assert graph_actions(commands) == ["pre_accept", "accept", "terminate"]
     assert c.StartApp() not in commands
-    assert call.outcome is Outcome.COMPLETED and call.end_reason == "drain"
+    assert call.outcome is Outcome.COMPLETED
+    assert call.end_reason == "drain"
 
 
 def test_hangup_while_pre_accept_in_flight_rejects_after_it() -> None:
@@ -240,7 +243,8 @@ def test_outgoing_connect_refused_sends_nothing_more() -> None:
         c.LocalSdpReady(OFFER),
         c.GraphFailed("connect", "no permission", code=138006),
     )
-    assert call.outcome is Outcome.FAILED and call.end_reason == "no permission"
+    assert call.outcome is Outcome.FAILED
+    assert call.end_reason == "no permission"
     assert graph_actions(commands) == ["connect"]
 
 
@@ -272,7 +276,7 @@ def test_outgoing_hangup_before_offer_cancels() -> None:
 
 
 def test_every_ended_history_sends_or_receives_an_end() -> None:
-    """Invariant: a call reaching ENDED after talking to Meta either sent reject/terminate or got terminate."""
+    """Invariant: a call that ended after talking to Meta sent reject or terminate, or received terminate."""
     histories = [
         (c.incoming(), (*HAPPY_INCOMING, c.AppFinished(), c.GraphDone("terminate"))),
         (c.incoming(), (*HAPPY_INCOMING[:3], c.MediaFailed("x"), c.GraphFailed("reject", "y"))),
