@@ -37,6 +37,8 @@ MIN_CORRELATION = 0.5
 MIN_MATCH_RATIO = 0.8
 MIN_WINDOWS = 3
 MAX_LAG_SECONDS = 10.0  # heard audio is looked for at most this far into the played signal
+SEGMENT_SECONDS = 0.5  # each half second of heard audio is aligned on its own ...
+SEARCH_SECONDS = 0.4  # ... at most this far from the overall alignment
 _SILENCE_RMS = 0.01
 
 
@@ -84,10 +86,10 @@ class AudioReport:
 
     seconds_played: float
     seconds_heard: float
-    correlation: float  # Pearson correlation of heard vs played over the aligned overlap
+    correlation: float  # median over half seconds of the Pearson correlation of heard vs played
     windows_compared: int  # whole 100 ms tones inside the overlap
     windows_matched: int  # of those, dominant frequency within tolerance
-    offset_seconds: float | None  # heard[0] lines up with the played signal at this time
+    offset_seconds: float | None  # overall, heard[0] lines up with the played signal at this time
     round_trip_seconds: float | None  # median frame send -> echo arrival; None unless matched
     matched: bool
 
@@ -112,7 +114,13 @@ class Recording:
 
 
 def analyse(signal: TestSignal, recording: Recording) -> AudioReport:
-    """Align the heard audio on the played signal, check each tone, and measure the round trip."""
+    """Align the heard audio on the played signal, check each tone, and measure the round trip.
+
+    One cross-correlation over everything finds the overall alignment; then every half second of what was
+    heard is aligned again on its own, within :data:`SEARCH_SECONDS` of it, because the delay of a real echo
+    path moves (a jitter buffer that grows after a lost packet, a frame dropped under load). Tones are
+    checked, and the round trip measured, with each half second's own alignment.
+    """
     rate = ANALYSIS_RATE
     frame = round(rate * FRAME_SECONDS)
     heard = recording.heard
@@ -124,66 +132,107 @@ def analyse(signal: TestSignal, recording: Recording) -> AudioReport:
         return AudioReport(seconds_played, seconds_heard, 0.0, 0, 0, None, None, False)
     # The reference goes through the same 48 -> 16 kHz step as what was heard, so no fractional offset.
     played = downsample_48k_to_16k(signal.render(0, played_count * 3, SEND_RATE))
-    shift = _best_shift(heard, played)
-    correlation = _overlap_correlation(heard, played, shift)
-    compared, matched = _compare_tones(signal, heard, shift, played_count, rate)
+    overall = _best_shift(heard, played)
+    segments = _segments(heard, played, overall)
+    tones: dict[int, bool] = {}  # played symbol -> heard at its frequency (in any segment)
+    for segment in segments:
+        for symbol, ok in _compare_tones(signal, heard, segment, played_count).items():
+            tones[symbol] = tones.get(symbol, False) or ok
+    compared, matched = len(tones), sum(tones.values())
+    correlation = float(np.median([seg.correlation for seg in segments])) if segments else 0.0
     ok = correlation >= MIN_CORRELATION and compared >= MIN_WINDOWS and matched >= MIN_MATCH_RATIO * compared
-    rtt = _round_trip(recording, shift, frame, played_count) if ok else None
-    return AudioReport(seconds_played, seconds_heard, correlation, compared, matched, shift / rate, rtt, ok)
+    rtt = _round_trip(recording, segments, frame, played_count) if ok else None
+    return AudioReport(seconds_played, seconds_heard, correlation, compared, matched, overall / rate, rtt, ok)
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """``heard[start:end]`` lines up with ``played[start + shift : end + shift]``."""
+
+    start: int
+    end: int
+    shift: int
+    correlation: float
+
+
+def _correlation(a: Samples, b: Samples) -> npt.NDArray[np.float64]:
+    """``c[k] = sum(a[n] * b[n + k])`` for every k (negative k wrapped to the end), via FFT."""
+    size = 1 << int(np.ceil(np.log2(len(a) + len(b))))
+    result: npt.NDArray[np.float64] = np.fft.irfft(np.conj(np.fft.rfft(a, size)) * np.fft.rfft(b, size), size)
+    return result
 
 
 def _best_shift(heard: Samples, played: Samples) -> int:
-    """``s`` maximising sum(heard[n] * played[n + s]), via one FFT cross-correlation."""
-    size = 1 << int(np.ceil(np.log2(len(heard) + len(played))))
-    spectrum = np.conj(np.fft.rfft(heard, size)) * np.fft.rfft(played, size)
-    correlation = np.fft.irfft(spectrum, size)
-    # Lags 0..len(played)-1 sit at the start, negative lags wrap to the end.
+    """``s`` maximising sum(heard[n] * played[n + s]) over every overlap."""
+    correlation = _correlation(heard, played)
+    size = len(correlation)
     lags = np.concatenate([np.arange(0, len(played)), np.arange(-(len(heard) - 1), 0)])
     values = np.concatenate([correlation[: len(played)], correlation[size - (len(heard) - 1) :]])
     return int(lags[int(np.argmax(values))])
 
 
-def _overlap(heard_len: int, played_len: int, shift: int) -> tuple[int, int]:
-    start = max(0, -shift)
-    end = min(heard_len, played_len - shift)
-    return start, end
+def _segments(heard: Samples, played: Samples, overall: int) -> list[_Segment]:
+    length = round(SEGMENT_SECONDS * ANALYSIS_RATE)
+    radius = round(SEARCH_SECONDS * ANALYSIS_RATE)
+    # Silence before and after the signal: what is heard first may be the far end's own silence.
+    pad = length + radius
+    padded = np.concatenate([np.zeros(pad, np.float32), played, np.zeros(pad, np.float32)])
+    segments: list[_Segment] = []
+    for start in range(0, len(heard) - length + 1, length):  # a tail shorter than a segment is left out
+        lo = max(0, start + overall - radius + pad)
+        hi = min(len(padded), start + overall + length + radius + pad)
+        if start + overall + length <= 0 or start + overall >= len(played) or hi - lo < length:
+            continue  # this part of what was heard lies outside what was played
+        chunk = heard[start : start + length]
+        lag = int(np.argmax(_correlation(chunk, padded[lo:hi])[: hi - lo - length + 1]))
+        shift = lo + lag - pad - start
+        reference = padded[start + shift + pad : start + shift + pad + length]
+        segments.append(_Segment(start, start + length, shift, _pearson(chunk, reference)))
+    return segments
 
 
-def _overlap_correlation(heard: Samples, played: Samples, shift: int) -> float:
-    start, end = _overlap(len(heard), len(played), shift)
-    if end - start < 2:
-        return 0.0
-    a = heard[start:end].astype(np.float64)
-    b = played[start + shift : end + shift].astype(np.float64)
-    denominator = float(np.linalg.norm(a - a.mean()) * np.linalg.norm(b - b.mean()))
-    return float(np.dot(a - a.mean(), b - b.mean()) / denominator) if denominator > 0 else 0.0
+def _pearson(a: Samples, b: Samples) -> float:
+    x = a.astype(np.float64) - float(a.mean())
+    y = b.astype(np.float64) - float(b.mean())
+    denominator = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(np.dot(x, y) / denominator) if denominator > 0 else 0.0
 
 
 def _compare_tones(
-    signal: TestSignal, heard: Samples, shift: int, played_count: int, rate: int
-) -> tuple[int, int]:
-    per_symbol = round(rate * SYMBOL_SECONDS)
-    start, end = _overlap(len(heard), played_count, shift)
-    first = -(-(start + shift) // per_symbol)  # first whole symbol inside the overlap
-    last = (end + shift) // per_symbol  # one past the last whole symbol
+    signal: TestSignal, heard: Samples, segment: _Segment, played_count: int
+) -> dict[int, bool]:
+    """For each played tone heard whole inside ``segment``: was it heard at the frequency played?"""
+    per_symbol = round(ANALYSIS_RATE * SYMBOL_SECONDS)
+    shift = segment.shift
+    first = max(0, -(-(segment.start + shift) // per_symbol))
+    last = min(played_count // per_symbol, (segment.end + shift) // per_symbol)
     if last <= first:
-        return 0, 0
+        return {}
     trim = per_symbol // 10
     offsets = np.arange(first, last) * per_symbol - shift + trim
     windows = np.stack([heard[o : o + per_symbol - 2 * trim] for o in offsets])
     fft_size = 4096
     magnitudes = np.abs(np.fft.rfft(windows * np.hanning(windows.shape[1]), fft_size, axis=1))
-    dominant = np.argmax(magnitudes, axis=1) * rate / fft_size
+    dominant = np.argmax(magnitudes, axis=1) * ANALYSIS_RATE / fft_size
     expected = signal.symbol_frequencies(int(first), int(last - first))
     tolerance = np.maximum(25.0, 0.04 * expected)
     loud = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1)) > _SILENCE_RMS
-    matched = int(np.count_nonzero(loud & (np.abs(dominant - expected) <= tolerance)))
-    return len(offsets), matched
+    matched = loud & (np.abs(dominant - expected) <= tolerance)
+    return {first + i: bool(ok) for i, ok in enumerate(matched)}
 
 
-def _round_trip(recording: Recording, shift: int, frame: int, played_count: int) -> float | None:
-    played_index = recording.heard_ends - 1 + shift
-    usable = (played_index >= 0) & (played_index < played_count)
+def _round_trip(
+    recording: Recording, segments: list[_Segment], frame: int, played_count: int
+) -> float | None:
+    """Median over heard frames of (arrival - send time of the played frame it echoes)."""
+    length = round(SEGMENT_SECONDS * ANALYSIS_RATE)
+    shifts = np.full(len(recording.heard) // length + 1, np.iinfo(np.int64).min, dtype=np.int64)
+    for segment in segments:
+        shifts[segment.start // length] = segment.shift
+    last_sample = recording.heard_ends - 1
+    shift = shifts[last_sample // length]
+    played_index = last_sample + shift
+    usable = (shift != np.iinfo(np.int64).min) & (played_index >= 0) & (played_index < played_count)
     if not np.any(usable):
         return None
     sent = recording.sent_times[played_index[usable] // frame]

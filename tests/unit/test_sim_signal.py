@@ -109,3 +109,36 @@ def test_the_signal_is_deterministic_rate_independent_and_never_repeats_a_tone()
     spectrum = np.abs(np.fft.rfft(samples, 16_000, axis=1))
     assert np.array_equal(np.argmax(spectrum, axis=1).astype(float), a.symbol_frequencies(0, 20))
     assert float(np.max(np.abs(samples))) <= 0.3 + 1e-6
+
+
+@pytest.mark.parametrize(("jump_seconds", "round_trip"), [(2.0, 0.1), (0.5, 0.35)])
+def test_an_echo_whose_delay_jumps_mid_call_still_matches(jump_seconds: float, round_trip: float) -> None:
+    """A jitter buffer that grows after a loss moves the echo later for good: each half second re-aligns."""
+    signal = TestSignal(seed=5)
+    frames = 150  # 3 s heard
+    played = downsample_48k_to_16k(signal.render(0, (frames + 20) * 960, SEND_RATE))
+    jump, gap = round(jump_seconds * ANALYSIS_RATE), round(0.25 * ANALYSIS_RATE)
+    # Echo with 100 ms round trip, then 250 ms of nothing while the buffer grows, then the echo goes on later.
+    heard = np.concatenate([played[:jump], np.zeros(gap, np.float32), played[jump : frames * FRAME - gap]])
+    sent_times = 100.0 + np.arange(frames + 20) * 0.02
+    ends = np.arange(1, frames + 1, dtype=np.int64) * FRAME
+    report = analyse(signal, Recording(sent_times, heard, ends, sent_times[:frames] + 0.1))
+    assert report.matched, report
+    assert report.match_ratio >= 0.85
+    # The median frame tells the round trip that held most of the time.
+    assert report.round_trip_seconds == pytest.approx(round_trip, abs=0.011)  # to within half a frame
+
+
+def test_silence_before_the_echo_is_not_held_against_it() -> None:
+    """The far end may send silence before the echo arrives: that part maps to before the signal began."""
+    signal = TestSignal(seed=2)
+    frames = 100
+    lead = round(0.133 * ANALYSIS_RATE)
+    played = downsample_48k_to_16k(signal.render(0, frames * 960, SEND_RATE))
+    heard = np.concatenate([np.zeros(lead, np.float32), played[: frames * FRAME - lead]])
+    sent_times = 100.0 + np.arange(frames) * 0.02
+    ends = np.arange(1, frames + 1, dtype=np.int64) * FRAME
+    report = analyse(signal, Recording(sent_times, heard, ends, sent_times + 0.2))
+    assert report.matched, report
+    assert report.windows_matched == report.windows_compared
+    assert report.offset_seconds == pytest.approx(-0.133, abs=1e-4)
