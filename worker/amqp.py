@@ -187,11 +187,10 @@ class AmqpLink:
 
     async def _connect_once(self) -> Session | None:
         try:
-            connection = await aio_pika.connect(
-                self._url,
-                timeout=self._connect_timeout_seconds,
-                client_properties={"connection_name": f"callhook-{self._name}"},
-            )
+            async with asyncio.timeout(self._connect_timeout_seconds):
+                connection = await aio_pika.connect(
+                    self._url, client_properties={"connection_name": f"callhook-{self._name}"}
+                )
         except AMQP_FAILURES as exc:
             log.warning("amqp connect failed", extra={"link": self._name, "error": repr(exc)})
             return None
