@@ -373,6 +373,7 @@ class Ownership:
         self._open_gate = asyncio.Event()  # room and not draining: consume unclaimed
         self._shut_gate = asyncio.Event()
         self._consuming_unclaimed = False
+        self._room_listeners: list[Callable[[], None]] = []
         metrics.calls_capacity.set(settings.capacity)
         self._adjust(0)
 
@@ -400,6 +401,15 @@ class Ownership:
     @property
     def room(self) -> int:
         return self._settings.capacity - self._in_use
+
+    def watch_room(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (synchronously, keep it short) after every change of :attr:`room` or of
+        draining: what another capacity-gated consumer (dials) needs to start or stop."""
+        self._room_listeners.append(listener)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     def drain(self) -> None:
         """Take no more unclaimed work, for good (SIGTERM). Expired calls are still rejected; claims stay."""
@@ -452,6 +462,8 @@ class Ownership:
         else:
             self._open_gate.clear()
             self._shut_gate.set()
+        for listener in self._room_listeners:
+            listener()
 
     def _take_slot(self) -> bool:
         if self.room <= 0 or self._draining:

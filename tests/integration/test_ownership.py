@@ -462,8 +462,11 @@ async def test_reservation_holds_capacity_and_passes_to_the_claim(
     workers: Callable[..., Awaitable[Worker]],
 ) -> None:
     a = await workers(capacity=1)
+    rooms: list[int] = []
+    a.ownership.watch_room(lambda: rooms.append(a.ownership.room))
     reservation = a.ownership.reserve()
     assert reservation is not None
+    assert rooms == [0]
     assert a.ownership.room == 0
     assert a.ownership.reserve() is None
     claim = await a.ownership.claim(new_id(), reservation=reservation)
@@ -473,6 +476,7 @@ async def test_reservation_holds_capacity_and_passes_to_the_claim(
     assert a.ownership.room == 0
     await claim.release()
     assert a.ownership.room == 1
+    assert rooms[-1] == 1  # a capacity-gated consumer (dials) hears about every change
 
 
 # --- connection loss ------------------------------------------------------------------------------------
