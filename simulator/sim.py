@@ -634,6 +634,7 @@ class Simulator:
     def _commit(self, call: SimulatedCall, transition: Transition) -> None:
         reason = next((c.reason for c in transition.commands if isinstance(c, EndCall)), None)
         if transition.state is not call.state:
+            log.debug("call %s: %s -> %s (%s)", call.call_id, call.state, transition.state, reason or "")
             call._set_state(transition.state, reason)
         for command in transition.commands:
             if isinstance(command, StartTalking):
