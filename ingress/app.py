@@ -80,6 +80,9 @@ def create_app(config: IngressConfig, registry: CollectorRegistry) -> web.Applic
     )
     app = web.Application(client_max_size=config.max_body_bytes)
     app[STATE] = state
+    state.metrics.inflight_requests.set_function(
+        lambda: state.inflight
+    )  # read at scrape time, not per request
     app.cleanup_ctx.append(_broker)
     handlers = _Handlers(state)
     app.router.add_post("/webhook", handlers.webhook)
@@ -125,12 +128,10 @@ class _Handlers:
         started = time.perf_counter()
         state = self._state
         state.inflight += 1
-        self._metrics.inflight_requests.inc()
         try:
             outcome = await self._accept(request, received_at)
         finally:
             state.inflight -= 1
-            self._metrics.inflight_requests.dec()
         self._metrics.requests[Route.WEBHOOK, outcome].inc()
         self._metrics.request_duration[Route.WEBHOOK].observe(time.perf_counter() - started)
         return _respond(outcome)
@@ -157,8 +158,8 @@ class _Handlers:
 
     async def _publish(self, body: bytes, received_at: float, secret_id: str) -> Outcome:
         publisher = self._state.publisher
-        if publisher is None:
-            return Outcome.UNAVAILABLE
+        if publisher is None or not publisher.connected:
+            return Outcome.UNAVAILABLE  # at once: no confirm to wait for
         started = time.perf_counter()
         try:
             await publisher.publish(body, received_at=received_at, secret_id=secret_id)

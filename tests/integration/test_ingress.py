@@ -18,14 +18,19 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import aiohttp
+import pamqp.frame
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiohttp import web
+from pamqp.body import ContentBody
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -33,7 +38,7 @@ from ingress import contract
 from ingress.app import LINGERING_SECONDS, PUBLISHER, create_app
 from ingress.broker import declare_topology
 from ingress.config import IngressConfig
-from ingress.publisher import BrokerUnavailable, Publisher
+from ingress.publisher import BrokerUnavailable, Publisher, encode_content, publish_frame
 from ingress.signature import sign
 from tests.support.tcpproxy import TcpProxy
 
@@ -205,6 +210,60 @@ async def test_concurrent_publishes_are_all_confirmed_including_identical_bodies
     assert set(statuses) == {200}
     stored = sorted(m.body for m in await take_all(channel))
     assert stored == sorted(distinct + identical)
+
+
+async def test_a_body_of_several_amqp_frames_is_stored_intact(
+    amqp_url: str, http: aiohttp.ClientSession, channel: AbstractChannel
+) -> None:
+    big = bytes(range(256)) * 2_000  # 512 000 bytes: four body frames at RabbitMQ's frame_max of 128 KiB
+    async with running_ingress(make_config(amqp_url, max_body_bytes=len(big))) as ingress:
+        await ingress.wait_connected()
+        assert await post(http, ingress, big) == 200
+    [message] = await take_all(channel)
+    assert message.body == big
+    assert message.message_id == contract.message_id(big)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1500, 131_064, 131_065, 400_000])
+def test_frames_encoded_by_hand_are_what_pamqp_reads(size: int) -> None:
+    body = bytes(n % 251 for n in range(size))
+    received_at = 1_795_292_601.557222
+    pieces = encode_content(
+        7,
+        131_064,
+        body,
+        message_id=contract.message_id(body),
+        received_at=received_at,
+        secret_id="ab12cd34ef56",
+    )
+    data = publish_frame(7) + b"".join(pieces)
+    frames = []
+    while data:
+        consumed, channel_number, frame = pamqp.frame.unmarshal(data)
+        assert channel_number == 7
+        frames.append(frame)
+        data = data[consumed:]
+    publish, header, *bodies = frames
+    assert isinstance(publish, Basic.Publish)
+    assert (publish.exchange, publish.routing_key, publish.mandatory) == ("", contract.WEBHOOKS_QUEUE, True)
+    assert isinstance(header, ContentHeader)
+    assert header.body_size == size
+    expected = Basic.Properties(
+        content_type=contract.WEBHOOK_CONTENT_TYPE,
+        delivery_mode=2,
+        message_id=contract.message_id(body),
+        timestamp=datetime.fromtimestamp(int(received_at), UTC),
+        headers={
+            contract.HEADER_RECEIVED_AT: "1795292601.557222",
+            contract.HEADER_APP_SECRET_ID: "ab12cd34ef56",
+        },
+    )
+    assert header.properties == expected
+    chunks = [b.value for b in bodies if isinstance(b, ContentBody)]
+    assert len(chunks) == len(bodies)
+    assert all(len(chunk) <= 131_064 for chunk in chunks)
+    assert b"".join(chunks) == body
+    assert len(bodies) == -(-size // 131_064)
 
 
 # --- refused webhooks --------------------------------------------------------------------------------------
@@ -445,7 +504,7 @@ async def test_publisher_close_is_prompt_and_idempotent_in_every_state(amqp_url:
 
 
 def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)  # noqa: S603, S607
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
 
 
 @pytest.fixture
