@@ -188,7 +188,7 @@ class CallFacts:
 def check_graph_action(call: CallFacts, action: Event, session: object) -> Transition:
     """Meta's rules for a calls action on an existing call; the transition to apply, or :class:`MetaError`."""
     if action in (Event.PRE_ACCEPT, Event.ACCEPT):
-        sdp = _answer_sdp(session)
+        sdp = session_sdp(session, "answer")
         if call.answer_sdp is not None and sdp != call.answer_sdp:
             raise invalid_parameter(f"{action} must carry the same SDP as the first pre_accept of the call")
     try:
@@ -197,13 +197,14 @@ def check_graph_action(call: CallFacts, action: Event, session: object) -> Trans
         raise invalid_parameter(_refusal(call, action)) from None
 
 
-def _answer_sdp(session: object) -> str:
+def session_sdp(session: object, sdp_type: sdp_rules.Role) -> str:
+    """The SDP of a request's ``session``, checked by Meta's rules for ``sdp_type``, or :class:`MetaError`."""
     if not isinstance(session, dict):
-        raise invalid_parameter("session is required: {sdp_type: 'answer', sdp}")
-    if session.get("sdp_type") != "answer":
-        raise invalid_parameter("session.sdp_type must be 'answer'")
+        raise invalid_parameter(f"session is required: {{sdp_type: '{sdp_type}', sdp}}")
+    if session.get("sdp_type") != sdp_type:
+        raise invalid_parameter(f"session.sdp_type must be '{sdp_type}'")
     sdp = session.get("sdp")
-    sdp_rules.validate(sdp, role="answer")
+    sdp_rules.validate(sdp, role=sdp_type)
     assert isinstance(sdp, str)  # validate() refused anything else
     return sdp
 

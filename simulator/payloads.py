@@ -74,16 +74,8 @@ def call_connect(
     biz_opaque_callback_data: str | None = None,
 ) -> Update:
     """``connect``: the user's offer (USER_INITIATED) or the user's answer (BUSINESS_INITIATED)."""
-    caller, callee = _parties(direction, number, user)
-    item: dict[str, Any] = {
-        "id": call_id,
-        "from": caller,
-        "to": callee,
-        "event": "connect",
-        "timestamp": str(timestamp),
-        "direction": direction,
-        "session": {"sdp_type": sdp_type, "sdp": sdp},
-    }
+    item = _call_item(call_id, "connect", direction, number, user, timestamp)
+    item["session"] = {"sdp_type": sdp_type, "sdp": sdp}
     if biz_opaque_callback_data is not None:
         item["biz_opaque_callback_data"] = biz_opaque_callback_data
     return Update("connect", waba_id, number, "calls", "calls", item, call_id, user)
@@ -104,16 +96,8 @@ def call_terminate(
     error: tuple[int, str, str] | None = None,
 ) -> Update:
     """``terminate``; ``start_time``/``end_time``/``duration`` only when the call was picked up."""
-    caller, callee = _parties(direction, number, user)
-    item: dict[str, Any] = {
-        "id": call_id,
-        "from": caller,
-        "to": callee,
-        "event": "terminate",
-        "direction": direction,
-        "timestamp": str(timestamp),
-        "status": status,
-    }
+    item = _call_item(call_id, "terminate", direction, number, user, timestamp)
+    item["status"] = status
     if start_time is not None and end_time is not None:
         item["start_time"] = str(start_time)
         item["end_time"] = str(end_time)
@@ -186,10 +170,20 @@ def permission_reply(
     return Update("message", waba_id, number, "messages", "messages", item, None, user)
 
 
-def _parties(direction: str, number: BusinessNumber, user: Contact) -> tuple[str, str]:
-    if direction == USER_INITIATED:
-        return user.wa_id, number.display_phone_number
-    return number.display_phone_number, user.wa_id
+def _call_item(
+    call_id: str, event: str, direction: str, number: BusinessNumber, user: Contact, timestamp: int
+) -> dict[str, Any]:
+    """What every ``calls[]`` item carries; ``from`` is whoever placed the call."""
+    business, user_number = number.display_phone_number, user.wa_id
+    caller, callee = (user_number, business) if direction == USER_INITIATED else (business, user_number)
+    return {
+        "id": call_id,
+        "from": caller,
+        "to": callee,
+        "event": event,
+        "timestamp": str(timestamp),
+        "direction": direction,
+    }
 
 
 def envelope(updates: Sequence[Update]) -> dict[str, Any]:

@@ -137,48 +137,36 @@ def add_ice_lite(lines: list[str]) -> list[str]:
 
 def meta_offer(aiortc_offer: str) -> str:
     """The phone's offer as Meta sends it: Opus renumbered to 111 with Meta's fmtp, DTMF 126, ICE-lite."""
-    lines = split_lines(aiortc_offer)
-    opus = opus_payload_type(lines)
-    if opus is None:
-        raise ValueError("the offer has no Opus codec")
-    out: list[str] = []
-    for line in lines:
-        if line.startswith("m="):
-            out.append(" ".join([*line.split(" ")[:3], str(OPUS_PT), str(DTMF_PT)]))
-            continue
-        match = _PT_ATTRIBUTE.match(line)
-        if match is None:
-            out.append(line)
-        elif int(match.group(2)) == opus and match.group(1) == "rtpmap":
-            out += [
-                f"a=rtpmap:{OPUS_PT} opus/48000/2",
-                f"a=fmtp:{OPUS_PT} {META_OPUS_FMTP}",
-                f"a=rtpmap:{DTMF_PT} telephone-event/8000",
-            ]
-        elif int(match.group(2)) == opus and match.group(1) == "rtcp-fb":
-            out.append(line.replace(f"a=rtcp-fb:{opus} ", f"a=rtcp-fb:{OPUS_PT} ", 1))
-        # other codecs' lines and aiortc's own Opus fmtp are dropped
-    return join_lines(add_ice_lite(keep_sha256_fingerprint(out)))
+    return _meta_audio(aiortc_offer, payload_type=OPUS_PT, with_dtmf=True)
 
 
 def meta_answer(aiortc_answer: str) -> str:
     """The phone's answer to a business offer: only Opus (the offer's payload type) with Meta's fmtp cap."""
-    lines = split_lines(aiortc_answer)
+    return _meta_audio(aiortc_answer, payload_type=None, with_dtmf=False)
+
+
+def _meta_audio(sdp: str, *, payload_type: int | None, with_dtmf: bool) -> str:
+    """Keep Opus only (as ``payload_type``, default its own), with Meta's fmtp; ICE-lite; one fingerprint."""
+    lines = split_lines(sdp)
     opus = opus_payload_type(lines)
     if opus is None:
-        raise ValueError("the answer has no Opus codec")
+        raise ValueError("the SDP has no Opus codec")
+    pt = opus if payload_type is None else payload_type
+    formats = [str(pt), str(DTMF_PT)] if with_dtmf else [str(pt)]
     out: list[str] = []
     for line in lines:
-        if line.startswith("m="):
-            out.append(" ".join([*line.split(" ")[:3], str(opus)]))
-            continue
         match = _PT_ATTRIBUTE.match(line)
-        if match is None:
+        if line.startswith("m="):
+            out.append(" ".join([*line.split(" ")[:3], *formats]))
+        elif match is None:
             out.append(line)
         elif int(match.group(2)) == opus and match.group(1) == "rtpmap":
-            out += [line, f"a=fmtp:{opus} {META_OPUS_FMTP}"]
+            out += [f"a=rtpmap:{pt} opus/48000/2", f"a=fmtp:{pt} {META_OPUS_FMTP}"]
+            if with_dtmf:
+                out.append(f"a=rtpmap:{DTMF_PT} telephone-event/8000")
         elif int(match.group(2)) == opus and match.group(1) == "rtcp-fb":
-            out.append(line)
+            out.append(f"a=rtcp-fb:{pt} {line.split(' ', 1)[1]}")
+        # other codecs' lines, and the Opus fmtp Meta's replaces, are dropped
     return join_lines(add_ice_lite(keep_sha256_fingerprint(out)))
 
 

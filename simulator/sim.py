@@ -38,7 +38,6 @@ from typing import Any
 
 from callhook.ice import restrict_host_addresses
 from simulator import payloads
-from simulator import sdp as sdp_rules
 from simulator.calls import (
     LIVE_STATES,
     TERMINAL_STATES,
@@ -54,6 +53,7 @@ from simulator.calls import (
     StartTalking,
     Transition,
     check_graph_action,
+    session_sdp,
     step,
 )
 from simulator.config import (
@@ -484,7 +484,7 @@ class Simulator:
         if not isinstance(to, str) or not to.isdigit():
             raise invalid_parameter("to must be the user's phone number (digits)")
         record.to = to
-        offer = _offer_sdp(body.get("session"))
+        offer = session_sdp(body.get("session"), "offer")
         opaque = _biz_opaque(body)
         behaviour = self.callee(to)
         self._check_can_connect(number, to, behaviour)
@@ -737,17 +737,6 @@ class Simulator:
             faults_fired=dict(self.graph_faults.fired),
             call_errors=self._call_errors,
         )
-
-
-def _offer_sdp(session: object) -> str:
-    if not isinstance(session, dict):
-        raise invalid_parameter("session is required: {sdp_type: 'offer', sdp}")
-    if session.get("sdp_type") != "offer":
-        raise invalid_parameter("session.sdp_type must be 'offer' for connect")
-    sdp = session.get("sdp")
-    sdp_rules.validate(sdp, role="offer")
-    assert isinstance(sdp, str)
-    return sdp
 
 
 def _biz_opaque(body: Json) -> str | None:

@@ -18,6 +18,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from callhook.ice import restrict_host_addresses
+from simulator import sdp as sdp_edit
 from simulator.business import EchoBusiness
 from simulator.calls import CallState
 from simulator.config import CallTiming, DeliveryConfig, SimulatorConfig
@@ -108,15 +109,13 @@ async def peers() -> AsyncIterator[list[RTCPeerConnection]]:
         await pc.close()
 
 
-async def business_answer(call: SimulatedCall, peers: list[RTCPeerConnection]) -> str:
+async def answer_for(call: SimulatedCall, peers: list[RTCPeerConnection]) -> str:
     """The answer a business would send: aiortc's, with only the SHA-256 fingerprint and setup:active."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     peers.append(pc)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=call.offer_sdp, type="offer"))
     await pc.setLocalDescription(await pc.createAnswer())
-    lines = pc.localDescription.sdp.split("\r\n")
-    kept = [line for line in lines if not line.startswith("a=fingerprint:") or "sha-256" in line]
-    return "\r\n".join(line if not line.startswith("a=setup:") else "a=setup:active" for line in kept)
+    return sdp_edit.business_answer(pc.localDescription.sdp)
 
 
 def _error(body: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +170,7 @@ async def test_accept_needs_pre_accept_and_the_same_sdp(
     sim: Simulator, graph: Graph, peers: list[RTCPeerConnection]
 ) -> None:
     call = await sim.place_call(USER)
-    answer = await business_answer(call, peers)
+    answer = await answer_for(call, peers)
     session = {"sdp_type": "answer", "sdp": answer}
     status, body = await graph.calls("accept", call_id=call.call_id, session=session)
     assert (status, _error(body)["code"]) == (400, 100)
@@ -211,7 +210,7 @@ async def test_each_sdp_rule_refuses_pre_accept(
     sim: Simulator, graph: Graph, peers: list[RTCPeerConnection], edit: Any, details: str
 ) -> None:
     call = await sim.place_call(USER)
-    answer = await business_answer(call, peers)
+    answer = await answer_for(call, peers)
     status, body = await graph.calls(
         "pre_accept", call_id=call.call_id, session={"sdp_type": "answer", "sdp": edit(answer)}
     )
@@ -229,7 +228,7 @@ async def test_reject_after_accept_and_terminate_of_an_ended_call_are_refused(
     sim: Simulator, graph: Graph, peers: list[RTCPeerConnection], receiver: EchoBusiness
 ) -> None:
     call = await sim.place_call(USER)
-    session = {"sdp_type": "answer", "sdp": await business_answer(call, peers)}
+    session = {"sdp_type": "answer", "sdp": await answer_for(call, peers)}
     assert (await graph.calls("pre_accept", call_id=call.call_id, session=session))[0] == 200
     assert (await graph.calls("accept", call_id=call.call_id, session=session))[0] == 200
     status, body = await graph.calls("reject", call_id=call.call_id)
@@ -276,7 +275,7 @@ async def test_the_answer_window_ends_an_unanswered_call(
         _status, body = await late.calls(
             "pre_accept",
             call_id=call.call_id,
-            session={"sdp_type": "answer", "sdp": await business_answer(call, peers)},
+            session={"sdp_type": "answer", "sdp": await answer_for(call, peers)},
         )
         assert "already ended" in _error(body)["error_data"]["details"]
 
@@ -359,7 +358,7 @@ async def test_graph_faults_fire_as_configured_and_are_journalled(
     sim: Simulator, graph: Graph, peers: list[RTCPeerConnection]
 ) -> None:
     call = await sim.place_call(USER)
-    session = {"sdp_type": "answer", "sdp": await business_answer(call, peers)}
+    session = {"sdp_type": "answer", "sdp": await answer_for(call, peers)}
     sim.graph_faults.add(parse_fault("pre_accept:503:next=2"))
     sim.graph_faults.add(parse_fault("accept:429=4:next=1"))
     sim.graph_faults.add(parse_fault("terminate:error=138004:next=1"))
@@ -397,7 +396,7 @@ async def test_timeout_and_delay_faults_hold_the_request(
     sim: Simulator, graph: Graph, peers: list[RTCPeerConnection]
 ) -> None:
     call = await sim.place_call(USER)
-    session = {"sdp_type": "answer", "sdp": await business_answer(call, peers)}
+    session = {"sdp_type": "answer", "sdp": await answer_for(call, peers)}
     sim.graph_faults.add(parse_fault("pre_accept:timeout=30:apply:next=1"))
     request = asyncio.create_task(graph.calls("pre_accept", call_id=call.call_id, session=session))
     # The action was applied although the response is held: the business cannot know (outcome unknown).
@@ -418,10 +417,7 @@ async def _business_offer() -> str:
     try:
         pc.addTransceiver("audio")
         await pc.setLocalDescription(await pc.createOffer())
-        lines = pc.localDescription.sdp.split("\r\n")
-        return "\r\n".join(
-            line for line in lines if not line.startswith("a=fingerprint:") or "sha-256" in line
-        )
+        return sdp_edit.business_offer(pc.localDescription.sdp)
     finally:
         await pc.close()
 

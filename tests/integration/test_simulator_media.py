@@ -23,6 +23,7 @@ from callhook.ice import restrict_host_addresses
 from simulator.business import EchoBusiness
 from simulator.calls import CallState
 from simulator.config import AnswerWebhook, CalleeAction, CalleeBehaviour, CallTiming, SimulatorConfig
+from simulator.sdp import business_answer, business_offer
 from simulator.sim import Simulator
 
 TOKEN = "graph-token"
@@ -95,7 +96,7 @@ class TestBusiness:
         pc = self.new_peer(echo=echo)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        session = {"sdp_type": "answer", "sdp": for_meta(pc.localDescription.sdp, setup="active")}
+        session = {"sdp_type": "answer", "sdp": business_answer(pc.localDescription.sdp)}
         assert await self.calls(action="pre_accept", call_id=call_id, session=session) == (200, SUCCESS)
         assert await self.calls(action="accept", call_id=call_id, session=session) == (200, SUCCESS)
         return pc
@@ -103,7 +104,7 @@ class TestBusiness:
     async def dial(self, to: str) -> tuple[str, RTCPeerConnection]:
         pc = self.new_peer()
         await pc.setLocalDescription(await pc.createOffer())
-        session = {"sdp_type": "offer", "sdp": for_meta(pc.localDescription.sdp)}
+        session = {"sdp_type": "offer", "sdp": business_offer(pc.localDescription.sdp)}
         status, body = await self.calls(
             action="connect", to=to, session=session, biz_opaque_callback_data="crm/42"
         )
@@ -117,14 +118,6 @@ class TestBusiness:
 
 
 SUCCESS = {"messaging_product": "whatsapp", "success": True}
-
-
-def for_meta(sdp: str, *, setup: str | None = None) -> str:
-    """The business's own edit: only the SHA-256 fingerprint, and (answers) setup:active."""
-    lines = [line for line in sdp.split("\r\n") if not line.startswith("a=fingerprint:") or "sha-256" in line]
-    if setup is not None:
-        lines = [f"a=setup:{setup}" if line.startswith("a=setup:") else line for line in lines]
-    return "\r\n".join(lines)
 
 
 def ice_role(pc: RTCPeerConnection) -> str:
