@@ -3,6 +3,8 @@
 * ``echo``
 * ``play:<path to a 16-bit PCM WAV file>``
 * ``record:<existing writable directory>``
+* ``ws://host[:port]/path`` or ``wss://…`` - the voice-agent bridge (:mod:`worker.apps.bridge`), configured by
+  ``CALLHOOK_BRIDGE_*`` (:mod:`worker.apps.bridge_config`); ``ws:wss://…`` is the same with an explicit prefix
 * ``package.module:function`` - a user's ``async def function(call: Call) -> None``
 
 ``play`` and ``record`` are checked when loaded (the file is a usable WAV, the directory is writable), so a
@@ -18,7 +20,11 @@ import inspect
 import os
 from pathlib import Path
 
+from yarl import URL
+
 from worker.apps.api import App
+from worker.apps.bridge import Apology, Bridge
+from worker.apps.bridge_config import BridgeSettings
 from worker.apps.echo import echo
 from worker.apps.play import UnplayableFile, check_wav, play
 from worker.apps.record import record
@@ -29,16 +35,20 @@ class AppSpecError(CallhookError):
     """The app spec names nothing runnable; the message says what is wrong and how specs look."""
 
 
-USAGE = "use echo, play:<wav file>, record:<directory> or package.module:function"
+USAGE = "use echo, play:<wav file>, record:<directory>, ws(s)://<voice agent> or package.module:function"
 
 
-def load_app(spec: str) -> App:
+def load_app(spec: str, *, bridge_settings: BridgeSettings | None = None) -> App:
+    """The app ``spec`` names. ``bridge_settings`` configure a ``ws://``/``wss://`` app (defaults if None)."""
     spec = spec.strip()
     if spec == "echo":
         return echo
     kind, sep, argument = spec.partition(":")
     if not sep or not kind or not argument:
         raise AppSpecError(f"app spec {spec!r} is not understood: {USAGE}")
+    if kind in ("ws", "wss"):
+        url = argument if argument.startswith(("ws://", "wss://")) else spec
+        return _bridge(url, bridge_settings or BridgeSettings())
     if kind == "play":
         return _play(Path(argument))
     if kind == "record":
@@ -60,6 +70,20 @@ def _record(directory: Path) -> App:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise AppSpecError(f"record: {directory} is not writable")
     return functools.partial(record, directory=directory)
+
+
+def _bridge(url: str, settings: BridgeSettings) -> App:
+    parsed = URL(url)
+    if parsed.scheme not in ("ws", "wss") or not parsed.host:
+        # The URL is not echoed back: it may carry a token.
+        raise AppSpecError(f"voice agent URL must be ws://host/... or wss://host/...: {USAGE}")
+    apology = None
+    if settings.apology_wav is not None:
+        try:
+            apology = Apology.from_wav(settings.apology_wav)
+        except UnplayableFile as exc:
+            raise AppSpecError(f"bridge apology: {exc}") from exc
+    return Bridge(url, settings, apology)
 
 
 def _user_app(module_name: str, attribute: str) -> App:

@@ -1,0 +1,184 @@
+"""One call's WebSocket to the voice agent: connect within a deadline, bounded sends, receive, close.
+
+aiohttp errors are translated here into the bridge's own (:class:`AgentUnavailable` before the stream works,
+:class:`AgentFailed` after); a close frame with a normal code is not an error: :meth:`AgentLink.receive`
+returns ``None``. Each link has its own ``ClientSession`` (a WebSocket is never pooled, and the session's
+lifetime is then exactly the call's).
+
+Flow control, so that a slow agent costs bounded memory and never blocks the loop:
+
+* sending: aiohttp writes a frame into the transport at once and waits for the transport to drain once
+  about 64 KiB are pending; a send still waiting after ``send_timeout_seconds`` means the agent stopped
+  reading, and raises :class:`AgentFailed`. The socket's kernel send buffer is fixed at
+  :data:`SEND_BUFFER_BYTES` (Linux would grow it to 4 MiB, minutes of audio that a stuck agent would
+  absorb before any send waits, all of it stale by the time it is read); the heartbeat catches an agent
+  that neither reads nor answers pings sooner.
+* receiving: nothing is read unless the bridge asks (``receive``); aiohttp stops reading the socket once
+  ~128 KiB of messages wait, so an agent that runs ahead is slowed by TCP, not buffered here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from worker.apps.bridge_config import BridgeSettings
+from worker.errors import CallhookError
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1 << 20  # one agent message: 1 MiB is ~2 min of µ-law, ~20 s of 24 kHz PCM
+SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it: ~4 s of 16 kHz PCM, ~7 s of Twilio media in flight
+CLOSE_TIMEOUT_SECONDS = 1.0  # waiting for the agent's answer to our close frame
+NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005})  # normal, going away, no code given
+
+
+class BridgeError(CallhookError):
+    """The voice agent could not be used; the message says why (the URL is never in it: it may hold a token).
+
+    ``AgentUnavailable``: could not connect, or refused the handshake, within the connect timeout.
+    ``AgentFailed``: broke while the call ran (stopped reading, connection lost, closed with an error code).
+    """
+
+
+class AgentUnavailable(BridgeError):
+    pass
+
+
+class AgentFailed(BridgeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    data: str | bytes
+    text: bool
+
+
+class AgentLink:
+    """A connected WebSocket; use :meth:`connect`, then as an async context manager (closes on exit)."""
+
+    def __init__(
+        self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, send_timeout: float
+    ) -> None:
+        self._http = http
+        self._ws = ws
+        self._send_timeout = send_timeout
+        self.agent_closed = False  # the agent sent a close frame: later sends are dropped, not errors
+        self.messages_sent = 0
+
+    @classmethod
+    async def connect(cls, url: str, settings: BridgeSettings) -> AgentLink:
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1, socket_factory=_small_send_buffer),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        try:
+            async with asyncio.timeout(settings.connect_timeout_seconds):
+                ws = await http.ws_connect(
+                    url,
+                    headers=list(settings.headers),
+                    heartbeat=settings.heartbeat_seconds or None,
+                    max_msg_size=MAX_MESSAGE_BYTES,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_SECONDS),
+                    compress=0,
+                )
+        except TimeoutError:
+            await http.close()
+            raise AgentUnavailable(
+                f"voice agent not connected within {settings.connect_timeout_seconds} s"
+            ) from None
+        except aiohttp.WSServerHandshakeError as exc:
+            await http.close()
+            raise AgentUnavailable(f"voice agent refused the WebSocket handshake: HTTP {exc.status}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            await http.close()
+            raise AgentUnavailable(f"voice agent unreachable: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            await http.close()
+            raise
+        return cls(http, ws, settings.send_timeout_seconds)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+    async def send(self, data: bytes, *, text: bool) -> None:
+        """Send one message; raises AgentFailed if it cannot be sent within the send timeout."""
+        if self._sending_is_moot():
+            return
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await self._ws.send_frame(data, WSMsgType.TEXT if text else WSMsgType.BINARY)
+        except TimeoutError:
+            raise AgentFailed(f"voice agent not reading: a send waited {self._send_timeout} s") from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            if self._sending_is_moot():  # the agent's close frame arrived while this send waited
+                return
+            raise AgentFailed(f"voice agent connection lost while sending: {exc}") from exc
+        self.messages_sent += 1
+
+    def _sending_is_moot(self) -> bool:
+        return self.agent_closed
+
+    async def receive(self) -> Received | None:
+        """The agent's next message; None once it closed normally; AgentFailed for anything else."""
+        message = await self._ws.receive()
+        if message.type is WSMsgType.TEXT:
+            return Received(message.data, text=True)
+        if message.type is WSMsgType.BINARY:
+            return Received(message.data, text=False)
+        if message.type is WSMsgType.CLOSE:
+            self.agent_closed = True
+            code = message.data
+            if code in NORMAL_CLOSE_CODES:
+                return None
+            raise AgentFailed(
+                f"voice agent closed the WebSocket with code {code} {message.extra or ''}".strip()
+            )
+        if message.type is WSMsgType.ERROR:
+            raise AgentFailed(f"voice agent connection failed: {message.data!r}")
+        raise AgentFailed(f"voice agent connection ended without a close frame (code {self._ws.close_code})")
+
+    async def finish(self, last: bytes | None) -> None:
+        """Send ``last`` (the stream's stop) if the socket still works, then close. Bounded, never raises."""
+        try:
+            async with asyncio.timeout(self._send_timeout + CLOSE_TIMEOUT_SECONDS):
+                if last is not None and not self.agent_closed and not self._ws.closed:
+                    await self._ws.send_frame(last, WSMsgType.TEXT)
+                await self._ws.close()
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            log.info("voice agent socket closed uncleanly", extra={"error": repr(exc)})
+        await self.close()
+
+    async def close(self) -> None:
+        """Close at once (no stop message). Idempotent."""
+        if not self._ws.closed:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    await self._ws.close()
+            except (TimeoutError, aiohttp.ClientError, ConnectionError):
+                pass
+        await self._http.close()
+
+
+def _small_send_buffer(addr_info: tuple[int, int, int, str, tuple[object, ...]]) -> socket.socket:
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=kind, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    return sock
