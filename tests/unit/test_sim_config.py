@@ -152,7 +152,7 @@ def test_the_pure_modules_import_no_io_library() -> None:
         "for m in sys.argv[1:]: importlib.import_module(m)\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
-    result = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
+    result = subprocess.run(
         [sys.executable, "-c", probe, *PURE],
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
