@@ -34,8 +34,8 @@ StartDial = Callable[[DialRequest, Reservation, Ack], None]
 
 
 class DialIntake:
-    """``async with DialIntake(link, ownership, start_dial, metrics)``; call :meth:`room_changed` when a call
-    ends, :meth:`drain` on SIGTERM."""
+    """``async with DialIntake(link, ownership, start_dial, metrics)``: follows the ownership's room and
+    draining (:meth:`Ownership.watch_room`), so it takes dials exactly while a call could be owned."""
 
     def __init__(
         self, link: AmqpLink, ownership: Ownership, start_dial: StartDial, metrics: WorkerMetrics
@@ -46,12 +46,12 @@ class DialIntake:
         self._metrics = metrics
         self._room = asyncio.Event()
         self._full = asyncio.Event()
-        self._draining = False
         self._tg = asyncio.TaskGroup()
         self._runner: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         await self._tg.__aenter__()
+        self._ownership.watch_room(self.room_changed)
         self.room_changed()
         self._runner = self._tg.create_task(self._run(), name="dial-intake")
         return self
@@ -64,17 +64,13 @@ class DialIntake:
         await self._tg.__aexit__(exc_type, exc, tb)
 
     def room_changed(self) -> None:
-        """Re-check capacity (after a call ended here, or anything else that may free a unit)."""
-        if self._ownership.room > 0 and not self._draining:
+        """Re-check capacity (the ownership calls this on every change of room or draining)."""
+        if self._ownership.room > 0 and not self._ownership.draining:
             self._full.clear()
             self._room.set()
         else:
             self._room.clear()
             self._full.set()
-
-    def drain(self) -> None:
-        self._draining = True
-        self.room_changed()
 
     async def _run(self) -> None:
         session: Session | None = None
@@ -116,10 +112,8 @@ class DialIntake:
             await settle(message, ack=False, requeue=False)  # the queue dead-letters it to callhook.dead
             return
         reservation = self._ownership.reserve()
-        if reservation is None or self._draining:
-            if reservation is not None:
-                reservation.release()
-            await settle(message, ack=False, requeue=True)  # another worker, or us once room frees
+        if reservation is None:  # full or draining: another worker, or us once room frees
+            await settle(message, ack=False, requeue=True)
             self.room_changed()
             return
         acked = False

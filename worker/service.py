@@ -107,7 +107,10 @@ class WorkerService:
                     silence_timeout_seconds=config.media_silence_timeout_seconds,
                 ),
             )
-            await stack.enter_async_context(Router(self._link, self.metrics))
+            # The router gets a connection of its own: a broker that blocks publishers (memory alarm) must not
+            # also stall claims and mailboxes.
+            router_link = await stack.enter_async_context(AmqpLink(config.amqp_url, name="router"))
+            await stack.enter_async_context(Router(router_link, self.metrics))
             self._dials = await stack.enter_async_context(
                 DialIntake(self._link, self._ownership, self._take_dial, self.metrics)
             )
@@ -136,8 +139,6 @@ class WorkerService:
             self.metrics.draining.set(1)
             if self._ownership is not None:
                 self._ownership.drain()
-            if self._dials is not None:
-                self._dials.drain()
             log.info("draining", extra={"calls": len(self.sessions)})
         self._stop.set()
 
@@ -224,8 +225,6 @@ class WorkerService:
         finally:
             self.sessions.pop(key, None)
             self._session_tasks.pop(key, None)
-            if self._dials is not None:
-                self._dials.room_changed()
 
     # ----------------------------------------------------------------------------------- dials
     def _take_dial(self, request: DialRequest, reservation: Reservation, ack: Ack) -> None:
@@ -257,8 +256,6 @@ class WorkerService:
             await self._deps.lifecycle.call_event(
                 "ended", info, outcome=outcome, reason=reason, request_id=request.request_id
             )
-            if self._dials is not None:
-                self._dials.room_changed()
             return
         session = self._session(
             info, reservation=reservation, app=app, request_id=request.request_id, before_connect=ack

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from ingress import contract
-from ingress.commands import Dial
+from ingress.commands import Dial, hangup
 from simulator.config import AnswerWebhook, CalleeAction, CalleeBehaviour, SimulatorConfig
 from simulator.permissions import PermissionStatus
 from simulator.sim import Simulator
@@ -43,10 +43,13 @@ class Lifecycle:
             self._changed.notify_all()
         await message.ack()
 
-    async def wait_ended(self, key: str, timeout: float = 30.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
+    async def wait_event(self, key: str, name: str, timeout: float = 30.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
         async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: any(e["event"] == "ended" for e in self.by_request[key]))
+            await self._changed.wait_for(lambda: any(e["event"] == name for e in self.by_request[key]))
         return self.by_request[key]
+
+    async def wait_ended(self, key: str, timeout: float = 30.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
+        return await self.wait_event(key, "ended", timeout)
 
 
 class Env:
@@ -178,3 +181,20 @@ async def test_answer_webhook_before_connect_response_is_applied(env: Env) -> No
     events = await env.lifecycle.wait_ended(request_id)
     assert "answered" in names(events)
     assert events[-1]["outcome"] == "completed"
+
+
+async def test_hangup_request_reaches_the_owning_worker(env: Env) -> None:
+    request_id = await env.dial("15550100007")
+    call = await env.sim.wait_for_call(user="15550100007", timeout=15)
+    await env.lifecycle.wait_event(request_id, "answered")
+    message = aio_pika.Message(
+        hangup(call.call_id, "hangup-test-1"), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+    )
+    exchange = await env.channel.get_exchange(contract.CALLS_EXCHANGE)
+    await exchange.publish(message, routing_key=call.call_id)
+    events = await env.lifecycle.wait_ended(request_id)
+    assert events[-1]["outcome"] == "completed"
+    assert "hangup requested" in events[-1]["reason"]
+    terminate = await env.sim.journal.wait_for_request("terminate", call_id=call.call_id, timeout=10)
+    assert terminate.ok
+    await call.wait_ended(timeout=10)
