@@ -163,11 +163,6 @@ def load(env: Mapping[str, str]) -> SimulatorConfig:
 _PERMISSIONS = ("none", "no_permission", "temporary", "permanent")
 
 
-def _items(r: EnvReader, name: str) -> list[str]:
-    # str() keeps mypy right: EnvReader's annotations say ``str`` inside a class that has a ``str`` method.
-    return [str(item) for item in r.list(name)]
-
-
 def _optional_seed(seed: int) -> int | None:
     """-1 (the default) means: seed from the OS, a different run every time."""
     return None if seed < 0 else seed
@@ -176,7 +171,7 @@ def _optional_seed(seed: int) -> int | None:
 def _numbers(r: EnvReader) -> tuple[BusinessNumber, ...]:
     name = "CALLHOOK_SIM_NUMBERS"
     numbers: list[BusinessNumber] = []
-    for item in _items(r, name):
+    for item in r.list(name):
         phone_number_id, sep, display = item.partition(":")
         if not sep or not phone_number_id.isdigit() or not display.isdigit():
             r.problems.append(
@@ -190,7 +185,7 @@ def _numbers(r: EnvReader) -> tuple[BusinessNumber, ...]:
 def _permissions(r: EnvReader) -> tuple[tuple[str, PermissionStatus], ...]:
     name = "CALLHOOK_SIM_PERMISSIONS"
     out: list[tuple[str, PermissionStatus]] = []
-    for item in _items(r, name):
+    for item in r.list(name):
         user, sep, status = item.partition(":")
         if not sep or not user.isdigit() or status.lower() not in _PERMISSIONS:
             r.problems.append(f"{name}: {item!r} must be <user wa_id>:<none|temporary|permanent>")
