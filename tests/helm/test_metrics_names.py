@@ -126,7 +126,7 @@ def _rules_file(rendered: c.Rendered, directory: Path) -> Path:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)  # noqa: S603 (promtool)
+    return subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
 
 
 def test_promtool_checks_every_rendered_rule_file(

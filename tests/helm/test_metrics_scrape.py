@@ -86,7 +86,7 @@ class Running:
 def start(name: str, env: dict[str, str], port: int, log_dir: Path) -> Iterator[Running]:
     log = log_dir / f"{name}.log"
     with log.open("wb") as sink:
-        process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+        process = subprocess.Popen(
             [sys.executable, "-m", "callhook", name],
             env=env,
             stdout=sink,

@@ -25,7 +25,7 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def _modules_after_importing(module: str) -> set[str]:
-    result = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
+    result = subprocess.run(
         [sys.executable, "-c", PROBE, module],
         cwd=REPO,
         capture_output=True,

@@ -155,5 +155,5 @@ def test_sdp_module_stays_pure() -> None:
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     # S603: runs this interpreter on a constant snippet, in a fresh process so earlier imports do not count.
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)  # noqa: S603
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
