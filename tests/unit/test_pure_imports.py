@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PURE_MODULES = ["worker.decode", "worker.wire", "worker.events", "worker.call", "worker.sdp", "ingress.contract"]
+PURE_MODULES = [
+    "worker.decode", "worker.wire", "worker.events", "worker.call", "worker.sdp", "ingress.contract",
+    "ingress.signature", "simulator.calls", "simulator.sdp", "simulator.faults",
+]  # fmt: skip
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 
 PROBE = """
