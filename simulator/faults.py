@@ -12,8 +12,9 @@ fires for a request. The same rules come from the CLI as specs, parsed by :func:
             delay=SECONDS                         answer normally, late
             timeout[=SECONDS]                     hold the request (default 30 s), then answer 503
     OPTION  next=N | fraction=F | apply           apply: a timeout applies the action before holding
+            retry_after=SECONDS                   a 5xx or 429 carries ``Retry-After`` (a backoff hint)
     e.g.    pre_accept:503:next=2    accept:429=4:fraction=0.1    connect:error=138002
-            terminate:timeout=5:apply
+            terminate:timeout=5:apply    accept:429:retry_after=1
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class FaultRule:
     code: int = 130429  # THROTTLE / ERROR
     seconds: float = 30.0  # DELAY / TIMEOUT
     apply: bool = False  # TIMEOUT: run the action, then hold the response
+    retry_after_seconds: int | None = None  # SERVER_ERROR / THROTTLE: the ``Retry-After`` header's value
     id: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +57,10 @@ class FaultRule:
             raise ValueError("fraction must be within 0..1")
         if self.seconds < 0:
             raise ValueError("seconds must be >= 0")
+        if self.retry_after_seconds is not None and (
+            self.retry_after_seconds < 0 or self.kind not in (FaultKind.SERVER_ERROR, FaultKind.THROTTLE)
+        ):
+            raise ValueError("retry_after must be >= 0 and applies to 5xx and 429 only")
 
     def describe(self) -> str:
         what = {
@@ -64,7 +70,8 @@ class FaultRule:
             FaultKind.DELAY: f"delay {self.seconds}s",
             FaultKind.TIMEOUT: f"timeout {self.seconds}s" + (" (applied)" if self.apply else ""),
         }[self.kind]
-        return f"{self.action}:{what}"
+        hint = f" retry-after {self.retry_after_seconds}s" if self.retry_after_seconds is not None else ""
+        return f"{self.action}:{what}{hint}"
 
 
 class FaultPlan:
@@ -129,6 +136,8 @@ def parse_fault(spec: str) -> FaultRule:
             rule = replace(rule, fraction=float(value))
         elif name == "apply" and not value:
             rule = replace(rule, apply=True)
+        elif name == "retry_after":
+            rule = replace(rule, retry_after_seconds=int(value))
         else:
             raise ValueError(f"fault {spec!r}: unknown option {option!r}")
     return rule

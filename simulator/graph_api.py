@@ -140,6 +140,7 @@ class GraphServer:
         if body is not None:
             record.call_id = _str_or_none(body.get("call_id"))
             record.to = _str_or_none(body.get("to"))
+        fault: FaultRule | None = None
         try:
             fault = self._faults.pick(record.action)
             if fault is not None:
@@ -153,7 +154,10 @@ class GraphServer:
         record.http_status = status
         record.responded_at = time.time()
         self._journal.touched()
-        return web.json_response(payload, status=status)
+        headers = None
+        if fault is not None and fault.retry_after_seconds is not None and status >= 400:
+            headers = {"Retry-After": str(fault.retry_after_seconds)}  # Meta's hint: wait this long
+        return web.json_response(payload, status=status, headers=headers)
 
     async def _checked(
         self,

@@ -392,6 +392,27 @@ async def test_graph_faults_fire_as_configured_and_are_journalled(
     }
 
 
+async def test_a_throttle_fault_can_carry_a_retry_after_hint(
+    sim: Simulator, graph: Graph, peers: list[RTCPeerConnection]
+) -> None:
+    call = await sim.place_call(USER)
+    session = {"sdp_type": "answer", "sdp": await answer_for(call, peers)}
+    sim.graph_faults.add(parse_fault("pre_accept:429:retry_after=3:next=1"))
+    url = f"{sim.graph_url}/v23.0/{graph.number}/calls"
+    body = {
+        "messaging_product": "whatsapp",
+        "action": "pre_accept",
+        "call_id": call.call_id,
+        "session": session,
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            assert (response.status, response.headers.get("Retry-After")) == (429, "3")
+        async with http.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            assert (response.status, response.headers.get("Retry-After")) == (200, None)
+    assert sim.graph_faults.fired == {"pre_accept:429/130429 retry-after 3s": 1}
+
+
 async def test_timeout_and_delay_faults_hold_the_request(
     sim: Simulator, graph: Graph, peers: list[RTCPeerConnection]
 ) -> None:

@@ -20,6 +20,10 @@ from simulator.faults import FaultKind, FaultPlan, FaultRule, parse_fault
         ("*:delay=0.5", FaultRule("*", FaultKind.DELAY, seconds=0.5)),
         ("terminate:timeout", FaultRule("terminate", FaultKind.TIMEOUT, seconds=30.0)),
         ("terminate:timeout=5:apply", FaultRule("terminate", FaultKind.TIMEOUT, seconds=5.0, apply=True)),
+        (
+            "accept:429:retry_after=2",
+            FaultRule("accept", FaultKind.THROTTLE, code=130429, retry_after_seconds=2),
+        ),
     ],
 )
 def test_specs_parse(spec: str, expected: FaultRule) -> None:
@@ -38,6 +42,8 @@ def test_specs_parse(spec: str, expected: FaultRule) -> None:
         "x:503:fraction=2",
         "accept:503:often",
         "accept:error",
+        "accept:delay=1:retry_after=1",
+        "accept:429:retry_after=-1",
     ],
 )
 def test_bad_specs_are_refused(spec: str) -> None:
