@@ -36,6 +36,9 @@ class TcpProxy:
         self._delay = 0.0
         self._delay_changed = asyncio.Event()
         self.accepted = 0  # connections accepted and forwarded since start
+        # Local ports of every upstream connection opened so far: what the server sees as the client's port
+        # (e.g. RabbitMQ's ``connection`` field in its firehose trace), so its records can be attributed.
+        self.upstream_ports: set[int] = set()
         self._from_clients = 0
         self._received = asyncio.Condition()
 
@@ -127,6 +130,9 @@ class TcpProxy:
             _reset(up_writer)
             return
         self.accepted += 1
+        sockname = up_writer.get_extra_info("sockname")
+        if sockname is not None:
+            self.upstream_ports.add(int(sockname[1]))
         link = _Link(self, writer, up_writer)
         self._links.add(link)
         try:
