@@ -66,6 +66,10 @@ class IngressState:
         return self.publisher is not None and self.publisher.connected and not self.shutting_down
 
 
+class ListenError(Exception):
+    """The HTTP port could not be opened (in use, not permitted, no such address)."""
+
+
 STATE = web.AppKey("callhook_ingress_state", IngressState)
 PUBLISHER = web.AppKey("callhook_ingress_publisher", Publisher)
 
@@ -243,7 +247,10 @@ async def serve(config: IngressConfig, registry: CollectorRegistry, stop: asynci
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
         log.info("listening", extra={"addresses": [list(a) for a in runner.addresses]})
         await stop.wait()
         log.info("shutting down", extra={"inflight": app[STATE].inflight})
@@ -269,5 +276,9 @@ def run(config: IngressConfig) -> int:
             loop.add_signal_handler(signum, stop.set)
         await serve(config, CollectorRegistry(), stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ListenError as exc:
+        log.error("cannot start", extra={"error": str(exc)})  # noqa: TRY400  the message says it all
+        return 1
     return 0
