@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.streams import StreamReader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ingress.api import CallsApi
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics, Outcome, Route
 from ingress.publisher import BrokerUnavailable, Publisher, PublishError
@@ -94,6 +95,7 @@ def create_app(config: IngressConfig, registry: CollectorRegistry) -> web.Applic
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    CallsApi(config, state.metrics, lambda: state.publisher).add_routes(app)
     return app
 
 

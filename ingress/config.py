@@ -40,6 +40,9 @@ class IngressConfig:
     # stop sending), then in-flight requests get up to shutdown_grace_seconds before the broker is closed.
     shutdown_delay_seconds: float = 2.0
     shutdown_grace_seconds: float = 10.0
+    # integrator API (/v1/calls): disabled while no token is configured
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    phone_number_id: str = ""  # the business number dials use when the request names none
 
     @property
     def amqp_url_redacted(self) -> str:
@@ -69,7 +72,11 @@ def load(env: Mapping[str, str]) -> IngressConfig:
         reconnect_max_seconds=r.float("CALLHOOK_RECONNECT_MAX_SECONDS", 5.0, minimum=0.01, maximum=300),
         shutdown_delay_seconds=r.float("CALLHOOK_SHUTDOWN_DELAY_SECONDS", 2.0, minimum=0, maximum=300),
         shutdown_grace_seconds=r.float("CALLHOOK_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0, maximum=600),
+        api_tokens=r.list("CALLHOOK_API_TOKENS"),
+        phone_number_id=r.str("CALLHOOK_PHONE_NUMBER_ID", ""),
     )
+    if config.phone_number_id and not config.phone_number_id.isdigit():
+        r.problems.append("CALLHOOK_PHONE_NUMBER_ID must be the business number's Graph API id (digits)")
     if config.reconnect_max_seconds < config.reconnect_initial_seconds:
         r.problems.append("CALLHOOK_RECONNECT_MAX_SECONDS must be >= CALLHOOK_RECONNECT_INITIAL_SECONDS")
     if len(set(config.app_secrets)) != len(config.app_secrets):

@@ -1,8 +1,9 @@
 """Every Prometheus metric the ingress exports, created on a registry that is passed in (no globals).
 
 The names are a contract with the Helm chart (alerts, dashboard): change them only together.
-``route`` is ``webhook`` (POST /webhook, Meta's deliveries) or ``verify`` (GET /webhook, the subscription
-handshake). Labelled children are resolved once here, so the request path does no label lookups.
+``route`` is ``webhook`` (POST /webhook, Meta's deliveries), ``verify`` (GET /webhook, the subscription
+handshake), ``dial`` (POST /v1/calls) or ``hangup`` (POST /v1/calls/{id}/hangup). Labelled children are
+resolved once here, so the request path does no label lookups.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from ingress.signature import SignatureFailure
 class Route(enum.Enum):
     WEBHOOK = "webhook"
     VERIFY = "verify"
+    DIAL = "dial"
+    HANGUP = "hangup"
 
 
 class Outcome(enum.Enum):
@@ -26,6 +29,7 @@ class Outcome(enum.Enum):
     UNAVAILABLE = "unavailable"
     FORBIDDEN = "forbidden"
     BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"  # integrator API: missing or wrong bearer token
 
 
 # Local work plus one broker round trip: sub-millisecond up to the confirm timeout (seconds).

@@ -41,7 +41,7 @@ from typing import Any, Final, Self
 import aio_pika
 import aiormq
 import pamqp.frame
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import ChannelFrame
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 from pamqp.commands import Basic
@@ -217,6 +217,7 @@ class Publisher:
         self._on_connection_change = on_connection_change
         self._connection_name = connection_name
         self._pipeline: _Pipeline | None = None
+        self._commands: AbstractChannel | None = None  # integrator commands: their own confirm channel
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
         self._disconnected.set()
@@ -305,6 +306,38 @@ class Publisher:
             if self._inflight == 0 and self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
 
+    async def publish_command(self, body: bytes, *, exchange: str, routing_key: str, message_id: str) -> None:
+        """Publish an integrator's command (a dial, a hang-up) persistently; returns once confirmed.
+
+        Low volume, so plain aio-pika on the command channel; unroutable is a failure like for webhooks.
+        """
+        channel = self._commands
+        if channel is None or self._closing:
+            raise BrokerUnavailable("no broker connection")
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            headers={contract.HEADER_REQUEST_ID: message_id},
+        )
+        try:
+            async with asyncio.timeout(self._confirm_timeout):
+                target = (
+                    channel.default_exchange
+                    if not exchange
+                    else await channel.get_exchange(exchange, ensure=False)
+                )
+                await target.publish(message, routing_key, mandatory=True)
+        except TimeoutError:
+            raise PublishTimeout(f"no confirm within {self._confirm_timeout} s") from None
+        except aiormq.exceptions.PublishError:
+            raise PublishReturned("unroutable: is the queue declared?") from None
+        except aiormq.exceptions.DeliveryError:
+            raise PublishNacked("the broker refused the message") from None
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            raise BrokerUnavailable(f"broker connection lost: {type(exc).__name__}") from None
+
     async def _wait_confirm(self, confirmation: asyncio.Future[Any]) -> None:
         try:
             async with asyncio.timeout(self._confirm_timeout):
@@ -357,12 +390,16 @@ class Publisher:
                 raise TypeError(f"unexpected aiormq channel type {type(raw).__name__}")
             pipeline = _Pipeline(raw)
             writer = asyncio.create_task(pipeline.run(), name="callhook-ingress-publish-writer")
+            async with asyncio.timeout(self._connect_timeout):
+                # Commands get a channel of their own: the webhook pipeline owns its channel's delivery tags.
+                self._commands = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._set_pipeline(pipeline)
             await asyncio.wait([raw.closing, stopping, writer], return_when=asyncio.FIRST_COMPLETED)
             if not stopping.done():
                 log.warning("broker connection lost", extra={"broker": _redacted(self._url)})
         finally:
             self._set_pipeline(None)
+            self._commands = None
             if writer is not None:
                 writer.cancel()
                 await asyncio.wait([writer])

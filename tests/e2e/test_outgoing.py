@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
 import pytest
 import pytest_asyncio
 
 from ingress import contract
-from ingress.commands import Dial, hangup
+from ingress.commands import Dial
 from simulator.config import AnswerWebhook, CalleeAction, CalleeBehaviour, SimulatorConfig
 from simulator.permissions import PermissionStatus
 from simulator.sim import Simulator
@@ -27,6 +29,7 @@ from tests.support.system import ACCESS_TOKEN, APP_SECRET, System, free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 PNID = SimulatorConfig().numbers[0].phone_number_id
+API_TOKEN = "e2e-integrator-token"
 
 
 class Lifecycle:
@@ -73,6 +76,7 @@ async def env(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
         graph_url=f"http://127.0.0.1:{graph_port}",
         log_dir=tmp_path_factory.mktemp("outgoing-logs"),
         workers=2,
+        ingress_env={"CALLHOOK_API_TOKENS": API_TOKEN, "CALLHOOK_PHONE_NUMBER_ID": PNID},
     )
     config = SimulatorConfig(
         app_secret=APP_SECRET,
@@ -184,15 +188,19 @@ async def test_answer_webhook_before_connect_response_is_applied(env: Env) -> No
     assert events[-1]["outcome"] == "completed"
 
 
-async def test_hangup_request_reaches_the_owning_worker(env: Env) -> None:
-    request_id = await env.dial("15550100007")
-    call = await env.sim.wait_for_call(user="15550100007", timeout=15)
-    await env.lifecycle.wait_event(request_id, "answered")
-    message = aio_pika.Message(
-        hangup(call.call_id, "hangup-test-1"), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-    )
-    exchange = await env.channel.get_exchange(contract.CALLS_EXCHANGE)
-    await exchange.publish(message, routing_key=call.call_id)
+async def test_dial_and_hangup_through_the_http_api_reach_the_owning_worker(env: Env) -> None:
+    assert env.system.ingress is not None
+    api = f"{env.system.ingress.url}/v1/calls"
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(api, json={"to": "15550100007", "app": "echo"}, headers=auth) as response:
+            assert response.status == 202
+            request_id = (await response.json())["request_id"]
+        call = await env.sim.wait_for_call(user="15550100007", timeout=15)
+        await env.lifecycle.wait_event(request_id, "answered")
+        quoted = urllib.parse.quote(call.call_id, safe="")
+        async with http.post(f"{api}/{quoted}/hangup", headers=auth) as response:
+            assert response.status == 202
     events = await env.lifecycle.wait_ended(request_id)
     assert events[-1]["outcome"] == "completed"
     assert "hangup requested" in events[-1]["reason"]
