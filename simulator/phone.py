@@ -147,8 +147,11 @@ class Phone:
     """One call's user device. Use ``create_offer`` (user calls) or ``answer`` (business calls), then
     ``accept_answer`` / ``start_talking``; run ``run_media`` in a task; ``close`` when the call ends."""
 
-    def __init__(self, settings: PhoneSettings) -> None:
+    def __init__(self, settings: PhoneSettings, *, connects_media: bool = True) -> None:
         self._settings = settings
+        # False: a phone whose network loses the media path. Meta's API still takes the business's answer,
+        # but the phone never applies it, so it never runs ICE or DTLS with the business.
+        self._connects_media = connects_media
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._signal = TestSignal(settings.signal_seed)
         self._talking = asyncio.Event()
@@ -178,6 +181,8 @@ class Phone:
 
     async def accept_answer(self, sdp: str) -> None:
         """Apply the business's answer (from pre_accept): ICE and DTLS start now."""
+        if not self._connects_media:
+            return
         try:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except _AIORTC_SDP_ERRORS as exc:

@@ -380,14 +380,18 @@ class Simulator:
         to_phone_number_id: str | None = None,
         *,
         name: str | None = "Test User",
+        connects_media: bool = True,
     ) -> SimulatedCall:
-        """A user calls the business: the phone makes its offer and the connect webhook goes out."""
+        """A user calls the business: the phone makes its offer and the connect webhook goes out.
+
+        ``connects_media=False``: the phone's network loses the media path; pre_accept succeeds, but ICE and
+        DTLS never complete (the business should give up and reject)."""
         number = self._number(to_phone_number_id)
         if self._live_calls(number) >= self.config.max_concurrent_calls:
             raise SimulatorError(
                 f"{self.config.max_concurrent_calls} concurrent calls on {number.phone_number_id}"
             )
-        phone = Phone(self._phone_settings)
+        phone = Phone(self._phone_settings, connects_media=connects_media)
         try:
             offer = await phone.create_offer()
         except BaseException:
