@@ -3,16 +3,11 @@
 One deployment is shared by the module (ingress, two echo workers, one simulator); each test places its own
 calls and reads counters as deltas, so the tests do not depend on each other's leftovers. Meta's timers are
 short here (the phone hangs up after 3 s without audio), which turns any audio gap into a failed call.
-
-The simulator has no switch yet for a phone whose media never connects; that test wraps the call's phone so
-that it takes the business's answer (Meta's pre_accept succeeds) but never applies it: the phone never starts
-ICE, so the business's ICE/DTLS never completes (see :class:`PhoneThatNeverConnects`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -21,7 +16,6 @@ from simulator import sdp as sdp_rules
 from simulator.calls import CallState
 from simulator.config import CallTiming, DeliverySwitches
 from simulator.faults import FaultKind, FaultRule
-from simulator.phone import Phone
 from simulator.sim import SimulatedCall
 from tests.e2e.harness import WAIT_SECONDS, Deployment, all_of, deploy, poll
 
@@ -202,25 +196,9 @@ async def test_slow_accept_within_the_deadline_still_answers(dep: Deployment) ->
     assert_echoed(call)
 
 
-class PhoneThatNeverConnects:
-    """The user's phone behind a network that loses its media: Meta takes the business's answer (pre_accept
-    succeeds) but the phone never applies it, so it never runs ICE checks or DTLS with the business. Every
-    other method is the simulator's own phone's."""
-
-    def __init__(self, phone: Phone) -> None:
-        self._phone = phone
-
-    async def accept_answer(self, sdp: str) -> None:
-        del sdp  # accepted by Meta's API, never applied by the phone
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._phone, name)
-
-
 async def test_media_that_never_connects_is_rejected_after_the_connect_timeout(dep: Deployment) -> None:
     rejected = await dep.values("callhook_calls_total", outcome="rejected")
-    [call] = await dep.place_calls(1)
-    call.phone = PhoneThatNeverConnects(call.phone)  # type: ignore[assignment]
+    call = await dep.sim.place_call("15559990001", connects_media=False)  # pre_accept ok, no ICE/DTLS
 
     assert await call.wait_ended(timeout=WAIT_SECONDS) is CallState.REJECTED
 
