@@ -113,6 +113,10 @@ class TcpProxy:
         self._tasks.add(task)
         try:
             await self._forward(reader, writer)
+        except asyncio.CancelledError:
+            # cut() or close() ended this connection on purpose. Python 3.11's asyncio.streams asks a finished
+            # handler task for its exception without checking for a cancellation and logs it as an error.
+            pass
         finally:
             self._tasks.discard(task)
 
