@@ -65,6 +65,8 @@ class AgentSession:
         self.close_code: int | None = None
         self._changed = asyncio.Event()
         self.stream_sid = ""
+        self.on_message: list[Callable[[dict[str, Any]], None]] = []  # called with each JSON message
+        self.reading_stopped = False
 
     # ------------------------------------------------------------------------------------------ reading
     def on_text(self, text: str) -> None:
@@ -75,6 +77,8 @@ class AgentSession:
             self.heard_at.append(time.monotonic())
         if message.get("event") == "start":
             self.stream_sid = message["streamSid"]
+        for hook in self.on_message:
+            hook(message)
         self._changed.set()
 
     def on_binary(self, data: bytes) -> None:
@@ -158,6 +162,14 @@ class AgentSession:
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         transport.pause_reading()
+        self.reading_stopped = True
+
+    def resume_reading(self) -> None:
+        """Read again (at teardown: a paused transport never notices the bridge resetting it)."""
+        transport = self.request.transport
+        if self.reading_stopped and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+        self.reading_stopped = False
 
 
 class VoiceAgent:
@@ -170,6 +182,7 @@ class VoiceAgent:
         self.pcm_rate = pcm_rate
         self.refuse_status = refuse_status  # answer the handshake with this HTTP status instead
         self.sessions: asyncio.Queue[AgentSession] = asyncio.Queue()
+        self.all_sessions: list[AgentSession] = []
         self.on_session: Callable[[AgentSession], Any] | None = None  # called as each session opens
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -181,7 +194,7 @@ class VoiceAgent:
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_get("/agent", self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -194,6 +207,8 @@ class VoiceAgent:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self._runner is not None
+        for session in self.all_sessions:
+            session.resume_reading()
         await self._runner.cleanup()
 
     async def next_session(self, timeout_seconds: float = 10.0) -> AgentSession:
@@ -207,6 +222,7 @@ class VoiceAgent:
         await ws.prepare(request)
         session = AgentSession(self, ws, request)
         self.sessions.put_nowait(session)
+        self.all_sessions.append(session)
         if self.on_session is not None:
             self.on_session(session)
         try:

@@ -84,6 +84,17 @@ def open_stream(settings: BridgeSettings, info: CallInfo) -> AgentStream:
 
 # --------------------------------------------------------------------------------------------- endings
 @dataclass(frozen=True, slots=True)
+class BridgeStatistics:
+    ending: str | None  # caller_gone | agent_closed | agent_failed; None while running or never run
+    messages_to_agent: int
+    agent_audio_seconds: float  # audio received from the agent (played, queued or cleared)
+    marks_played: int
+    marks_cleared: int
+    clears: int
+    ignored_messages: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Ending:
     kind: str  # "caller_gone" | "agent_closed" | "agent_failed"
     reason: str
@@ -110,10 +121,10 @@ class Bridge:
             for message in stream.opening():
                 await link.send(message, text=True)
         except AgentFailed as exc:
-            await link.close()
+            await link.close(abort=True)
             raise AgentUnavailable(f"voice agent took no opening message: {exc}") from exc
         except BaseException:
-            await link.close()
+            await link.close(abort=True)
             raise
         return PreparedBridge(self, link, stream)
 
@@ -140,8 +151,9 @@ class PreparedBridge:
         self._stream = stream
         self._ran = False
         self._closed = False
-        self.ending: str | None = None
-        self.playout: Playout | None = None
+        self._ending: str | None = None
+        self._playout: Playout | None = None
+        self._ignored = 0
 
     async def __aenter__(self) -> Self:
         return self
@@ -150,6 +162,20 @@ class PreparedBridge:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    def statistics(self) -> BridgeStatistics:
+        playout = self._playout
+        return BridgeStatistics(
+            ending=self._ending,
+            messages_to_agent=self._link.messages_sent,
+            agent_audio_seconds=audio.duration_seconds(playout.audio_bytes_in, playout.sample_rate)
+            if playout
+            else 0.0,
+            marks_played=playout.marks_played if playout else 0,
+            marks_cleared=playout.marks_cleared if playout else 0,
+            clears=playout.clears if playout else 0,
+            ignored_messages=self._ignored,
+        )
 
     async def aclose(self) -> None:
         """Never answered: ``stop`` (not_answered), close. After ``run``: nothing left to do. Idempotent."""
@@ -163,7 +189,7 @@ class PreparedBridge:
             raise RuntimeError("a prepared bridge runs one call, once")
         self._ran = True
         settings = self._bridge.settings
-        playout = self.playout = Playout(call, self._stream.sample_rate, settings.playout_buffer_seconds)
+        playout = self._playout = Playout(call, self._stream.sample_rate, settings.playout_buffer_seconds)
         try:
             ending = await self._pump(call, playout)
         except BaseException:
@@ -171,16 +197,28 @@ class PreparedBridge:
             self._closed = True
             await self._link.finish(self._stream.stop(StopReason.CALL_ENDED))
             raise
-        self.ending = ending.kind
+        self._ending = ending.kind
         self._closed = True
-        log.info("voice agent stream ended", extra={"ending": ending.kind, "reason": ending.reason})
+        stats = self.statistics()
+        log.info(
+            "voice agent stream ended",
+            extra={
+                "ending": ending.kind,
+                "reason": ending.reason,
+                "messages_to_agent": stats.messages_to_agent,
+                "agent_audio_seconds": round(stats.agent_audio_seconds, 2),
+                "marks_played": stats.marks_played,
+                "clears": stats.clears,
+                "ignored_messages": stats.ignored_messages,
+            },
+        )
         if ending is _CALLER_GONE:
             await self._link.finish(self._stream.stop(StopReason.CALL_ENDED))
         elif ending is _AGENT_CLOSED:
             await self._link.close()
             await _ignoring_call_end(call.hangup())
         else:
-            await self._link.close()
+            await self._link.close(abort=True)
             await apologize(call, self._bridge.apology)
 
     # ------------------------------------------------------------------------------------- the pumps
@@ -224,7 +262,6 @@ class PreparedBridge:
 
     async def _downlink(self, playout: Playout) -> _Ending:
         stream, link = self._stream, self._link
-        ignored = 0
         while True:
             await playout.wait_space()
             received = await link.receive()
@@ -245,10 +282,11 @@ class PreparedBridge:
                     for name in playout.clear():
                         await link.send(stream.mark(name, cleared=True), text=True)
                 case _:
-                    ignored += 1
-                    if ignored == 1 or ignored % 1000 == 0:
+                    self._ignored += 1
+                    if self._ignored == 1 or self._ignored % 1000 == 0:
                         log.info(
-                            "voice agent message ignored", extra={"reason": event.reason, "count": ignored}
+                            "voice agent message ignored",
+                            extra={"reason": event.reason, "count": self._ignored},
                         )
 
     async def _play(self, playout: Playout) -> _Ending:

@@ -20,8 +20,10 @@ Flow control, so that a slow agent costs bounded memory and never blocks the loo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import struct
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -66,18 +68,24 @@ class AgentLink:
     """A connected WebSocket; use :meth:`connect`, then as an async context manager (closes on exit)."""
 
     def __init__(
-        self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, send_timeout: float
+        self,
+        http: aiohttp.ClientSession,
+        ws: aiohttp.ClientWebSocketResponse,
+        sockets: _Sockets,
+        send_timeout: float,
     ) -> None:
         self._http = http
         self._ws = ws
+        self._sockets = sockets
         self._send_timeout = send_timeout
         self.agent_closed = False  # the agent sent a close frame: later sends are dropped, not errors
         self.messages_sent = 0
 
     @classmethod
     async def connect(cls, url: str, settings: BridgeSettings) -> AgentLink:
+        sockets = _Sockets()
         http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1, socket_factory=_small_send_buffer),
+            connector=aiohttp.TCPConnector(limit=1, socket_factory=sockets.create),
             timeout=aiohttp.ClientTimeout(total=None),
         )
         try:
@@ -104,7 +112,7 @@ class AgentLink:
         except BaseException:
             await http.close()
             raise
-        return cls(http, ws, settings.send_timeout_seconds)
+        return cls(http, ws, sockets, settings.send_timeout_seconds)
 
     async def __aenter__(self) -> Self:
         return self
@@ -158,27 +166,54 @@ class AgentLink:
     async def finish(self, last: bytes | None) -> None:
         """Send ``last`` (the stream's stop) if the socket still works, then close. Bounded, never raises."""
         try:
-            async with asyncio.timeout(self._send_timeout + CLOSE_TIMEOUT_SECONDS):
+            async with asyncio.timeout(self._send_timeout):
                 if last is not None and not self.agent_closed and not self._ws.closed:
                     await self._ws.send_frame(last, WSMsgType.TEXT)
-                await self._ws.close()
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            log.info("voice agent socket closed uncleanly", extra={"error": repr(exc)})
+            log.info("voice agent did not take the stop message", extra={"error": repr(exc)})
+            await self.close(abort=True)
+            return
         await self.close()
 
-    async def close(self) -> None:
-        """Close at once (no stop message). Idempotent."""
-        if not self._ws.closed:
+    async def close(self, *, abort: bool = False) -> None:
+        """Close: the WebSocket closing handshake (bounded), or at once with ``abort`` (the agent is stuck or
+        gone: whatever is still unsent is discarded). Idempotent, never raises."""
+        if not abort and not self._ws.closed:
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
                     await self._ws.close()
             except (TimeoutError, aiohttp.ClientError, ConnectionError):
-                pass
-        await self._http.close()
+                abort = True
+        if abort:
+            # A transport with unsent bytes only closes once they are sent, which a stuck agent never
+            # allows; resetting the socket makes the transport (and the session's close) finish now.
+            self._sockets.reset()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await self._http.close()
+        except TimeoutError:
+            self._sockets.reset()
+            log.warning("voice agent connection did not close in time; reset it")
 
 
-def _small_send_buffer(addr_info: tuple[int, int, int, str, tuple[object, ...]]) -> socket.socket:
-    family, kind, proto, _, _ = addr_info
-    sock = socket.socket(family=family, type=kind, proto=proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-    return sock
+class _Sockets:
+    """The link's sockets (aiohttp's ``socket_factory``): a fixed send buffer, and a way to reset them."""
+
+    def __init__(self) -> None:
+        self._made: list[socket.socket] = []
+
+    def create(self, addr_info: tuple[int, int, int, str, tuple[object, ...]]) -> socket.socket:
+        family, kind, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        self._made.append(sock)
+        return sock
+
+    def reset(self) -> None:
+        """Abort every open one: RST instead of FIN (no lingering unsent data), both directions shut."""
+        for sock in self._made:
+            if sock.fileno() == -1:
+                continue
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
