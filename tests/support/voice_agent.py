@@ -58,6 +58,7 @@ class AgentSession:
         self.request = request
         self.headers = dict(request.headers)
         self.messages: list[dict[str, Any]] = []  # every JSON message, in order (twilio media included)
+        self.texts: list[str] = []  # the same, as received
         self.heard = bytearray()  # the caller's audio, PCM at sample_rate
         self.heard_at: list[float] = []  # monotonic receive time of each audio message
         self.sample_rate = 8000 if agent.protocol == "twilio" else agent.pcm_rate
@@ -70,6 +71,7 @@ class AgentSession:
 
     # ------------------------------------------------------------------------------------------ reading
     def on_text(self, text: str) -> None:
+        self.texts.append(text)
         message = json.loads(text)
         self.messages.append(message)
         if self.protocol == "twilio" and message.get("event") == "media":
