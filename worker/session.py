@@ -365,8 +365,14 @@ class CallSession:
         self._post(event, item.ack)
 
     async def _reclaim(self, lost: Claim) -> Claim | None:
-        """The broker connection died with our claim. Claim the call again on the next connection; if someone
-        else holds it now (a terminate made it a tombstone there), the call is over: end it."""
+        """The broker connection died with our claim. Claim the call again on the next connection.
+
+        If someone else holds the call's id now, either a terminate that arrived meanwhile made it a
+        tombstone (the call is over) or another worker took a copy of the connect (Meta delivers at least
+        once) and found the call answered already. The two look the same from here, and hanging up would end a
+        live call in the second case, so a call with media carries on without a mailbox: the media tells when
+        it is over (the peer closing, the silence watchdog, the media connect timeout). Only an outgoing call
+        still ringing, which has no media to tell it anything, is ended."""
         await lost.release()
         while self._call.state is not machine.CallState.ENDED:
             try:
@@ -374,7 +380,12 @@ class CallSession:
             except CallhookError:
                 continue  # no connection within the claim timeout: keep trying while the call lives
             if claim is None:
-                self.hang_up("claim taken over while the broker connection was down")
+                if self._call.state is machine.CallState.RINGING:
+                    self.hang_up("claim taken over while the broker connection was down")
+                else:
+                    log.warning(
+                        "claim taken over while the broker connection was down: going on without a mailbox"
+                    )
                 return None
             self._claim = claim
             log.info("call reclaimed after a broker reconnect")
