@@ -7,6 +7,7 @@ short here (the phone hangs up after 3 s without audio), which turns any audio g
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable
 
 import pytest
@@ -124,32 +125,46 @@ async def test_phone_hang_up_ends_the_call_on_its_worker(dep: Deployment) -> Non
     assert_echoed(call)
 
 
-async def test_duplicate_connect_webhooks_are_answered_once(dep: Deployment) -> None:
+async def test_duplicate_connect_webhooks_are_answered_once_and_counted(dep: Deployment) -> None:
+    """Meta delivers every connect twice. Each call is answered once, and each second connect is dropped and
+    counted once: by the owner's mailbox, or when its claim was refused (the claims counter records that too).
+
+    Known defect (reported): a duplicate that reaches the mailbox between the claim's consume and
+    ``Claim._expect_connect()`` (worker/ownership.py, ``_answer``) passes the mailbox's duplicate filter as
+    the call's "first" connect, and the session acks it without counting it. About one duplicate in ten on
+    the reference box, so with ten calls this test fails most runs until that is fixed.
+    """
+
     def dropped() -> Awaitable[list[float]]:
         return dep.values("callhook_call_events_dropped_total", reason="duplicate")
 
     before = sum(await dropped())
+    journal = dep.sim.journal
+    calls: list[SimulatedCall] = []
     dep.sim.webhooks.switches = DeliverySwitches(duplicate_fraction=1.0)
     try:
-        calls = await dep.place_calls(3)
-        journal = dep.sim.journal
+        for _ in range(2):
+            wave = await dep.place_calls(CONCURRENT_PHONES)
 
-        def connects_delivered_twice() -> bool:
-            delivered = [d for d in journal.deliveries_of("connect") if d.delivered_at is not None]
-            return all(sum(d.has("connect", c.call_id) for d in delivered) == 2 for c in calls)
+            def connects_delivered_twice(wave: list[SimulatedCall] = wave) -> bool:
+                delivered = [d for d in journal.deliveries_of("connect") if d.delivered_at is not None]
+                return all(sum(d.has("connect", c.call_id) for d in delivered) == 2 for c in wave)
 
-        await journal.changes.wait_for(connects_delivered_twice, WAIT_SECONDS)
-        await talk_and_hang_up(calls)
+            await journal.changes.wait_for(connects_delivered_twice, WAIT_SECONDS)
+            await talk_and_hang_up(wave)
+            calls += wave
     finally:
         dep.sim.webhooks.switches = DeliverySwitches()
 
-    # Each call's second connect was dropped once, by its owner's mailbox or when its claim was refused
-    # (which the claims counter also records as a duplicate claim).
-    after = await poll(dropped, lambda now: sum(now) - before >= len(calls))
-    assert sum(after) - before == len(calls)
     for call in calls:
         assert_answered_once(dep, call)
         assert_echoed(call)
+    # Every duplicate was delivered before its call was answered, so the counters are final by now; the
+    # short bound only lets the last scrape catch up.
+    with contextlib.suppress(TimeoutError):
+        await poll(dropped, lambda now: sum(now) - before >= len(calls), timeout=3.0)
+    counted = sum(await dropped()) - before
+    assert counted == len(calls), f"{counted:g} of {len(calls)} duplicate connects were counted"
 
 
 async def test_transient_pre_accept_failure_is_retried_and_the_call_answered(dep: Deployment) -> None:
