@@ -604,11 +604,11 @@ class Ownership:
     async def _answer(self, live: _Live, event: CallConnect, message: AbstractIncomingMessage) -> bool:
         if not self._take_slot():
             return False  # the room went while this was in flight: back to the queue for someone else
-        claim = await self._claim_call(live, event.call_id)
+        # The claim holds this connect already: a duplicate consumed before _claim_call returns is dropped.
+        claim = await self._claim_call(live, event.call_id, seen_connect=True)
         if claim is None:
             self.metrics.dropped_events.labels(reason="duplicate").inc()
             return True
-        claim._expect_connect()
         received_at = header_float(message.headers or {}, contract.HEADER_RECEIVED_AT) or 0.0
         if not await self._call_handler("on_incoming", self._handler.on_incoming(claim, event, received_at)):
             await claim.release()
@@ -629,23 +629,25 @@ class Ownership:
 
     # -- claims --
 
-    async def _claim_call(self, live: _Live, call_id: str) -> Claim | None:
+    async def _claim_call(self, live: _Live, call_id: str, *, seen_connect: bool = False) -> Claim | None:
         """Claim a call with the capacity unit the caller already took (given back if no claim holds it)."""
         claim: Claim | None = None
         try:
-            claim = await self._claim(live, call_id, "call")
+            claim = await self._claim(live, call_id, "call", seen_connect=seen_connect)
         finally:
             if claim is None:
                 self._adjust(-1)
         return claim
 
-    async def _claim(self, live: _Live, call_id: str, kind: Literal["call", "tombstone"]) -> Claim | None:
+    async def _claim(
+        self, live: _Live, call_id: str, kind: Literal["call", "tombstone"], *, seen_connect: bool = False
+    ) -> Claim | None:
         if call_id in live.claims or call_id in live.claiming:
             self.metrics.claims.labels(outcome="duplicate" if kind == "call" else "busy").inc()
             return None
         live.claiming.add(call_id)
         try:
-            claim = await self._declare(live, call_id, kind)
+            claim = await self._declare(live, call_id, kind, seen_connect=seen_connect)
         finally:
             live.claiming.discard(call_id)
         outcome = (
@@ -658,7 +660,9 @@ class Ownership:
             self._bury_later(claim)
         return claim
 
-    async def _declare(self, live: _Live, call_id: str, kind: Literal["call", "tombstone"]) -> Claim | None:
+    async def _declare(
+        self, live: _Live, call_id: str, kind: Literal["call", "tombstone"], *, seen_connect: bool = False
+    ) -> Claim | None:
         timeout = live.session.rpc_timeout_seconds
         try:
             async with asyncio.timeout(timeout):
@@ -679,6 +683,8 @@ class Ownership:
             await self._replace_claim_channel(live, channel)
             raise TransientError(f"claim of {call_id} failed: {exc!r}") from exc
         claim = Claim(self, live, call_id, kind)
+        if seen_connect:  # before consuming: a duplicate already queued must meet the filter
+            claim._expect_connect()
         live.claims[call_id] = claim
         try:
             mailbox = await live.mailbox.get_queue(queue.name, ensure=False)
