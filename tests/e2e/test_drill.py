@@ -1,4 +1,14 @@
-"""Reliability: what the drill (bench/drill.py, docs/reliability.md) found, each as a test of its own."""
+"""Reliability: the drill, short, and what it found, each as a test of its own.
+
+``bench/drill.py`` runs for ten minutes with every fault (docs/reliability.md); the first test here runs it
+for about a minute with the faults that matter most and never touches the shared broker itself: two workers
+(each behind its own TCP proxy to RabbitMQ), incoming calls with real media and ``messages`` webhooks
+delivered with duplicates, reordering, batching and stale stamps, a side stream of signed poison and unsigned
+bodies, and on a schedule a Graph API 5xx window, a worker SIGKILLed (and replaced) and a worker's broker
+connections cut (while Meta delivers its calls' connects again). The verdict is the drill's own: every
+invariant 0. The test also checks that the load and the faults really happened, so a drill that silently
+skipped them cannot pass. No timing is asserted.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +20,11 @@ from urllib.parse import unquote, urlparse
 import aiohttp
 import pytest
 
+from bench.drill import DrillSettings, run_drill
+from bench.drill_plan import SHORT_SEQUENCE, schedule
 from simulator import payloads
 from simulator.calls import CallState
-from simulator.config import SimulatorConfig
+from simulator.config import CallTiming, SimulatorConfig
 from simulator.sim import Simulator
 from tests.e2e.harness import ACTIVE, poll
 from tests.support import rabbit
@@ -20,6 +32,62 @@ from tests.support.system import ACCESS_TOKEN, APP_SECRET, Process, System, free
 from tests.support.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e]
+
+LOAD_SECONDS = 45.0
+
+
+@pytest.mark.timeout(240)
+async def test_short_drill_loses_nothing_answers_once_and_leaves_nothing_half_open(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    settings = DrillSettings(
+        load_seconds=LOAD_SECONDS,
+        workers=2,
+        call_rate=0.5,
+        hold_seconds=8.0,
+        message_rate=5.0,
+        junk_rate=1.0,
+        faults=tuple(schedule(LOAD_SECONDS, SHORT_SEQUENCE, restart_broker=False)),
+        # A killed worker's calls go silent: the phones hang up 5 s later, not 10.
+        timing=CallTiming(start_silence_seconds=5.0, midcall_silence_seconds=5.0),
+        log_dir=tmp_path / "logs",
+        seed=7,
+        settle_timeout_seconds=90.0,
+    )
+    vhost = unquote(urlparse(amqp_url).path.removeprefix("/"))
+
+    report = await run_drill(settings, vhost)
+
+    text = report.format()
+    assert report.invariants() == {
+        "lost": 0,
+        "answered_twice": 0,
+        "half_open": 0,
+        "unsigned_published": 0,
+        "dropped": 0,
+    }, text
+    data = report.data
+    # The load and the faults happened as scheduled, or the verdict means nothing.
+    assert sum(c.outcome.answered for c in report.calls) >= 10, text
+    assert {w.window.kind for w in data.windows if w.started_at and w.ended_at} == {
+        "graph_5xx",
+        "sigkill",
+        "cut_worker",
+    }, text
+    [killed] = [p for p in data.processes if p.signal == "SIGKILL"]
+    assert killed.exit_code == -9, text
+    assert [p.name for p in data.processes if p.name.startswith("worker")] == [
+        "worker-0",
+        "worker-1",
+        "worker-2",
+    ]
+    assert any(r.fault == "*:503" for r in data.journal.requests), text
+    assert any(d.duplicate_of is not None for d in data.journal.deliveries), text
+    unsigned = [p for p in data.junk if not p.signed]
+    assert unsigned, text
+    assert all(p.statuses == [401] for p in unsigned), text
+    assert any(p.signed and p.stored for p in data.junk), text
+    assert all(data.audit.markers[m.marker] for m in data.messages), text
 
 
 def log_lines(process: Process, call_id: str) -> list[dict[str, object]]:
