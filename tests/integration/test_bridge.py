@@ -483,6 +483,29 @@ async def test_an_agent_that_stops_reading_ends_only_its_own_call(
         assert stats.messages_to_agent * audio.frame_bytes(24000) < 1024 * 1024, why
 
 
+async def test_cancelling_a_bridge_blocked_on_a_stuck_agent_finishes_promptly() -> None:
+    async with VoiceAgent("pcm", pcm_rate=24000) as agent, phone_call() as pc:
+        bridge = bridge_of(agent, heartbeat_seconds=0.0, send_timeout_seconds=60.0)
+        async with running(bridge(pc.call)) as app:
+            session = await agent.next_session()
+            await session.wait_heard(440.0)
+            session.stop_reading()
+            # The uplink is blocked in a send once the call's media starts dropping the frames it cannot hand
+            # over (the app reads them no more).
+            async with asyncio.timeout(30):
+                while pc.media.statistics().inbound_frames_dropped == 0:
+                    await pc.phone.wait_frames(pc.phone.frames_received + 10)
+            app.cancel()  # the session stopping the app: it must not wait on the stuck agent
+            async with asyncio.timeout(3):  # the session allows a cancelled app ~2 s
+                with pytest.raises(asyncio.CancelledError):
+                    await app
+        session.resume_reading()  # the agent wakes up: it still gets the stream's end, last
+        async with asyncio.timeout(10):
+            await session.closed.wait()
+        assert session.control()[-1] == {"type": "stop", "reason": "call_ended"}
+        assert pc.hangups.count == 0
+
+
 async def test_prepared_bridge_reports_statistics() -> None:
     async with VoiceAgent("twilio") as agent, phone_call() as pc:
         prepared: PreparedBridge = await bridge_of(agent).prepare(INFO)
@@ -496,6 +519,8 @@ async def test_prepared_bridge_reports_statistics() -> None:
             await session.close()
             await finished(app)
         stats = prepared.statistics()
+        await prepared.aclose()  # after run, the session's aclose() has nothing left to do
+        assert prepared.statistics() == stats
         assert stats.ending == "agent_closed"
         assert stats.ignored_messages == 1
         assert stats.clears == 1

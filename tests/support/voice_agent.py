@@ -170,6 +170,9 @@ class AgentSession:
         """Read again (at teardown: a paused transport never notices the bridge resetting it)."""
         transport = self.request.transport
         if self.reading_stopped and transport is not None and not transport.is_closing():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
             transport.resume_reading()
         self.reading_stopped = False
 

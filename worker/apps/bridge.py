@@ -114,7 +114,8 @@ class Bridge:
         self.apology = apology or Apology.tones()
 
     async def prepare(self, info: CallInfo) -> PreparedBridge:
-        """Connect to the agent and open the stream; raises AgentUnavailable within the connect timeout."""
+        """Connect to the agent and open the stream. Raises AgentUnavailable when the connection is not made
+        within the connect timeout, or the opening messages cannot be sent within the send timeout."""
         stream = open_stream(self.settings, info)
         link = await AgentLink.connect(self.url, self.settings)
         try:
@@ -178,8 +179,9 @@ class PreparedBridge:
         )
 
     async def aclose(self) -> None:
-        """Never answered: ``stop`` (not_answered), close. After ``run``: nothing left to do. Idempotent."""
-        if self._closed:
+        """Never answered: ``stop`` (not_answered), close. Once ``run`` started, ``run`` owns the socket and
+        this does nothing. Idempotent."""
+        if self._closed or self._ran:
             return
         self._closed = True
         await self._link.finish(self._stream.stop(StopReason.NOT_ANSWERED))

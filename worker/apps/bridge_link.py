@@ -12,7 +12,9 @@ Flow control, so that a slow agent costs bounded memory and never blocks the loo
   reading, and raises :class:`AgentFailed`. The socket's kernel send buffer is fixed at
   :data:`SEND_BUFFER_BYTES` (Linux would grow it to 4 MiB, minutes of audio that a stuck agent would
   absorb before any send waits, all of it stale by the time it is read); the heartbeat catches an agent
-  that neither reads nor answers pings sooner.
+  that neither reads nor answers pings sooner. ``TCP_USER_TIMEOUT`` (twice the send timeout) has the kernel
+  drop a connection whose bytes go unacknowledged that long, so even a socket closed with unsent bytes
+  towards a stuck agent is gone soon.
 * receiving: nothing is read unless the bridge asks (``receive``); aiohttp stops reading the socket once
   ~128 KiB of messages wait, so an agent that runs ahead is slowed by TCP, not buffered here.
 """
@@ -38,7 +40,9 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1 << 20  # one agent message: 1 MiB is ~2 min of µ-law, ~20 s of 24 kHz PCM
 SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it: ~4 s of 16 kHz PCM, ~7 s of Twilio media in flight
-CLOSE_TIMEOUT_SECONDS = 1.0  # waiting for the agent's answer to our close frame
+# Each step of closing (the stop message, the closing handshake, the session's close) gets this long: the
+# worker's session gives a cancelled app ~2 s to finish.
+CLOSE_TIMEOUT_SECONDS = 0.5
 NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005})  # normal, going away, no code given
 
 
@@ -83,7 +87,7 @@ class AgentLink:
 
     @classmethod
     async def connect(cls, url: str, settings: BridgeSettings) -> AgentLink:
-        sockets = _Sockets()
+        sockets = _Sockets(user_timeout_seconds=2 * settings.send_timeout_seconds)
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=1, socket_factory=sockets.create),
             timeout=aiohttp.ClientTimeout(total=None),
@@ -166,7 +170,7 @@ class AgentLink:
     async def finish(self, last: bytes | None) -> None:
         """Send ``last`` (the stream's stop) if the socket still works, then close. Bounded, never raises."""
         try:
-            async with asyncio.timeout(self._send_timeout):
+            async with asyncio.timeout(min(self._send_timeout, CLOSE_TIMEOUT_SECONDS)):
                 if last is not None and not self.agent_closed and not self._ws.closed:
                     await self._ws.send_frame(last, WSMsgType.TEXT)
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
@@ -199,13 +203,17 @@ class AgentLink:
 class _Sockets:
     """The link's sockets (aiohttp's ``socket_factory``): a fixed send buffer, and a way to reset them."""
 
-    def __init__(self) -> None:
+    def __init__(self, user_timeout_seconds: float) -> None:
+        self._user_timeout_ms = max(1000, round(user_timeout_seconds * 1000))
         self._made: list[socket.socket] = []
 
     def create(self, addr_info: tuple[int, int, int, str, tuple[object, ...]]) -> socket.socket:
         family, kind, proto, _, _ = addr_info
         sock = socket.socket(family=family, type=kind, proto=proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux: data stuck this long (even behind a zero window)
+            # makes the kernel drop the connection, and bounds how long a closed socket keeps unsent bytes.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self._user_timeout_ms)
         self._made.append(sock)
         return sock
 
