@@ -5,7 +5,8 @@ a field Meta adds tomorrow costs nothing and breaks nothing. Every field that Me
 JSON ``null`` is accepted wherever a field is optional (it reads as "absent"). Every type is frozen,
 keyword-only and ``gc=False`` (plain trees: no reference cycles, so the collector need not track them).
 
-Decoding happens in two layers (see ``worker/decode.py`` for why):
+A webhook whose changes are all ``calls`` changes (Meta's usual calling webhook) is decoded in one pass as
+:class:`CallsEnvelope`. Any other is decoded in two layers (see ``worker/decode.py`` for why and when):
 
 1. :class:`Envelope` down to each change, whose ``value`` stays :class:`msgspec.Raw` (a zero-copy slice of the
    body). Non-call changes are passed on as exactly these bytes.
@@ -158,6 +159,26 @@ class CallsValueItems(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     calls: list[msgspec.Raw] | None = None
     statuses: list[msgspec.Raw] | None = None
     errors: list[msgspec.Raw] | None = None
+
+
+# --- one pass: a webhook whose changes are all calls changes -------------------------------------------
+
+
+class CallsChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    field: str  # checked in decode.py: any other field sends the webhook down the two-layer route
+    value: CallsValue
+
+
+class CallsEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    id: IntOrStr = ""
+    changes: list[CallsChange] | None = None
+
+
+class CallsEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """:class:`Envelope` with every change typed as a calls change: the whole webhook in one pass."""
+
+    object_type: str = msgspec.field(name="object")
+    entry: list[CallsEntry]
 
 
 # --- field = "messages" (the parts about calls) ---------------------------------------------------------
