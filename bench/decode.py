@@ -8,11 +8,14 @@ parsed with pydantic's fastest entry point, ``model_validate_json`` (Rust JSON p
 mode turn timestamp strings into ints, so it does less work in Python than the msgspec side does.
 
 The corpus is a realistic mix from ``tests/corpus`` in Meta's wire style (compact, escaped): an incoming
-``connect`` with a real-size SDP (~1.5 KB), a ``terminate``, a ``status`` and a batch of 50 call items.
-Iteration counts are fixed (deterministic work); each figure is the best of several repeats.
+``connect`` with a real-size SDP (~1.5 KB), a ``terminate``, a ``status`` and a batch of 50 call items (25
+connects with their SDPs, 25 terminates). The mix is one of each, so the batch weighs most.
+Iteration counts are fixed (deterministic work); each figure is the best of several repeats, in CPU time of
+this process, with the repeats of every contender interleaved (see :func:`best_seconds_per_call`).
 
     ./run bench decode                 # or: uv run --frozen python bench/decode.py
-    uv run --frozen python bench/decode.py --alternatives   # also the wire-level design alternatives
+    uv run --frozen python bench/decode.py --stages         # + each side's time split: parse, normalize
+    uv run --frozen python bench/decode.py --alternatives   # + the wire-level design alternatives
 
 Goal: decode_webhook at least 5x pydantic on the mix.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +47,7 @@ MIX = [
     ("status_accepted", 20_000),
     ("batch_50_calls", 400),
 ]
-REPEATS = 5
+REPEATS = 7
 WABA_OBJECT = "whatsapp_business_account"
 
 
@@ -249,13 +253,19 @@ def _p_status(status: PStatus, metadata: PMetadata, waba_id: str) -> CallStatus:
 # --- wire-level design alternatives (--alternatives) ------------------------------------------------------
 
 _envelope = msgspec.json.Decoder(wire.Envelope)
+_calls_envelope = msgspec.json.Decoder(wire.CallsEnvelope, strict=False)
 _calls = msgspec.json.Decoder(wire.CallsValue, strict=False)
 _calls_items = msgspec.json.Decoder(wire.CallsValueItems, strict=False)
 _call_item = msgspec.json.Decoder(wire.CallItem, strict=False)
 
 
+def typed_single_pass(body: bytes) -> Any:
+    """The route for webhooks made only of calls changes: the whole body typed in one pass."""
+    return _calls_envelope.decode(body)
+
+
 def raw_then_typed(body: bytes) -> list[Any]:
-    """The chosen design: envelope with Raw values, then one typed decode per calls value."""
+    """The route for any other webhook: envelope with Raw values, then one typed decode per calls value."""
     return [
         _calls.decode(c.value)
         for e in _envelope.decode(body).entry
@@ -286,50 +296,79 @@ def generic_then_convert(body: bytes) -> list[Any]:
     return out
 
 
-class _OnePassValue(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    metadata: wire.Metadata | None = None
-    contacts: list[wire.Contact] | None = None
-    calls: list[wire.CallItem] | None = None
-    statuses: list[wire.StatusItem] | None = None
-    errors: list[wire.CallError] | None = None
+def _retyped(struct: type[msgspec.Struct], **types: Any) -> Any:
+    """A copy of a wire struct with some field types replaced (same JSON names, defaults and options)."""
+    fields = [
+        (f.name, types.get(f.name, f.type), msgspec.field(name=f.encode_name, default=f.default))
+        if f.default is not msgspec.NODEFAULT
+        else (f.name, types.get(f.name, f.type), msgspec.field(name=f.encode_name))
+        for f in msgspec.structs.fields(struct)
+    ]
+    return msgspec.defstruct(struct.__name__, fields, frozen=True, kw_only=True, gc=False)
 
 
-class _OnePassChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    field: str
-    value: _OnePassValue
+_List: Any = list  # subscripted with the types built at run time below
+_RawSdpSession = _retyped(wire.Session, sdp=msgspec.Raw)
+_RawSdpCallItem = _retyped(wire.CallItem, session=_RawSdpSession | None)
+_RawSdpValue = _retyped(wire.CallsValue, calls=_List[_RawSdpCallItem] | None)
+_RawSdpChange = _retyped(wire.CallsChange, value=_RawSdpValue)
+_RawSdpEntry = _retyped(wire.CallsEntry, changes=_List[_RawSdpChange] | None)
+_raw_sdp_envelope = msgspec.json.Decoder(
+    _retyped(wire.CallsEnvelope, entry=_List[_RawSdpEntry]), strict=False
+)
 
 
-class _OnePassEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    id: wire.IntOrStr = ""
-    changes: list[_OnePassChange] | None = None
+def single_pass_sdp_raw(body: bytes) -> Any:
+    """The one pass with each SDP kept as Raw (its JSON string, escapes and all): what keeping the SDP
+    undecoded up to the router's re-encoding would save. Not taken, see worker/decode.py."""
+    return _raw_sdp_envelope.decode(body)
 
 
-class _OnePassEnvelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    object_type: str = msgspec.field(name="object")
-    entry: list[_OnePassEntry]
+class _Nothing(msgspec.Struct):
+    pass
 
 
-_one_pass = msgspec.json.Decoder(_OnePassEnvelope, strict=False)
+_nothing = msgspec.json.Decoder(_Nothing)
 
 
-def typed_single_pass(body: bytes) -> list[Any]:
-    """Everything typed in one pass: fastest for calls, but a non-call change's value is lost (no Raw), so
-    any webhook with a passthrough would need a second pass anyway."""
-    return [c.value for e in _one_pass.decode(body).entry for c in e.changes or () if c.field == "calls"]
+def validate_only(body: bytes) -> Any:
+    """The floor: msgspec scans every byte (JSON syntax only: skipped strings are not checked for UTF-8)
+    and builds nothing."""
+    return _nothing.decode(body)
+
+
+ALTERNATIVES = [
+    typed_single_pass,
+    raw_then_typed,
+    raw_then_per_item,
+    generic_then_convert,
+    single_pass_sdp_raw,
+    validate_only,
+]
 
 
 # --- measurement -------------------------------------------------------------------------------------------
 
 
-def best_seconds_per_call(fn: Callable[[bytes], object], body: bytes, iterations: int) -> float:
-    fn(body)  # warm up
-    best = float("inf")
+def best_seconds_per_call(
+    contenders: dict[str, tuple[Callable[[bytes], object], int]], body: bytes
+) -> dict[str, float]:
+    """Best CPU seconds per call of each ``name: (fn, iterations)``, all contenders' repeats interleaved.
+
+    CPU time of this process (``time.process_time``), not wall time: on a shared box the time a runnable
+    process waits for a core is not the decoder's. Interleaving spreads slow phases of the machine (another
+    process thrashing the caches) over every contender alike.
+    """
+    for fn, _ in contenders.values():
+        fn(body)  # warm up
+    best = dict.fromkeys(contenders, float("inf"))
     for _ in range(REPEATS):
-        gc.collect()
-        started = time.perf_counter()
-        for _ in range(iterations):
-            fn(body)
-        best = min(best, (time.perf_counter() - started) / iterations)
+        for name, (fn, iterations) in contenders.items():
+            gc.collect()
+            started = time.process_time()
+            for _ in range(iterations):
+                fn(body)
+            best[name] = min(best[name], (time.process_time() - started) / iterations)
     return best
 
 
@@ -347,12 +386,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--stages", action="store_true", help="also split each side's time into stages")
     parser.add_argument("--alternatives", action="store_true", help="also time the wire-level alternatives")
     args = parser.parse_args()
     bodies = {name: (CORPUS / f"{name}.json").read_bytes() for name, _ in MIX}
     check_equivalence(bodies)
     print(f"python {sys.version.split()[0]}, msgspec {msgspec.__version__}, pydantic {_pydantic_version()}")
-    print("per webhook: microseconds, webhooks/s, MB/s; ratio = pydantic time / decode_webhook time\n")
+    print(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (above the core count: a smoke run)"
+    )
+    print("per webhook: CPU microseconds, webhooks/s, MB/s; ratio = pydantic time / decode_webhook time\n")
     header = (
         f"{'webhook':<20}{'bytes':>7}{'events':>7} |{'decode_webhook':^28}|"
         f"{'pydantic validate_json':^34}|{'json.loads+validate':^19}"
@@ -362,17 +405,23 @@ def main() -> int:
     totals = [0.0, 0.0, 0.0]
     for name, iterations in MIX:
         body = bodies[name]
-        times = [
-            best_seconds_per_call(decode_webhook, body, iterations),
-            best_seconds_per_call(pydantic_decode, body, max(1, iterations // 3)),
-            best_seconds_per_call(pydantic_decode_via_dict, body, max(1, iterations // 3)),
-        ]
+        best = best_seconds_per_call(
+            {
+                "ours": (decode_webhook, iterations),
+                "pydantic": (pydantic_decode, max(1, iterations // 3)),
+                "via_dict": (pydantic_decode_via_dict, max(1, iterations // 3)),
+            },
+            body,
+        )
+        times = [best["ours"], best["pydantic"], best["via_dict"]]
         totals = [t + new for t, new in zip(totals, times, strict=True)]
         print(_row(name, len(body), len(decode_webhook(body)), times))
     print("-" * len(header))
     size = sum(len(body) for body in bodies.values())
     events = sum(len(decode_webhook(body)) for body in bodies.values())
     print(_row("mix (one of each)", size, events, totals, per=len(MIX)))
+    if args.stages:
+        print_stages(bodies)
     if args.alternatives:
         print_alternatives(bodies)
     return 0
@@ -391,13 +440,55 @@ def _row(name: str, size: int, events: int, times: list[float], per: int = 1) ->
     )
 
 
-def print_alternatives(bodies: dict[str, bytes]) -> None:
-    print("\nwire-level decode only (no normalization), microseconds per webhook:")
-    fns = [raw_then_typed, raw_then_per_item, generic_then_convert, typed_single_pass]
-    print(f"{'webhook':<20}" + "".join(f"{fn.__name__:>22}" for fn in fns))
+def print_stages(bodies: dict[str, bytes]) -> None:
+    """Each side's time split: parsing into typed objects, then the Python that makes events of them."""
+    print("\nwhere the time goes, CPU microseconds per webhook (normalize = total - parse, same run):")
+    stages = [
+        "ours: parse (one typed pass)",
+        "ours: normalize",
+        "ours: total",
+        "pydantic: model_validate_json",
+        "pydantic: normalize",
+        "pydantic: total",
+        "floor: validate_only",
+    ]
+    columns: dict[str, list[float]] = {stage: [] for stage in stages}
     for name, iterations in MIX:
-        figures = [best_seconds_per_call(fn, bodies[name], iterations) * 1e6 for fn in fns]
-        print(f"{name:<20}" + "".join(f"{us:>22.1f}" for us in figures))
+        body = bodies[name]
+        best = best_seconds_per_call(
+            {
+                "parse": (typed_single_pass, iterations),
+                "ours": (decode_webhook, iterations),
+                "validate": (PWebhook.model_validate_json, max(1, iterations // 3)),
+                "pydantic": (pydantic_decode, max(1, iterations // 3)),
+                "floor": (validate_only, iterations),
+            },
+            body,
+        )
+        row = [
+            best["parse"],
+            best["ours"] - best["parse"],
+            best["ours"],
+            best["validate"],
+            best["pydantic"] - best["validate"],
+            best["pydantic"],
+            best["floor"],
+        ]
+        for stage, seconds in zip(stages, row, strict=True):
+            columns[stage].append(seconds * 1e6)
+    names = [name for name, _ in MIX]
+    print(f"{'stage':<32}" + "".join(f"{name:>22}" for name in names) + f"{'mix':>10}")
+    for stage in stages:
+        figures = columns[stage]
+        print(f"{stage:<32}" + "".join(f"{us:>22.1f}" for us in figures) + f"{sum(figures):>10.1f}")
+
+
+def print_alternatives(bodies: dict[str, bytes]) -> None:
+    print("\nwire-level decode only (no normalization), CPU microseconds per webhook:")
+    print(f"{'webhook':<20}" + "".join(f"{fn.__name__:>22}" for fn in ALTERNATIVES))
+    for name, iterations in MIX:
+        best = best_seconds_per_call({fn.__name__: (fn, iterations) for fn in ALTERNATIVES}, bodies[name])
+        print(f"{name:<20}" + "".join(f"{best[fn.__name__] * 1e6:>22.1f}" for fn in ALTERNATIVES))
 
 
 def _pydantic_version() -> str:
