@@ -62,6 +62,9 @@ class SessionSettings:
     media_connect_timeout_seconds: float = 10.0
     hangup_deadline_seconds: float = 10.0  # how long reject/terminate may keep retrying
     app_stop_timeout_seconds: float = 2.0
+    remote_end_grace_seconds: float = (
+        2.0  # after the phone closed its media, wait this long for Meta's terminate
+    )
     request_id: str = ""  # the dial request an outgoing call came from
 
 
@@ -290,7 +293,14 @@ class CallSession:
             log.exception("app failed")
             self._post(machine.AppFinished(error=repr(exc)))
         else:
-            self._post(machine.AppFinished())
+            finished = machine.AppFinished()
+            if self._media is not None and self._media.ended_reason is EndReason.REMOTE_ENDED:
+                # The app returned because the caller's audio ended with a hang-up: as in _on_media_end.
+                self._spawn(
+                    "remote-end-grace", self._post_later(finished, self._settings.remote_end_grace_seconds)
+                )
+            else:
+                self._post(finished)
 
     async def _app_hangup(self) -> None:
         self._post(machine.HangupRequested("app hung up"))
@@ -307,8 +317,20 @@ class CallSession:
             log.warning("app ignored cancellation; the call's task group waits for it")
 
     def _on_media_end(self, reason: EndReason) -> None:
-        if reason is not EndReason.CLOSED:
-            self._post(machine.MediaLost(f"media ended: {reason.value}"))
+        if reason is EndReason.CLOSED:
+            return
+        lost = machine.MediaLost(f"media ended: {reason.value}")
+        if reason is EndReason.REMOTE_ENDED and self._tg is not None:
+            # The phone closed its side (a hang-up): Meta's terminate webhook is on its way and ends the call
+            # without a request of ours. Terminate only if it does not come (a terminate for a call Meta
+            # already ended is refused with code 100 and would count as a Graph error).
+            self._spawn("remote-end-grace", self._post_later(lost, self._settings.remote_end_grace_seconds))
+        else:
+            self._post(lost)
+
+    async def _post_later(self, event: machine.Event, delay_seconds: float) -> None:
+        await asyncio.sleep(delay_seconds)  # a grace period, cancelled with the call's other helpers
+        self._post(event)
 
     async def _notify(self, name: str) -> None:
         fields: dict[str, object] = {"state": self._call.state.value}

@@ -123,6 +123,9 @@ async def test_phone_hang_up_ends_the_call_on_its_worker(dep: Deployment) -> Non
     assert sum(await dep.values("callhook_call_duration_seconds_count")) == sum(durations) + 1
     assert_answered_once(dep, call)
     assert_echoed(call)
+    # Meta ended the call: the worker waited for its terminate webhook instead of sending a terminate of
+    # its own (which Meta would refuse with code 100, counted as a Graph error).
+    assert statuses(dep, "terminate", call) == []
 
 
 async def test_duplicate_connect_webhooks_are_answered_once_and_counted(dep: Deployment) -> None:
