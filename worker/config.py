@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from callhook.env import EnvReader
+from worker.apps import bridge_config
+from worker.apps.bridge_config import BridgeSettings
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -36,6 +38,8 @@ class WorkerConfig:
     # observability
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9100
+    # the voice-agent bridge (CALLHOOK_APP=ws://...), CALLHOOK_BRIDGE_*
+    bridge: BridgeSettings = field(default_factory=BridgeSettings)
 
 
 def load(env: Mapping[str, str]) -> WorkerConfig:
@@ -66,6 +70,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         ice_host_addresses=r.ip_list("CALLHOOK_ICE_HOST_ADDRESSES"),
         metrics_host=r.str("CALLHOOK_METRICS_HOST", "0.0.0.0"),
         metrics_port=r.int("CALLHOOK_METRICS_PORT", 9100, minimum=0, maximum=65535),
+        bridge=bridge_config.read(r),
     )
     for server in config.ice_servers:
         if not server.startswith(("stun:", "turn:", "turns:")):

@@ -49,7 +49,7 @@ class WorkerService:
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry)
-        self.app: App = load_app(config.app)  # fail at start-up, not on the first call
+        self.app: App = load_app(config.app, bridge_settings=config.bridge)  # fail at start-up, not mid-call
         self.sessions: dict[str, CallSession] = {}
         self._session_tasks: dict[str, asyncio.Task[None]] = {}
         self._lag_probe: asyncio.Task[None] | None = None
@@ -277,7 +277,7 @@ class WorkerService:
         key = spec or self.config.app
         app = self._apps.get(key)
         if app is None:
-            app = self._apps[key] = load_app(key)
+            app = self._apps[key] = load_app(key, bridge_settings=self.config.bridge)
         return app
 
     def _reject_unowned(self, event: CallConnect, reason: str) -> None:

@@ -50,6 +50,14 @@ class Claimer(Protocol):
     async def claim(self, call_id: str, *, reservation: Reservation | None = None) -> Claim | None: ...
 
 
+class Prepared(Protocol):
+    """What an app's ``prepare`` returns: the call's app, ready before the call is accepted."""
+
+    async def run(self, call: MediaCall) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Lifecycle(Protocol):
     """Where integrators hear about calls (``callhook.events``, routing keys ``call.*``)."""
 
@@ -108,6 +116,11 @@ class CallSession:
         self._remote_error: int | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # An app may get ready before the call is accepted (``app.prepare(info)``, e.g. the voice-agent bridge
+        # connecting to its agent): an app that cannot get ready has its call rejected rather than accepted.
+        self._prepare: Callable[[CallInfo], Awaitable[Prepared]] | None = getattr(app, "prepare", None)
+        self._preparing: asyncio.Task[None] | None = None
+        self._prepared: Prepared | None = None
         self.outcome: machine.Outcome | None = None
 
     # ------------------------------------------------------------------------------------- public API
@@ -129,6 +142,8 @@ class CallSession:
                 self._tg = tg
                 if self._claim is not None:
                     self._spawn("mailbox", self._read_mailbox(self._claim))
+                if self.info.direction == "incoming":  # the app gets ready while the answer is made
+                    self._start_preparing()
                 self._post(first)
                 await self._loop()
                 # The call is over: helpers still waiting (mailbox, a watchdog) have no news left. Lifecycle
@@ -138,6 +153,8 @@ class CallSession:
                         task.cancel()
         finally:
             await self._media.close()
+            if self._prepared is not None:
+                await self._prepared.aclose()  # a no-op once it ran; closes what an unanswered call opened
             if self._reservation is not None:
                 self._reservation.release()
             if self._claim is not None:
@@ -212,6 +229,9 @@ class CallSession:
             if action == "pre_accept":
                 await graph.pre_accept(pid, call_id, request.sdp or "", deadline=self._answer_deadline)
             elif action == "accept":
+                if not await self._app_ready(self._answer_deadline):
+                    self._post(machine.GraphFailed("accept", "app not ready: accept not sent"))
+                    return
                 await graph.accept(
                     pid,
                     call_id,
@@ -263,6 +283,7 @@ class CallSession:
             return
         self._claim = claim
         self._spawn("mailbox", self._read_mailbox(claim))
+        self._start_preparing()  # outgoing: the app gets ready while the callee's phone rings
 
     def _hangup_deadline(self, floor: float = 0.0) -> float:
         return max(floor, time.monotonic() + self._settings.hangup_deadline_seconds)
@@ -277,6 +298,29 @@ class CallSession:
             self._observe_setup("media_connected")
             self._post(machine.MediaConnected())
 
+    def _start_preparing(self) -> None:
+        if self._prepare is not None and self._preparing is None:
+            self._preparing = self._spawn("prepare-app", self._get_ready(self._prepare))
+
+    async def _get_ready(self, prepare: Callable[[CallInfo], Awaitable[Prepared]]) -> None:
+        try:
+            self._prepared = await prepare(self.info)
+        except Exception as exc:  # the app's own reason (agent unreachable, refused): the call cannot go on
+            log.warning("app not ready", extra={"error": str(exc)})
+            self._post(machine.HangupRequested(f"app not ready: {exc}"))
+
+    async def _app_ready(self, deadline: float) -> bool:
+        """True when the app can take the call: it has no prepare step, or got ready before ``deadline``."""
+        task = self._preparing
+        if task is None:
+            return True
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await asyncio.shield(task)
+        except TimeoutError:
+            return False
+        return self._prepared is not None
+
     def _start_app(self) -> None:
         assert self._media is not None
         self._media.start_sending()
@@ -285,8 +329,10 @@ class CallSession:
         self._app_task = self._spawn("app", self._run_app(call))
 
     async def _run_app(self, call: MediaCall) -> None:
+        if self._preparing is not None and not await self._app_ready(time.monotonic() + 30.0):
+            return  # its failure already asked for the hang-up
         try:
-            await self._app(call)
+            await (self._prepared.run(call) if self._prepared is not None else self._app(call))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the user's app failing must end its call, never the worker
