@@ -1,4 +1,4 @@
-"""The resampler keeps a stream aligned to its input frames, so 20 ms in gives 20 ms out from the first frame."""
+"""The resampler keeps a stream aligned to its input: 20 ms in gives 20 ms out, from the first frame on."""
 
 from __future__ import annotations
 
