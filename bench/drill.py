@@ -58,7 +58,15 @@ import psutil  # noqa: E402
 from bench.drill_audit import BrokerAudit, queue_depths, rabbitmqctl  # noqa: E402
 from bench.drill_load import junk_stream, message_stream  # noqa: E402
 from bench.drill_plan import FULL_SEQUENCE, FaultWindow, schedule  # noqa: E402
-from bench.drill_report import Answer, DrillData, ProcessLog, Report, WindowLog, analyse  # noqa: E402
+from bench.drill_report import (  # noqa: E402
+    Answer,
+    DrillData,
+    ProcessLog,
+    Report,
+    WindowLog,
+    analyse,
+    calls_csv,
+)
 from ingress import contract  # noqa: E402
 from simulator import payloads  # noqa: E402
 from simulator.calls import Direction  # noqa: E402
@@ -535,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the invariants and rows here")
     parser.add_argument("--log-dir", type=Path, default=None, help="process logs (default: a temp dir)")
+    parser.add_argument("--calls-csv", type=Path, default=None, help="write one row per call here")
     args = parser.parse_args(argv)
 
     load_seconds = args.minutes * 60.0
@@ -560,8 +569,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"command: ./run bench drill {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(report.format())
+    if args.calls_csv is not None:
+        args.calls_csv.write_text(calls_csv(report))
     if args.json is not None:
-        args.json.write_text(json.dumps({"invariants": report.invariants(), "ok": report.ok}, indent=2))
+        summary = {"invariants": report.invariants(), "ok": report.ok, "report": report.format().splitlines()}
+        args.json.write_text(json.dumps(summary, indent=2))
     return 0 if report.ok else 1
 
 

@@ -115,6 +115,7 @@ class CallView:
     accepted_sdps: int  # distinct SDPs among accept requests and among successful pre_accepts/accepts
     offered_sdps: int  # distinct SDPs among all pre_accepts/accepts: more than one = a second owner tried
     owner: str | None  # last worker handed its connect (broker trace)
+    graph: str  # the business's Graph requests for the call: "action:status", in order
     ended_reason: str | None  # the worker's lifecycle "ended" reason
 
     @property
@@ -267,6 +268,7 @@ def _call_view(data: DrillData, index: _Index, outcome: CallOutcome) -> CallView
         ),
         offered_sdps=len({a.sdp_digest for a in answers}),
         owner=intake[-1].who if intake else None,
+        graph=", ".join(f"{r.action}:{r.http_status}" for r in requests),
         ended_reason=str(ended[-1].get("reason")) if ended else None,
     )
 
@@ -389,10 +391,13 @@ def _setups(calls: Iterable[CallView], start: float, end: float) -> tuple[list[f
 
 
 def recovery_seconds(report: Report, log: WindowLog, until: float) -> float | None:
-    """From the fault's end until calls were answered normally again (0: no call was hurt)."""
+    """From the fault's end until calls were answered normally again: to the first call placed after the end
+    that starts a run of ``RECOVERY_RUN`` normal ones. 0 when every call placed during the fault and that
+    first run were normal (the fault hurt nobody); None when no such run came before ``until``."""
     if log.started_at is None or log.ended_at is None:
         return None
-    window = sorted(
+    end = log.ended_at
+    placed = sorted(
         (
             c
             for c in report.calls
@@ -400,14 +405,15 @@ def recovery_seconds(report: Report, log: WindowLog, until: float) -> float | No
         ),
         key=lambda c: c.sent_at or 0.0,
     )
-    abnormal = [i for i, c in enumerate(window) if not c.normal(report.threshold)]
-    if not abnormal:
-        return 0.0
-    after = window[abnormal[-1] + 1 :]
-    if len(after) < RECOVERY_RUN:
-        return None  # not seen recovering before the next fault (or the end)
-    first = after[0].sent_at or 0.0
-    return max(0.0, first - log.ended_at)
+    during = [c for c in placed if (c.sent_at or 0.0) <= end]
+    after = [c for c in placed if (c.sent_at or 0.0) > end]
+    for index in range(len(after) - RECOVERY_RUN + 1):
+        run = after[index : index + RECOVERY_RUN]
+        if all(c.normal(report.threshold) for c in run):
+            if index == 0 and all(c.normal(report.threshold) for c in during):
+                return 0.0
+            return max(0.0, (run[0].sent_at or end) - end)
+    return None
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -456,7 +462,13 @@ def format_report(report: Report) -> str:
         f"drill process event-loop lag p50/p99: {_ms(lag)} ms; "
         f"settled {data.settle_seconds:.1f} s after the load",
     ]
+    failed = [
+        _describe_call(report, c)
+        for c in report.calls
+        if not c.stale and (not c.outcome.answered or c.outcome.end_reason not in ("phone_hangup", None))
+    ]
     for title, lines in (
+        ("calls not answered or not ended by the phone", failed),
         ("LOST", report.lost),
         ("ANSWERED TWICE", report.answered_twice),
         ("HALF-OPEN", report.half_open),
@@ -468,6 +480,29 @@ def format_report(report: Report) -> str:
         if lines:
             parts += ["", f"{title} ({len(lines)}):", *(f"  {line}" for line in lines[:30])]
     return "\n".join(parts)
+
+
+def _describe_call(report: Report, call: CallView) -> str:
+    """One call in a line: when, who had it, what the business asked of the Graph API, how it ended."""
+    t0 = report.data.t0
+    when = f"{call.sent_at - t0:.1f}" if call.sent_at is not None else "?"
+    return (
+        f"{call.call_id} at {when} s, owner {call.owner}: graph [{call.graph}] -> "
+        f"{call.outcome.state} ({call.outcome.end_reason}); worker said: {call.ended_reason}"
+    )
+
+
+def calls_csv(report: Report) -> str:
+    """One row per call, for digging into a run: times from the start of the load, setup in ms."""
+    t0 = report.data.t0
+    rows = ["call_id,sent_s,setup_ms,answered,state,end_reason,owner,stale,graph,worker_said"]
+    for c in sorted(report.calls, key=lambda c: c.sent_at or 0.0):
+        sent = f"{c.sent_at - t0:.3f}" if c.sent_at is not None else ""
+        setup = f"{c.setup * 1000:.0f}" if c.setup is not None else ""
+        fields = [c.call_id, sent, setup, str(c.outcome.answered), c.outcome.state]
+        fields += [c.outcome.end_reason or "", c.owner or "", str(c.stale), c.graph, c.ended_reason or ""]
+        rows.append(",".join(f'"{f}"' if "," in f or " " in f else f for f in fields))
+    return "\n".join(rows) + "\n"
 
 
 def _calls_table(report: Report) -> str:
