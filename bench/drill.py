@@ -45,7 +45,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -494,13 +494,20 @@ class CpuSampler:
 
 
 def _graph_rules(kind: str, fraction: float) -> list[FaultRule]:
+    """The window's fault rules: the first request in it is always hit (the fault surely bites), then a
+    ``fraction`` of the others."""
     if kind == "graph_5xx":
-        return [FaultRule("*", FaultKind.SERVER_ERROR, fraction=fraction, http_status=503)]
+        return [
+            FaultRule("*", FaultKind.SERVER_ERROR, count=1, http_status=503),
+            FaultRule("*", FaultKind.SERVER_ERROR, fraction=fraction, http_status=503),
+        ]
     if kind == "graph_429":
-        return [FaultRule("*", FaultKind.THROTTLE, fraction=fraction, code=130429, retry_after_seconds=1)]
+        throttle = FaultRule("*", FaultKind.THROTTLE, code=130429, retry_after_seconds=1)
+        return [replace(throttle, count=1), replace(throttle, fraction=fraction)]
     # graph_slow: held past the worker's 5 s request timeout (half of them applied first: outcome unknown),
     # and slow answers.
     return [
+        FaultRule("*", FaultKind.TIMEOUT, count=1, seconds=6.0, apply=True),
         FaultRule("*", FaultKind.TIMEOUT, fraction=fraction / 2, seconds=6.0, apply=True),
         FaultRule("*", FaultKind.TIMEOUT, fraction=fraction / 2, seconds=6.0),
         FaultRule("*", FaultKind.DELAY, fraction=0.5, seconds=1.0),
