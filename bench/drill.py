@@ -148,6 +148,7 @@ class Drill:
         self._exits: set[asyncio.Task[None]] = set()
         self._proxies: list[TcpProxy] = []
         self._load_over = False
+        self._broker_down = False
         self.cpu = CpuSampler()
 
     # -------------------------------------------------------------------------------------------- run
@@ -179,6 +180,7 @@ class Drill:
             )
             await stack.enter_async_context(self.sim)
             stack.push_async_callback(self.system.stop)  # before the simulator closes: workers drain first
+            stack.push_async_callback(self._restart_broker_if_down)  # never leave the shared broker stopped
             for _ in range(s.workers):
                 await self.start_worker()
             await self.system.wait_ready()
@@ -383,15 +385,21 @@ class Drill:
             return unslow
         if kind == "broker_restart":
             log.target = "rabbitmq"
+            self._broker_down = True
             await rabbitmqctl("stop_app")
 
             async def start() -> None:
-                await rabbitmqctl("start_app", timeout_seconds=120)
-                await rabbitmqctl("await_startup", timeout_seconds=120)
+                await self._restart_broker_if_down()
                 await self.audit.trace_on()
 
             return start
         raise ValueError(f"unknown fault kind {kind}")
+
+    async def _restart_broker_if_down(self) -> None:
+        if self._broker_down:
+            await rabbitmqctl("start_app", timeout_seconds=120)
+            await rabbitmqctl("await_startup", timeout_seconds=120)
+            self._broker_down = False
 
     def _deliver_connects_again(self, victim: str) -> int:
         """Meta delivers at least once: copies of the connects of the victim's live calls, while it is cut off
