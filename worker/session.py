@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from callhook.logs import call_id_var
 from worker import call as machine
-from worker.apps.api import App, CallInfo, MediaCall
+from worker.apps.api import App, CallEnded, CallInfo, MediaCall
 from worker.errors import CallhookError, GraphError
 from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest
 from worker.graph import GraphClient
@@ -335,18 +335,19 @@ class CallSession:
             await (self._prepared.run(call) if self._prepared is not None else self._app(call))
         except asyncio.CancelledError:
             raise
+        except CallEnded:
+            pass  # the app spoke after the call's media ended (a hang-up): it finished, it did not fail
         except Exception as exc:  # the user's app failing must end its call, never the worker
             log.exception("app failed")
             self._post(machine.AppFinished(error=repr(exc)))
+            return
+        finished = machine.AppFinished()
+        if self._media is not None and self._media.ended_reason is EndReason.REMOTE_ENDED:
+            # The app returned because the caller's audio ended with a hang-up: as in _on_media_end.
+            grace = self._settings.remote_end_grace_seconds
+            self._spawn("remote-end-grace", self._post_later(finished, grace))
         else:
-            finished = machine.AppFinished()
-            if self._media is not None and self._media.ended_reason is EndReason.REMOTE_ENDED:
-                # The app returned because the caller's audio ended with a hang-up: as in _on_media_end.
-                self._spawn(
-                    "remote-end-grace", self._post_later(finished, self._settings.remote_end_grace_seconds)
-                )
-            else:
-                self._post(finished)
+            self._post(finished)
 
     async def _app_hangup(self) -> None:
         self._post(machine.HangupRequested("app hung up"))
