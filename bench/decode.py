@@ -392,9 +392,9 @@ def main() -> int:
     bodies = {name: (CORPUS / f"{name}.json").read_bytes() for name, _ in MIX}
     check_equivalence(bodies)
     print(f"python {sys.version.split()[0]}, msgspec {msgspec.__version__}, pydantic {_pydantic_version()}")
-    print(
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (above the core count: a smoke run)"
-    )
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    busy = " (above the core count: a smoke run, not a reference figure)" if load > cores else ""
+    print(f"load average {load:.1f} on {cores} cores{busy}")
     print("per webhook: CPU microseconds, webhooks/s, MB/s; ratio = pydantic time / decode_webhook time\n")
     header = (
         f"{'webhook':<20}{'bytes':>7}{'events':>7} |{'decode_webhook':^28}|"
