@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
@@ -25,6 +24,7 @@ from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from ingress.broker import declare_topology
 from worker.errors import TransientError
+from worker.supervised import Supervised
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Session:
         await close_quietly(channel)
 
 
-class AmqpLink:
+class AmqpLink(Supervised):
     """Keeps one connection to ``url`` open, reconnecting with capped exponential backoff.
 
     ``async with AmqpLink(url, name="router") as link:`` starts connecting at once; users call
@@ -116,6 +116,7 @@ class AmqpLink:
         retry_max_seconds: float = 5.0,
         prepare: Prepare | None = declare_contract_topology,
     ) -> None:
+        super().__init__(f"amqp-link-{name}")
         self._url = url
         self._name = name
         self._connect_timeout_seconds = connect_timeout_seconds
@@ -125,28 +126,12 @@ class AmqpLink:
         self._current: Session | None = None
         self._generation = 0
         self._changed = asyncio.Condition()
-        self._tg = asyncio.TaskGroup()
-        self._supervisor: asyncio.Task[None] | None = None
-        self._closed = False
         self.connects = 0
         self.failed_connects = 0
 
-    async def __aenter__(self) -> Self:
-        await self._tg.__aenter__()
-        self._supervisor = self._tg.create_task(self._supervise(), name=f"amqp-link-{self._name}")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-        await self._tg.__aexit__(exc_type, exc, tb)
-
     def close(self) -> None:
         """Stop reconnecting and close the connection (idempotent; completes in ``__aexit__``)."""
-        self._closed = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
+        super().close()
 
     @property
     def current(self) -> Session | None:
@@ -166,9 +151,9 @@ class AmqpLink:
         assert self._current is not None
         return self._current
 
-    async def _supervise(self) -> None:
+    async def _run(self) -> None:
         delay = self._retry[0]
-        while not self._closed:
+        while not self._closing:
             session = await self._connect_once()
             if session is None:
                 self.failed_connects += 1

@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
@@ -26,6 +25,7 @@ from worker.errors import TransientError
 from worker.events import DialRequest, dial_decoder
 from worker.metrics import WorkerMetrics
 from worker.ownership import Ownership, Reservation
+from worker.supervised import Supervised
 
 log = logging.getLogger(__name__)
 
@@ -33,35 +33,24 @@ Ack = Callable[[], Awaitable[None]]
 StartDial = Callable[[DialRequest, Reservation, Ack], None]
 
 
-class DialIntake:
+class DialIntake(Supervised):
     """``async with DialIntake(link, ownership, start_dial, metrics)``: follows the ownership's room and
     draining (:meth:`Ownership.watch_room`), so it takes dials exactly while a call could be owned."""
 
     def __init__(
         self, link: AmqpLink, ownership: Ownership, start_dial: StartDial, metrics: WorkerMetrics
     ) -> None:
+        super().__init__("dial-intake")
         self._link = link
         self._ownership = ownership
         self._start_dial = start_dial
         self._metrics = metrics
         self._room = asyncio.Event()
         self._full = asyncio.Event()
-        self._tg = asyncio.TaskGroup()
-        self._runner: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Self:
-        await self._tg.__aenter__()
+    def _starting(self) -> None:
         self._ownership.watch_room(self.room_changed)
         self.room_changed()
-        self._runner = self._tg.create_task(self._run(), name="dial-intake")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-        await self._tg.__aexit__(exc_type, exc, tb)
 
     def room_changed(self) -> None:
         """Re-check capacity (the ownership calls this on every change of room or draining)."""

@@ -51,6 +51,7 @@ from worker.amqp import AMQP_FAILURES, AmqpLink, Session, header_float, header_i
 from worker.errors import TransientError
 from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest, call_event_decoder
 from worker.metrics import WorkerMetrics
+from worker.supervised import Supervised
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,7 @@ class _Live:
             coro.close()
 
 
-class Ownership:
+class Ownership(Supervised):
     """Claims calls for this worker. ``async with Ownership(link, handler, metrics, settings) as ownership:``
 
     Consumes ``callhook.calls.unclaimed`` (while there is room) and ``callhook.calls.expired`` (always), and
@@ -358,14 +359,12 @@ class Ownership:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__("ownership")
         self.metrics = metrics
         self._link = link
         self._handler = handler
         self._settings = settings
         self._clock = clock
-        self._tg = asyncio.TaskGroup()
-        self._runner: asyncio.Task[None] | None = None
-        self._closing = False
         self._live: _Live | None = None
         self._ready = asyncio.Event()
         self._in_use = 0
@@ -377,22 +376,9 @@ class Ownership:
         metrics.calls_capacity.set(settings.capacity)
         self._adjust(0)
 
-    async def __aenter__(self) -> Self:
-        await self._tg.__aenter__()
-        self._runner = self._tg.create_task(self._run(), name="ownership")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-        await self._tg.__aexit__(exc_type, exc, tb)
-
     def close(self) -> None:
         """Stop consuming (idempotent). Claims still held become lost when the link closes the connection."""
-        self._closing = True
-        if self._runner is not None:
-            self._runner.cancel()
+        super().close()
 
     async def wait_ready(self) -> None:
         """Until consumers run on a connection (bound it with asyncio.timeout)."""

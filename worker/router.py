@@ -27,8 +27,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, DeliveryMode
@@ -49,6 +48,7 @@ from worker.events import (
     call_event_encoder,
 )
 from worker.metrics import WorkerMetrics
+from worker.supervised import Supervised
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class RouterStatistics:
     requeued: int
 
 
-class Router:
+class Router(Supervised):
     """``async with Router(link, metrics) as router:`` consumes webhooks until closed, across reconnects."""
 
     def __init__(
@@ -91,35 +91,20 @@ class Router:
         decode: Decoder = decode_webhook,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__("router")
         self._link = link
         self._metrics = metrics
         self._settings = settings or RouterSettings()
         self._decode = decode
         self._clock = clock
-        self._tg = asyncio.TaskGroup()
-        self._runner: asyncio.Task[None] | None = None
-        self._closing = False
         self._consuming = asyncio.Event()
         self._session: Session | None = None
         self._in_flight = 0
         self._counts = {"routed": 0, "events": 0, "poison": 0, "requeued": 0}
 
-    async def __aenter__(self) -> Self:
-        await self._tg.__aenter__()
-        self._runner = self._tg.create_task(self._run(), name="router")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-        await self._tg.__aexit__(exc_type, exc, tb)
-
     def close(self) -> None:
         """Stop consuming (idempotent). Unacked webhooks go back to the queue with the channel."""
-        self._closing = True
-        if self._runner is not None:
-            self._runner.cancel()
+        super().close()
 
     async def wait_consuming(self) -> None:
         """Until the router consumes webhooks (bound it with asyncio.timeout)."""
