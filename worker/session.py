@@ -70,9 +70,10 @@ class SessionSettings:
     media_connect_timeout_seconds: float = 10.0
     hangup_deadline_seconds: float = 10.0  # how long reject/terminate may keep retrying
     app_stop_timeout_seconds: float = 2.0
-    remote_end_grace_seconds: float = (
-        2.0  # after the phone closed its media, wait this long for Meta's terminate
-    )
+    # after the phone closed its media, wait this long for Meta's terminate
+    remote_end_grace_seconds: float = 2.0
+    # a ringing call's terminate waits this long for a REJECTED status it may have overtaken
+    status_grace_seconds: float = 1.0
     request_id: str = ""  # the dial request an outgoing call came from
 
 
@@ -375,9 +376,9 @@ class CallSession:
         else:
             self._post(lost)
 
-    async def _post_later(self, event: machine.Event, delay_seconds: float) -> None:
+    async def _post_later(self, event: machine.Event, delay_seconds: float, ack: Ack | None = None) -> None:
         await asyncio.sleep(delay_seconds)  # a grace period, cancelled with the call's other helpers
-        self._post(event)
+        self._post(event, ack)
 
     async def _notify(self, name: str) -> None:
         fields: dict[str, object] = {"state": self._call.state.value}
@@ -431,6 +432,12 @@ class CallSession:
             return
         if isinstance(item.event, CallTerminate):
             self._remote_error = item.event.error_code
+            if self.info.direction == "outgoing" and self._call.state is machine.CallState.RINGING:
+                # Meta sends REJECTED and then terminate FAILED, as two webhooks that may arrive in either
+                # order; terminate FAILED alone means unanswered. Let a REJECTED sent before it arrive first.
+                grace = self._settings.status_grace_seconds
+                self._spawn("terminate-grace", self._post_later(event, grace, item.ack))
+                return
         self._post(event, item.ack)
 
     async def _reclaim(self, lost: Claim) -> Claim | None:
