@@ -27,6 +27,7 @@ from ingress.commands import PERMISSION_MODES, CommandError, Dial, hangup
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics, Outcome, Route
 from ingress.publisher import Publisher, PublishError
+from ingress.signature import token_digest
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ PublisherOf = Callable[[], Publisher | None]
 
 class CallsApi:
     def __init__(self, config: IngressConfig, metrics: IngressMetrics, publisher: PublisherOf) -> None:
-        self._token_digests = [_digest(token) for token in config.api_tokens]
+        self._token_digests = [token_digest(token) for token in config.api_tokens]
         self._phone_number_id = config.phone_number_id
         self._metrics = metrics
         self._publisher = publisher
@@ -74,7 +75,7 @@ class CallsApi:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return False
-        digest = _digest(token.strip())
+        digest = token_digest(token.strip())
         # Compare against every token, always, so the time taken says nothing about which one is close.
         matches = [hmac.compare_digest(digest, known) for known in self._token_digests]
         return any(matches)
@@ -172,7 +173,3 @@ def _outcome_of(response: web.Response) -> Outcome:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()

@@ -15,7 +15,6 @@ says when the broker is there. On stop: readiness fails first, the listener stay
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import signal
@@ -31,7 +30,13 @@ from ingress.api import CallsApi
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics, Outcome, Route
 from ingress.publisher import BrokerUnavailable, Publisher, PublishError
-from ingress.signature import SIGNATURE_HEADER, SignatureError, SignatureVerifier, parse_signature
+from ingress.signature import (
+    SIGNATURE_HEADER,
+    SignatureError,
+    SignatureVerifier,
+    parse_signature,
+    token_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ def create_app(config: IngressConfig, registry: CollectorRegistry) -> web.Applic
         config=config,
         verifier=SignatureVerifier(config.app_secrets),
         metrics=IngressMetrics(registry),
-        verify_token_digest=_digest(config.verify_token),
+        verify_token_digest=token_digest(config.verify_token),
     )
     app = web.Application(client_max_size=config.max_body_bytes)
     app[STATE] = state
@@ -186,7 +191,9 @@ class _Handlers:
         challenge = query.get("hub.challenge", "")
         text: str | None = None
         subscribe = query.get("hub.mode") == "subscribe" and token is not None
-        if not subscribe or not hmac.compare_digest(_digest(token or ""), self._state.verify_token_digest):
+        if not subscribe or not hmac.compare_digest(
+            token_digest(token or ""), self._state.verify_token_digest
+        ):
             outcome = Outcome.FORBIDDEN
         elif not challenge or len(challenge) > MAX_CHALLENGE_CHARS:
             outcome = Outcome.BAD_REQUEST
@@ -229,11 +236,6 @@ def _respond(outcome: Outcome) -> web.Response:
     if outcome is Outcome.TOO_LARGE:
         response.force_close()  # the rest of the body is not worth reading: do not keep this connection
     return response
-
-
-def _digest(token: str) -> bytes:
-    # Comparing fixed-size digests keeps the comparison's time independent of the token's length too.
-    return hashlib.sha256(token.encode()).digest()
 
 
 async def serve(config: IngressConfig, registry: CollectorRegistry, stop: asyncio.Event) -> None:

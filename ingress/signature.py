@@ -14,6 +14,7 @@ never depends on where the first wrong hex digit is.
 from __future__ import annotations
 
 import enum
+import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -97,3 +98,8 @@ class SignatureVerifier:
 
     def __repr__(self) -> str:
         return f"SignatureVerifier(secret_ids={self.secret_ids!r})"
+
+
+def token_digest(token: str) -> bytes:
+    """Fixed-size digest of a shared token, so a constant-time comparison does not leak its length either."""
+    return hashlib.sha256(token.encode()).digest()
