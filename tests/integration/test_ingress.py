@@ -106,23 +106,6 @@ async def running_ingress(config: IngressConfig) -> AsyncIterator[Running]:
 
 
 @pytest.fixture
-async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
-    """A channel of our own to look into the vhost; callhook.webhooks starts empty in every test."""
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        ch = await connection.channel()
-        await declare_topology(ch)
-        await (await ch.get_queue(contract.WEBHOOKS_QUEUE)).purge()
-        yield ch
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def ingress(amqp_url: str, channel: AbstractChannel) -> AsyncIterator[Running]:
     async with running_ingress(make_config(amqp_url)) as running:
         await running.wait_connected()

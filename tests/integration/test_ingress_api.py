@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aio_pika
 import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from ingress import contract
-from ingress.broker import declare_topology
 from tests.integration.test_ingress import make_config, running_ingress, via_proxy
 from tests.support.tcpproxy import TcpProxy
 from worker.events import HangupRequest, call_event_decoder, dial_decoder
@@ -22,22 +19,6 @@ pytestmark = pytest.mark.integration
 API_TOKEN = "integrator-token-1"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 PNID = "100000000000002"
-
-
-@pytest.fixture
-async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        ch = await connection.channel()
-        await declare_topology(ch)
-        await (await ch.get_queue(contract.DIALS_QUEUE)).purge()
-        yield ch
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def get_one(queue: AbstractQueue) -> bytes:

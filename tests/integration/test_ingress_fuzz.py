@@ -23,7 +23,6 @@ from yarl import URL
 
 from ingress import contract
 from ingress.app import LINGERING_SECONDS, PUBLISHER, create_app
-from ingress.broker import declare_topology
 from ingress.config import IngressConfig
 from ingress.signature import SignatureError, SignatureVerifier, parse_signature, sign
 from tests.support.tcpproxy import TcpProxy
@@ -131,22 +130,6 @@ async def serve(config: IngressConfig) -> tuple[web.AppRunner, web.Application, 
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, app, f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-
-@pytest.fixture
-async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        ch = await connection.channel()
-        await declare_topology(ch)
-        await (await ch.get_queue(contract.WEBHOOKS_QUEUE)).purge()
-        yield ch
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture
