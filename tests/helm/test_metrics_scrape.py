@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,12 @@ import pytest
 
 from tests.helm import chart as c
 from tests.helm import exported
+from tests.support.system import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 STARTUP_SECONDS = 45.0
 SHUTDOWN_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import pytest
 
 from callhook.ice import restrict_host_addresses
 from tests.fixtures.meta_peer import MetaPhone
+from tests.support.system import free_port
 from tests.support.voice_agent import AgentSession, VoiceAgent
 from worker import audio
 from worker.apps.api import CallInfo, MediaCall
@@ -128,14 +128,6 @@ async def wait_phone_quiet(phone: MetaPhone, timeout_seconds: float = 10.0) -> N
 def settings(protocol: str, **overrides: object) -> BridgeSettings:
     rate = overrides.pop("sample_rate", 16000)
     return BridgeSettings(protocol=protocol, sample_rate=rate, **overrides)  # type: ignore[arg-type]
-
-
-def free_port() -> int:
-    """A port nobody listens on (bound and released; nothing else on this box races for it in a test)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def bridge_of(agent: VoiceAgent, **overrides: object) -> Bridge:
