@@ -1,10 +1,11 @@
 """The audio path of a call: WebRTC media (aiortc for ICE, DTLS, SRTP, RTCP) and what callhook does after it.
 
-``session`` is the per-call media (:class:`MediaSession`); the rest of the package holds the parts of the
-audio path that callhook owns. Pure modules import neither asyncio nor aiortc and are tested without a loop.
+``session`` is the per-call media (:class:`MediaSession`); ``seam`` is the one module touching aiortc's
+receive internals; ``jitter`` (the jitter buffer) and ``quality`` (MOS) are pure; ``codec`` is libopus in
+the loop; ``playout`` is the worker's one 20 ms clock. See docs/architecture.md, "Audio path".
 
-The names below are loaded on first use (PEP 562), so importing a pure module of the package
-(``worker.media.dtmf``) does not drag aiortc in through this file.
+The session's names are imported lazily (PEP 562), so importing a pure submodule such as
+``worker.media.jitter`` does not drag aiortc and asyncio in with the package.
 """
 
 from __future__ import annotations
