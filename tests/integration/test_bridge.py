@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -195,7 +194,7 @@ async def test_key_presses_reach_the_agent_as_dtmf_messages(protocol: str) -> No
         await session.wait_heard(440.0)  # audio flows; the presses come in between media messages
         codes = [1, 2, 3, 11, 16]  # 1 2 3 # flash
         for n, code in enumerate(codes):
-            for packet in press(code, 8000 * (n + 1), at=time.monotonic()):
+            for packet in press(code, 8000 * (n + 1), at=asyncio.get_running_loop().time()):
                 keypad.feed(packet)
         expected = "123#" if protocol == "twilio" else "123#!"  # Twilio has no flash message
         await session.wait_for(lambda: session.digits() == expected)

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from worker.media.dtmf import EventBlock
+from worker.media.jitter import Packet
+
+__all__ = ["SSRC", "Packet", "press"]
 
 SSRC = 0x1234ABCD
 UPDATE_SECONDS = 0.05  # a phone's update interval
 TICKS_PER_UPDATE = 400  # 50 ms at 8 kHz
-
-
-@dataclass(frozen=True, slots=True)
-class Packet:
-    """Shaped like worker.media.jitter.Packet (the decoder reads it structurally)."""
-
-    sequence: int
-    timestamp: int
-    ssrc: int
-    marker: bool
-    payload: bytes
-    arrival: float
 
 
 def press(

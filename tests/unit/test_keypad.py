@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,7 +20,7 @@ BOUND = 10.0  # every wait here is bounded; none of them is a timing assertion
 def pressed(keys: str, *, start: int = 1000, at: float | None = None) -> list[Packet]:
     """Whole presses of ``keys`` (event codes by name), 0.5 s and 4000 ticks apart, arriving now."""
     codes = {k: i for i, k in enumerate("0123456789*#ABCD")}
-    now = time.monotonic() if at is None else at
+    now = asyncio.get_running_loop().time() if at is None else at
     return [p for n, key in enumerate(keys) for p in press(codes[key], start + n * 4000, at=now + n * 0.5)]
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
@@ -44,12 +43,13 @@ class Keypad:
         on_digit: Callable[[Digit], None] | None = None,
         end_timeout_seconds: float = DEFAULT_END_TIMEOUT_SECONDS,
         capacity: int = DEFAULT_CAPACITY,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._decoder = DtmfDecoder(end_timeout_seconds=end_timeout_seconds)
         self._on_digit = on_digit
-        self._clock = clock  # the clock of the packets' ``arrival``
         self._loop = asyncio.get_running_loop()
+        # The clock of the packets' ``arrival``: the seam stamps them with the loop's.
+        self._clock = clock or self._loop.time
         self._buffer: deque[Digit] = deque()
         self._capacity = capacity
         self._ready = asyncio.Event()
