@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from aiortc.rtp import RtpPacket
 from prometheus_client import CollectorRegistry
 
 from callhook.ice import restrict_host_addresses
@@ -23,6 +24,7 @@ from worker.media import (
     UnusableSdp,
     ice_servers,
 )
+from worker.media.jitter import Packet
 from worker.metrics import WorkerMetrics
 
 CONNECT_TIMEOUT = 10.0
@@ -285,3 +287,31 @@ def test_ice_servers_come_from_configuration_only() -> None:
         "s3cret",
     )
     assert "s3cret" not in repr(settings)
+
+
+async def test_telephone_events_go_to_their_callback_not_the_audio_buffer() -> None:
+    phone = MetaPhone()
+    async with MediaSession(MediaSettings()) as media:
+        events: list[Packet] = []
+        got = asyncio.Event()
+
+        def on_event(packet: Packet) -> None:
+            events.append(packet)
+            got.set()
+
+        media.on_telephone_event = on_event
+        answer = await media.answer(await phone.offer())
+        assert media.telephone_event_payload_type == 126
+        await phone.accept_answer(answer)
+        await media.wait_connected(CONNECT_TIMEOUT)
+        sender = phone.transceiver.sender
+        # RFC 4733 digit "5", end bit set, 800 samples long, on the phone's own SSRC (as a phone sends it).
+        event = RtpPacket(payload_type=126, sequence_number=40000, timestamp=123456, ssrc=sender._ssrc)
+        event.payload = bytes([5, 0x80 | 10, 0x03, 0x20])
+        await sender.transport._send_rtp(event.serialize())  # the test double's transport: Meta's DTMF
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await got.wait()
+        assert [(e.sequence, e.timestamp, e.payload) for e in events] == [
+            (40000, 123456, bytes([5, 0x80 | 10, 0x03, 0x20]))
+        ]
+    await phone.close()
