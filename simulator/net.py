@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 Clock = Callable[[], float]
+_ORDER_EPSILON = 1e-6  # seconds: keeps departures strictly increasing, so timers fire in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,7 @@ class Link:
         if profile.reorder > 0 and self._rng.random() < profile.reorder:
             self.stats.reordered += 1
             return departure + profile.reorder_delay_seconds  # overtaken; does not hold the ones behind
-        departure = max(departure, self._last_departure)
+        departure = max(departure, self._last_departure + _ORDER_EPSILON)  # strictly after the one before
         self._last_departure = departure
         return departure
 

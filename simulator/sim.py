@@ -228,6 +228,8 @@ class Simulator:
             midcall_silence_seconds=config.timing.midcall_silence_seconds,
             record_seconds=config.record_seconds,
             signal_seed=config.signal_seed,
+            net=config.net,
+            net_seed=config.random_seed,
         )
         self._tasks = TaskOwner("simulator")
         self._closing = asyncio.Event()
