@@ -10,7 +10,9 @@ is not trusted (the loud part may have started in the lost packet), so such a bu
 
 :class:`HeardLog` pairs every heard onset with the latest burst sent less than a period before it: the
 difference is the echo's delay as the caller hears it (the business, both network legs and the phone's
-encoder; not the phone's playout). It also follows the RTP sequence numbers: packets expected and received,
+encoder; not the phone's playout). The MOS takes half that delay as the one-way delay and the loss of both
+legs (the way up from the phone's network, as the business's RTCP reports would tell a real phone).
+It also follows the RTP sequence numbers: packets expected and received,
 runs of missing packets (*gaps*) and the audio they carried.
 
 :func:`estimate_mos` is a simplified E-model (ITU-T G.107) from one-way delay and packet loss, with the
@@ -156,7 +158,9 @@ class HeardLog:
                 pairs.append((sent[index - 1], at - sent[index - 1]))
         return pairs
 
-    def report(self, *, start: float | None = None, end: float | None = None) -> HeardReport:
+    def report(
+        self, *, start: float | None = None, end: float | None = None, upstream_loss: float = 0.0
+    ) -> HeardReport:
         """Bursts sent in ``[start, end)`` (default: the whole call but its last period) and their echoes."""
         last_arrival = self.arrivals[-1] if self.arrivals else None
         hi = end if end is not None else (last_arrival - PERIOD_SECONDS if last_arrival is not None else 0.0)
@@ -174,7 +178,9 @@ class HeardLog:
         median = float(np.median(values)) if values else None
         p90 = float(np.percentile(values, 90)) if values else None
         lost = max(0, expected - received)
-        mos = estimate_mos(median / 2, lost / expected if expected else 0.0) if median is not None else None
+        # The echo crossed both legs: the MOS takes the loss on the way to the business too.
+        path_loss = 1.0 - (1.0 - (lost / expected if expected else 0.0)) * (1.0 - upstream_loss)
+        mos = estimate_mos(median / 2, path_loss) if median is not None else None
         return HeardReport(
             packets_received=received,
             packets_expected=expected,

@@ -347,7 +347,8 @@ class Phone:
 
     def heard_report(self) -> HeardReport:
         """What reached the phone's socket: the echo's delay per burst, gaps, MOS (:mod:`simulator.heard`)."""
-        return self._heard.report()
+        up = self.net.up.stats
+        return self._heard.report(upstream_loss=up.lost / up.datagrams if up.datagrams else 0.0)
 
     @property
     def heard_log(self) -> HeardLog:
