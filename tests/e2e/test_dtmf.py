@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aio_pika
 import pytest
 import pytest_asyncio
 
+from ingress import contract
+from ingress.commands import Dial
 from simulator.calls import CallState
 from simulator.config import CallTiming
 from simulator.net import NetProfile, parse_link
@@ -87,5 +90,21 @@ async def test_five_percent_loss_on_the_phones_path_loses_no_key(app_dep: tuple[
     assert await app_heard(digits, call, keys) == keys
     up = call.phone.net.up.stats
     assert up.lost > 0.02 * up.datagrams  # the link really lost packets on the way to the business
+    await call.hangup()
+    await call.wait_ended(timeout=WAIT_SECONDS)
+
+
+async def test_the_callee_of_an_outgoing_call_can_press_keys(app_dep: tuple[Deployment, Path]) -> None:
+    dep, digits = app_dep
+    user = "15559000077"
+    dep.sim.set_permission(user, "temporary")
+    dial = Dial(to=user, phone_number_id=dep.sim.config.numbers[0].phone_number_id).validated()
+    async with await aio_pika.connect(dep.system.amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        message = aio_pika.Message(dial.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        await channel.default_exchange.publish(message, contract.DIALS_QUEUE, mandatory=True)
+    call = await dep.sim.wait_for_call(user=user, timeout=WAIT_SECONDS)
+    await pressing(call, "*0#")  # on the payload type of the business's offer (126)
+    assert await app_heard(digits, call, "*0#") == "*0#"
     await call.hangup()
     await call.wait_ended(timeout=WAIT_SECONDS)
