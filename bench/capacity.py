@@ -401,7 +401,11 @@ async def callhook_target(args: argparse.Namespace) -> AsyncIterator[Callhook]:
             graph_url=f"http://127.0.0.1:{graph_port}",
             log_dir=Path(logs),
             workers=0 if args.profile else 1,
-            worker_env={"CALLHOOK_MAX_CALLS": "1000", "CALLHOOK_DRAIN_TIMEOUT_SECONDS": "5"},
+            worker_env={
+                "CALLHOOK_MAX_CALLS": "1000",
+                "CALLHOOK_DRAIN_TIMEOUT_SECONDS": "5",
+                "CALLHOOK_UVLOOP": "false" if args.no_uvloop else "true",
+            },
         )
         profile = Path(logs) / "worker.prof"
         async with system, MiniGraph(graph_port) as graph, aiohttp.ClientSession() as http:
@@ -511,9 +515,10 @@ async def main(args: argparse.Namespace) -> int:
     packets = phone_payloads()
     print(f"capacity bench: {machine()}")
     print(f"steps {args.steps}, {args.window:g} s window after {args.settle:g} s settling each\n")
-    results: dict[str, list[Step]] = {}
-    async with baseline_target() as base:
-        results["stock aiortc"] = await ramp(base, packets, args)
+    results: dict[str, list[Step]] = {"stock aiortc": []}
+    if not args.only_callhook:
+        async with baseline_target() as base:
+            results["stock aiortc"] = await ramp(base, packets, args)
     async with callhook_target(args) as ours:
         results["callhook"] = await ramp(ours, packets, args)
     report(results)
@@ -574,6 +579,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="run the worker under cProfile and print where its loop spends time",
     )
+    parser.add_argument("--no-uvloop", action="store_true", help="run the worker on asyncio's own loop")
+    parser.add_argument("--only-callhook", action="store_true", help="skip the stock aiortc baseline")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -24,6 +24,22 @@ from worker.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 
+class MediaQuality(msgspec.Struct, frozen=True, kw_only=True):
+    """A call's inbound audio quality, in ``call.ended`` (README, "Media quality")."""
+
+    packets_expected: int = 0
+    packets_received: int = 0
+    packets_lost: int = 0  # never arrived
+    packets_late: int = 0  # arrived after their playout time, dropped
+    frames_concealed: int = 0  # the decoder's PLC
+    frames_fec: int = 0  # rebuilt from the next packet's in-band FEC
+    loss_ratio: float = 0.0  # (lost + late) / expected
+    jitter_ms: float = 0.0  # RFC 3550 interarrival jitter
+    buffer_delay_ms: float = 0.0  # mean jitter-buffer delay
+    rtt_ms: float | None = None  # from RTCP, when the phone sent receiver reports
+    mos: float | None = None  # estimated (simplified E-model, ITU-T G.107)
+
+
 class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The body of every ``call.*`` event (README, "Call lifecycle events")."""
 
@@ -43,6 +59,7 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     reason: str | None = None
     error_code: int | None = None  # Meta's code from the terminate webhook or the refused request
     duration_seconds: float | None = None
+    media: MediaQuality | None = None  # ended: the caller's audio as the worker received it
 
 
 _encoder = msgspec.json.Encoder()

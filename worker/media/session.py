@@ -159,22 +159,23 @@ class MediaStatistics:
         lost = self.packets_lost + self.packets_late
         return min(1.0, lost / self.packets_expected) if self.packets_expected > 0 else 0.0
 
-    def quality_fields(self) -> dict[str, float | int | None]:
-        """The call's media quality as flat fields (the ``call.ended`` event, the final log line)."""
+    def quality(self) -> dict[str, float | int | None] | None:
+        """The call's inbound media quality as flat fields (``call.ended``'s ``media``, the final log line);
+        None when no RTP arrived at all."""
+        if self.packets_received == 0:
+            return None
         return {
-            "media_packets_expected": self.packets_expected,
-            "media_packets_received": self.packets_received,
-            "media_packets_lost": self.packets_lost,
-            "media_packets_late": self.packets_late,
-            "media_frames_concealed": self.frames_concealed,
-            "media_frames_fec": self.frames_fec,
-            "media_loss_ratio": round(self.loss_ratio, 4),
-            "media_jitter_ms": round(self.jitter_seconds * 1000, 1),
-            "media_buffer_delay_ms": round(self.mean_buffer_delay_seconds * 1000, 1),
-            "media_rtt_ms": (
-                None if self.round_trip_seconds is None else round(self.round_trip_seconds * 1000, 1)
-            ),
-            "media_mos": None if self.mos is None else round(self.mos, 2),
+            "packets_expected": self.packets_expected,
+            "packets_received": self.packets_received,
+            "packets_lost": self.packets_lost,
+            "packets_late": self.packets_late,
+            "frames_concealed": self.frames_concealed,
+            "frames_fec": self.frames_fec,
+            "loss_ratio": round(self.loss_ratio, 4),
+            "jitter_ms": round(self.jitter_seconds * 1000, 1),
+            "buffer_delay_ms": round(self.mean_buffer_delay_seconds * 1000, 1),
+            "rtt_ms": None if self.round_trip_seconds is None else round(self.round_trip_seconds * 1000, 1),
+            "mos": None if self.mos is None else round(self.mos, 2),
         }
 
 
