@@ -340,9 +340,14 @@ class MediaSession:
     :attr:`on_telephone_event` (None by default): called, synchronously and in arrival order, with every RTP
     packet of the negotiated telephone-event payload type (RFC 4733 DTMF), as a :class:`jitter.Packet`. Those
     packets never enter the audio jitter buffer. Set it before the media connects; it must not block.
+
+    :attr:`drop_inbound` (None by default): fault injection for tests and drills. Called with each inbound
+    RTP packet's sequence number before anything else sees it; True drops the packet as if the network had
+    lost it (aiortc's RTCP statistics still count it as received).
     """
 
     on_telephone_event: Callable[[Packet], None] | None
+    drop_inbound: Callable[[int], bool] | None
 
     def __init__(
         self,
@@ -369,6 +374,7 @@ class MediaSession:
         self._subscriptions: set[_Subscription] = set()
         self._send_resamplers: dict[int, audio.Resampler] = {}
         self.on_telephone_event = None
+        self.drop_inbound = None
         self._telephone_event_pt: int | None = None
         # None once connected, or why the media ended first.
         self._connect_outcome: asyncio.Future[EndReason | None] = self._loop.create_future()
@@ -552,6 +558,8 @@ class MediaSession:
 
     def _on_packet(self, rtp: RtpPacket, arrival: float) -> None:
         """Every RTP packet of the call, from the seam (aiortc's DTLS receive task), before any buffering."""
+        if self.drop_inbound is not None and self.drop_inbound(rtp.sequence_number):
+            return
         self._last_arrival = arrival
         packet = Packet(
             sequence=rtp.sequence_number,
