@@ -25,18 +25,19 @@ log = logging.getLogger(__name__)
 
 
 class MediaQuality(msgspec.Struct, frozen=True, kw_only=True):
-    """A call's inbound audio quality, in ``call.ended`` (README, "Media quality")."""
+    """A call's inbound audio quality, in ``call.ended`` (README, "Media quality");
+    ``worker.media.quality.CallQuality.as_fields`` fills it."""
 
-    packets_expected: int = 0
-    packets_received: int = 0
-    packets_lost: int = 0  # never arrived
-    packets_late: int = 0  # arrived after their playout time, dropped
-    frames_concealed: int = 0  # the decoder's PLC
-    frames_fec: int = 0  # rebuilt from the next packet's in-band FEC
-    loss_ratio: float = 0.0  # (lost + late) / expected
+    expected: int = 0  # RTP packets the sequence numbers say were sent
+    received: int = 0
+    lost: int = 0  # never arrived
+    late: int = 0  # arrived after their playout time, dropped
+    concealed: int = 0  # frames the decoder's PLC made up
+    fec: int = 0  # frames rebuilt from the next packet's in-band FEC
     jitter_ms: float = 0.0  # RFC 3550 interarrival jitter
     buffer_delay_ms: float = 0.0  # mean jitter-buffer delay
     rtt_ms: float | None = None  # from RTCP, when the phone sent receiver reports
+    loss_percent: float = 0.0  # frames heard as concealment, of all frames played
     mos: float | None = None  # estimated (simplified E-model, ITU-T G.107)
 
 

@@ -353,6 +353,9 @@ async def test_the_callers_audio_stays_intact_and_its_delay_bounded_through_loss
     final = media.statistics()
     assert final.quality() is not None
     assert sample(metrics, "callhook_media_loss_ratio_count") == 1  # one observation per call, at its end
+    assert sample(metrics, "callhook_media_mos_count") == 1
+    assert final.mos is not None
+    assert 1.0 <= final.mos < 4.4  # an eighth of the audio concealed costs quality
     assert (
         sample(metrics, "callhook_media_concealed_frames_total", {"method": "plc"})
         + sample(metrics, "callhook_media_concealed_frames_total", {"method": "fec"})

@@ -60,6 +60,7 @@ from worker.errors import CallhookError
 from worker.media.codec import OPUS_RATES, OpusDecoder
 from worker.media.jitter import JitterBuffer, JitterSettings, Packet, Playout, PlayoutKind
 from worker.media.playout import PlayoutClock, shared_clock
+from worker.media.quality import CallQuality
 from worker.media.seam import ReceiveSeam, round_trip_seconds
 from worker.metrics import WorkerMetrics
 
@@ -153,6 +154,7 @@ class MediaStatistics:
     mean_buffer_delay_seconds: float = 0.0  # ... averaged over the call's played frames
     round_trip_seconds: float | None = None  # from RTCP (the phone's receiver reports), when known
     mos: float | None = None  # simplified E-model estimate (worker/media/quality.py)
+    call_quality: CallQuality | None = None  # the summary the above come from
 
     @property
     def loss_ratio(self) -> float:
@@ -160,23 +162,11 @@ class MediaStatistics:
         return min(1.0, lost / self.packets_expected) if self.packets_expected > 0 else 0.0
 
     def quality(self) -> dict[str, float | int | None] | None:
-        """The call's inbound media quality as flat fields (``call.ended``'s ``media``, the final log line);
-        None when no RTP arrived at all."""
-        if self.packets_received == 0:
+        """The call's inbound media quality (:meth:`worker.media.quality.CallQuality.as_fields`), as it goes
+        into ``call.ended`` and the call's final log line; None when no RTP arrived at all."""
+        if self.call_quality is None or self.packets_received == 0:
             return None
-        return {
-            "packets_expected": self.packets_expected,
-            "packets_received": self.packets_received,
-            "packets_lost": self.packets_lost,
-            "packets_late": self.packets_late,
-            "frames_concealed": self.frames_concealed,
-            "frames_fec": self.frames_fec,
-            "loss_ratio": round(self.loss_ratio, 4),
-            "jitter_ms": round(self.jitter_seconds * 1000, 1),
-            "buffer_delay_ms": round(self.mean_buffer_delay_seconds * 1000, 1),
-            "rtt_ms": None if self.round_trip_seconds is None else round(self.round_trip_seconds * 1000, 1),
-            "mos": None if self.mos is None else round(self.mos, 2),
-        }
+        return self.call_quality.as_fields()
 
 
 # ------------------------------------------------------------------------------------- outbound audio
@@ -595,6 +585,8 @@ class MediaSession:
         if self._final is not None:
             return self._final
         buffer = self._jitter.statistics()
+        round_trip = self._round_trip_seconds()
+        quality = CallQuality.from_statistics(buffer, round_trip)
         return MediaStatistics(
             connection_state=self._pc.connectionState,
             sending=self._outbound.started,
@@ -613,8 +605,9 @@ class MediaSession:
             jitter_seconds=buffer.interarrival_jitter_seconds,
             buffer_delay_seconds=buffer.buffer_delay_seconds,
             mean_buffer_delay_seconds=buffer.mean_buffer_delay_seconds,
-            round_trip_seconds=self._round_trip_seconds(),
-            mos=None,
+            round_trip_seconds=round_trip,
+            mos=quality.mos,
+            call_quality=quality,
         )
 
     async def close(self) -> None:
