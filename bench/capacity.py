@@ -172,6 +172,7 @@ class MiniGraph:
         self.port = port
         self.phones: dict[str, Phone] = {}
         self.ended: set[str] = set()
+        self.arrivals: dict[tuple[str, str], float] = {}  # (call id, action) -> time.monotonic() of arrival
         self._app = web.Application()
         self._app.router.add_post("/{version}/{phone_number_id}/calls", self._calls)
         self._runner = web.AppRunner(self._app, access_log=None)
@@ -185,8 +186,10 @@ class MiniGraph:
         await self._runner.cleanup()
 
     async def _calls(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         body = await request.json()
         action, call_id = body.get("action"), body.get("call_id")
+        self.arrivals.setdefault((str(call_id), str(action)), arrived)
         phone = self.phones.get(call_id)
         if phone is None:
             return web.json_response({"error": {"code": 100, "message": "Invalid call_id"}}, status=400)
