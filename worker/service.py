@@ -35,7 +35,7 @@ from worker.events import CallConnect, CallEvent, DialRequest
 from worker.graph import GraphClient, GraphSettings
 from worker.health import HealthServer, watch_loop_lag
 from worker.lifecycle import LifecyclePublisher
-from worker.media import MediaSettings
+from worker.media import MediaSettings, MediaStatistics
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, Ownership, OwnershipSettings, Reservation
 from worker.router import Router
@@ -146,6 +146,15 @@ class WorkerService:
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
+
+    def media_statistics(self) -> dict[str, MediaStatistics]:
+        """Live media figures of every call this worker runs, by call id (an unplaced dial: ``dial:…``)."""
+        out: dict[str, MediaStatistics] = {}
+        for key, session in self.sessions.items():
+            stats = session.media_statistics()
+            if stats is not None:
+                out[key] = stats
+        return out
 
     def ready(self) -> bool:
         return (

@@ -28,7 +28,7 @@ from worker.errors import CallhookError, GraphError
 from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest
 from worker.graph import GraphClient
 from worker.lifecycle import MediaQuality
-from worker.media import EndReason, MediaError, MediaSession, MediaSettings
+from worker.media import EndReason, MediaError, MediaSession, MediaSettings, MediaStatistics
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, ClaimLost, MailboxItem, Reservation
 
@@ -131,6 +131,10 @@ class CallSession:
     @property
     def state(self) -> machine.CallState:
         return self._call.state
+
+    def media_statistics(self) -> MediaStatistics | None:
+        """The call's live media figures (None before its media exists)."""
+        return None if self._media is None else self._media.statistics()
 
     def hang_up(self, reason: str) -> None:
         """Ask the call to end (drain, API, app). Safe at any time, any number of times."""
