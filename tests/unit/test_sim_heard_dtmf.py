@@ -111,3 +111,28 @@ def test_only_keypad_digits_are_pressed(digits: str) -> None:
     with pytest.raises(ValueError, match="DTMF digits"):
         dtmf.parse_digits(digits)
     assert dtmf.parse_digits("12 3#*ab") == "123#*AB"
+
+
+@pytest.mark.parametrize("delay", [0.03, 0.45, 0.75, 1.3])
+def test_a_burst_is_recognised_by_its_tone_even_when_the_echo_is_later_than_a_period(delay: float) -> None:
+    signal = TestSignal(seed=6)
+    log = HeardLog()
+    played = frames(signal, 400)
+    for k, frame in enumerate(played):
+        log.sent.feed(frame, complete_at=(k + 1) * 0.02)
+        log.packet(k, frame, arrived_at=(k + 1) * 0.02 + delay)
+    delays = [d for _, d in log.delays()]
+    assert len(delays) >= 10
+    assert delays == pytest.approx([delay] * len(delays), abs=1e-6)
+
+
+def test_an_echo_of_some_other_signal_has_no_burst_heard() -> None:
+    log = HeardLog()
+    for k, (mine, theirs) in enumerate(
+        zip(frames(TestSignal(seed=1), 300), frames(TestSignal(seed=2), 300), strict=True)
+    ):
+        log.sent.feed(mine, complete_at=(k + 1) * 0.02)
+        log.packet(k, theirs, arrived_at=(k + 1) * 0.02 + 0.05)
+    assert len(log.heard.onsets) >= 8  # its bursts were heard, but they are not the phone's
+    # Tones coincide by chance (1 in 12, two neighbours at the same delay): a few, never most.
+    assert len(log.delays()) <= len(log.heard.onsets) // 4
