@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from simulator.business import EchoBusiness
 from simulator.config import CallTiming, SimulatorConfig, load
 from simulator.errors import ScenarioError
 from simulator.faults import FaultKind
+from simulator.net import LinkProfile, NetProfile
 from simulator.scenario import NOT_HUNG_UP, Scenario, percentile, run_scenario
 from simulator.sim import Simulator
 
@@ -145,6 +147,25 @@ def test_cli_flags_override_the_environment() -> None:
         FaultKind.SERVER_ERROR,
         FaultKind.DELAY,
     ]
+
+
+def test_cli_network_flags_refine_the_environment_per_direction() -> None:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    env = {"CALLHOOK_APP_SECRETS": "s", "CALLHOOK_ACCESS_TOKEN": "t", "CALLHOOK_SIM_NET_DOWN": "delay=40ms"}
+    untouched = cli._with_flags(load(env), parser.parse_args(["sim"]))
+    assert untouched.net == NetProfile(down=LinkProfile(delay_seconds=0.04))
+    args = parser.parse_args(["sim", "--net", "loss=3%,jitter=30ms", "--net-up", "burst=2%,burst_len=4"])
+    config = cli._with_flags(load(env), args)
+    both = LinkProfile(loss=0.03, jitter_seconds=0.03)
+    assert config.net == NetProfile(up=replace(both, burst_loss=0.02, burst_length=4.0), down=both)
+    refined = cli._with_flags(load(env), parser.parse_args(["sim", "--net-down", "loss=1%"]))
+    assert refined.net.down == LinkProfile(delay_seconds=0.04, loss=0.01)
+    with pytest.raises(SystemExit, match="network item"):
+        cli._with_flags(load(env), parser.parse_args(["sim", "--net-up", "lose=3%"]))
+    assert parser.parse_args(["sim", "--dtmf", "12#"]).dtmf == "12#"
+    with pytest.raises(SystemExit, match="DTMF"):
+        cli._digits("12x")
 
 
 def test_callhook_sim_self_check_runs_calls_end_to_end() -> None:
