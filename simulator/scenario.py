@@ -72,6 +72,7 @@ class ScenarioSummary:
     outcomes: list[CallOutcome] = field(default_factory=list)
     wall_seconds: float = 0.0
     statistics: dict[str, Any] = field(default_factory=dict)
+    dtmf_received: int | None = None  # calls whose business got exactly the keys pressed (when it can tell)
 
     @property
     def placed(self) -> int:
@@ -123,6 +124,7 @@ class ScenarioSummary:
             "heard_at_socket": _heard_summary(self.heard()),
             "dtmf_errors": [o.dtmf_error for o in self.outcomes if o.dtmf_error],
             "dtmf_pressed_calls": sum(1 for o in self.outcomes if o.dtmf_pressed),
+            "dtmf_received_calls": self.dtmf_received,
             "calls": [_call_dict(o) for o in self.outcomes],
             "wall_seconds": round(self.wall_seconds, 3),
             "simulator": self.statistics,
@@ -143,7 +145,10 @@ class ScenarioSummary:
         ]
         pressed = sorted({o.dtmf_pressed for o in self.outcomes if o.dtmf_pressed})
         if pressed:
-            lines.append(f"keys pressed ({', '.join(pressed)}) in {data['dtmf_pressed_calls']} calls")
+            received = "" if self.dtmf_received is None else f", received intact in {self.dtmf_received}"
+            lines.append(
+                f"keys pressed ({', '.join(pressed)}) in {data['dtmf_pressed_calls']} calls{received}"
+            )
         lines += [f"dtmf not sent: {error}" for error in data["dtmf_errors"]]
         return "\n".join(lines)
 

@@ -207,3 +207,24 @@ def test_callhook_sim_self_check_runs_calls_end_to_end() -> None:
     assert summary["audio_matched"] == 2
     assert summary["setup_pre_accept_ms"]["n"] == 2
     assert "Graph API at http://127.0.0.1:" in result.stderr
+
+
+def test_callhook_sim_self_check_presses_keys_over_a_lossy_network() -> None:
+    env = {**os.environ, "CALLHOOK_ICE_HOST_ADDRESSES": "127.0.0.1", "CALLHOOK_LOG_LEVEL": "warning"}
+    for name in ("CALLHOOK_APP_SECRETS", "CALLHOOK_ACCESS_TOKEN", "CALLHOOK_SIM_INGRESS_URL"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "callhook", "sim", "--self-check", "--calls", "2", "--rate", "10"]
+    command += ["--hold", "5", "--graph-port", "0", "--json", "--net-up", "loss=3%", "--dtmf", "12#"]
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["answered"] == 2
+    assert summary["dtmf_pressed_calls"] == 2
+    assert summary["dtmf_received_calls"] == 2  # the reference business got 1, 2, # in order, once each
+    heard = summary["heard_at_socket"]
+    assert heard["bursts_heard"] > 0
+    assert heard["packets_lost"] == 0  # only the way to the business was lossy
+    assert [call["dtmf_pressed"] for call in summary["calls"]] == ["12#", "12#"]
+    assert "phone network up (phone -> business) loss=3%, down clean" in result.stderr
