@@ -136,3 +136,19 @@ def test_an_echo_of_some_other_signal_has_no_burst_heard() -> None:
     assert len(log.heard.onsets) >= 8  # its bursts were heard, but they are not the phone's
     # Tones coincide by chance (1 in 12, two neighbours at the same delay): a few, never most.
     assert len(log.delays()) <= len(log.heard.onsets) // 4
+
+
+def test_a_business_adds_telephone_event_back_and_counts_one_digit_per_press() -> None:
+    answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+    with_events = dtmf.add_telephone_event(answer, 126)
+    assert dtmf.telephone_event_pt(with_events) == 126
+    assert "m=audio 9 UDP/TLS/RTP/SAVPF 111 126\r\n" in with_events
+    assert dtmf.add_telephone_event(with_events, 101) == with_events  # already there: unchanged
+
+    collector = dtmf.DigitCollector()
+    for timestamp, digit in [(1000, "1"), (5000, "2"), (9000, "#")]:
+        for packet in dtmf.plan_press(dtmf.EVENTS[digit], 0.2):
+            payload = packet.payload()
+            collector.packet(dtmf.RtpHeader(126, 0, timestamp, 1, packet.marker, payload))
+    collector.packet(dtmf.RtpHeader(126, 0, 5000, 1, False, dtmf.plan_press(2, 0.1)[-1].payload()))  # late
+    assert collector.digits == "12#"
