@@ -23,7 +23,6 @@ quality module was not committed when this was written, so the two are separate 
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +36,7 @@ SUPPORT_SECONDS = 0.25  # a neighbour's delay this close supports a candidate's 
 THRESHOLD = 0.1  # |sample| above this is loud (the signal's tones peak at 0.3)
 QUIET_SECONDS = 0.04  # this much quiet, contiguous audio before a loud sample makes it an onset
 PACKET_SECONDS = 0.02
+RECENT_PACKETS = 1024  # duplicates are recognised this far back
 
 Samples = npt.NDArray[np.float32]
 
@@ -142,10 +142,12 @@ class HeardLog:
 
     sent: OnsetDetector = field(default_factory=lambda: OnsetDetector(48_000))
     heard: OnsetDetector = field(default_factory=lambda: OnsetDetector(48_000))
-    arrivals: list[float] = field(default_factory=list)  # of packets, for the reporting window
+    last_arrival: float | None = None
     _highest: int | None = None  # extended sequence number
     _first: int | None = None
-    _received: set[int] = field(default_factory=set)
+    _count: int = 0  # distinct packets received
+    _recent: set[int] = field(default_factory=set)  # the last RECENT_PACKETS sequence numbers, for duplicates
+    _gaps: dict[int, int] = field(default_factory=dict)  # first missing sequence number -> run length
     _late: int = 0
 
     def extend(self, sequence_number: int) -> int:
@@ -158,16 +160,21 @@ class HeardLog:
     def packet(self, sequence_number: int, samples: Samples | None, arrived_at: float) -> None:
         """One RTP packet's audio (None: it could not be decoded) as it arrived at the socket."""
         seq = self.extend(sequence_number)
-        self.arrivals.append(arrived_at)
-        if seq in self._received:
+        self.last_arrival = arrived_at
+        if seq in self._recent:
             return  # a duplicate: the network model never makes one, but a business might
-        self._received.add(seq)
+        self._count += 1
+        self._recent.add(seq)
+        if len(self._recent) > 2 * RECENT_PACKETS:  # bounded memory on long calls
+            self._recent = {s for s in self._recent if s > seq - RECENT_PACKETS}
         if self._first is None or self._highest is None:
             self._first = self._highest = seq
         elif seq <= self._highest:
             self._late += 1
+            self._fill(seq)
             return  # reordered: decoded for the codec's sake, but its audio belongs to the past
         elif seq > self._highest + 1:
+            self._gaps[self._highest + 1] = seq - self._highest - 1
             self.heard.discontinuity()
         if seq > self._highest:
             self._highest = seq
@@ -175,6 +182,17 @@ class HeardLog:
             self.heard.discontinuity()
             return
         self.heard.feed(samples, arrived_at)
+
+    def _fill(self, seq: int) -> None:
+        """A late packet arrived: it is no longer missing (its run of missing packets splits around it)."""
+        for start, length in self._gaps.items():
+            if start <= seq < start + length:
+                del self._gaps[start]
+                if seq > start:
+                    self._gaps[start] = seq - start
+                if seq + 1 < start + length:
+                    self._gaps[seq + 1] = start + length - seq - 1
+                return
 
     def delays(self) -> list[tuple[float, float]]:
         """(sent onset, delay) for every heard onset matched to the burst it echoes.
@@ -238,7 +256,7 @@ class HeardLog:
         everything = self.delays()
         # By default, bursts sent too late to have come back before the last packet arrived are left out.
         longest = max((d for _, d in everything), default=0.0)
-        last_arrival = self.arrivals[-1] if self.arrivals else 0.0
+        last_arrival = self.last_arrival if self.last_arrival is not None else 0.0
         hi = end if end is not None else last_arrival - max(PERIOD_SECONDS, longest + 0.1)
         lo = start if start is not None else float("-inf")
         pairs = [(s, d) for s, d in everything if lo <= s < hi]
@@ -246,11 +264,11 @@ class HeardLog:
         if start is None and pairs:  # before the first echo the business was not answering yet
             sent = [s for s in sent if s >= pairs[0][0]]
         values = [d for _, d in pairs]
-        received = len(self._received)
+        received = self._count
         expected = 0
         if self._highest is not None and self._first is not None:
             expected = self._highest - self._first + 1
-        runs = _missing_runs(sorted(self._received))
+        runs = list(self._gaps.values())
         median = float(np.median(values)) if values else None
         p90 = float(np.percentile(values, 90)) if values else None
         lost = max(0, expected - received)
@@ -271,10 +289,6 @@ class HeardLog:
             delay_p90_seconds=p90,
             mos=mos,
         )
-
-
-def _missing_runs(received: list[int]) -> list[int]:
-    return [b - a - 1 for a, b in itertools.pairwise(received) if b - a > 1]
 
 
 def estimate_mos(

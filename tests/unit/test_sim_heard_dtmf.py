@@ -72,6 +72,19 @@ def test_sequence_numbers_wrap_and_late_packets_are_counted_not_heard() -> None:
     assert report.packets_expected == 5
     assert report.packets_lost == 0
     assert report.packets_late == 1
+    assert report.gaps == 0  # the late packet filled the hole it had left
+
+
+def test_runs_of_missing_packets_split_when_a_late_one_arrives_and_duplicates_count_once() -> None:
+    log = HeardLog()
+    quiet = np.zeros(FRAME, np.float32)
+    for n, seq in enumerate([10, 11, 16, 13, 13, 17, 30_000]):
+        log.packet(seq, quiet, arrived_at=n * 0.02)
+    report = log.report()
+    assert report.packets_received == 6  # 13 twice counts once
+    assert report.packets_expected == 30_000 - 10 + 1
+    assert report.gaps == 3  # 12, 14-15, 18-29999
+    assert report.longest_gap_seconds == pytest.approx((30_000 - 18) * 0.02)
 
 
 def test_mos_falls_with_delay_and_loss() -> None:
