@@ -18,6 +18,12 @@ PURE_MODULES = [
     "worker.decode", "worker.wire", "worker.events", "worker.call", "worker.sdp", "ingress.contract",
     "ingress.signature", "simulator.calls", "simulator.sdp", "simulator.faults",
     "simulator.net", "simulator.heard", "simulator.dtmf",
+    # worker/media/__init__.py imports the aiortc session eagerly, so importing any module of the package
+    # drags aiortc in: strict xfail until the package imports it lazily, then these marks must go.
+    *(
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="eager session import"))
+        for name in ("worker.media.jitter", "worker.media.quality")
+    ),
 ]  # fmt: skip
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 
