@@ -15,10 +15,9 @@ phone's playout). The MOS takes half that delay as the one-way delay and the los
 from the phone's network, as the business's RTCP reports would tell a real phone). It also follows the RTP
 sequence numbers: packets expected and received, runs of missing packets (*gaps*) and the audio they carried.
 
-:func:`estimate_mos` is a simplified E-model (ITU-T G.107) from one-way delay and packet loss, with the
-codec's impairment set for Opus (``ie=0``, ``bpl=20``; Opus is not in G.113, these are the values commonly
-used for a wideband codec with good concealment). It is the simulator's own small function: the worker's
-quality module was not committed when this was written, so the two are separate estimates of one formula.
+:func:`estimate_mos` is the worker's simplified E-model (ITU-T G.107, :mod:`worker.media.quality`, wideband
+Opus: Ie 0, Bpl 19.5) from one-way delay, packet loss and its burstiness (G.107's BurstR, from the runs of
+missing packets at the socket), so the caller's side and the worker's side rate a call by the same formula.
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+from worker.media.quality import OPUS_WIDEBAND, burst_ratio, mos_from_r, r_factor
 
 PERIOD_SECONDS = 0.6  # one burst per period (the signal's silent slot comes every sixth 100 ms symbol)
 MAX_DELAY_SECONDS = 2.0  # an echo later than this is not matched to its burst
@@ -274,7 +275,8 @@ class HeardLog:
         lost = max(0, expected - received)
         # The echo crossed both legs: the MOS takes the loss on the way to the business too.
         path_loss = 1.0 - (1.0 - (lost / expected if expected else 0.0)) * (1.0 - upstream_loss)
-        mos = estimate_mos(median / 2, path_loss) if median is not None else None
+        burst = burst_ratio(lost, len(runs), expected) if lost else 1.0
+        mos = estimate_mos(median / 2, path_loss, burst=burst) if median is not None else None
         return HeardReport(
             packets_received=received,
             packets_expected=expected,
@@ -291,17 +293,8 @@ class HeardLog:
         )
 
 
-def estimate_mos(
-    one_way_delay_seconds: float, loss_fraction: float, *, ie: float = 0.0, bpl: float = 20.0
-) -> float:
-    """Simplified E-model (G.107): R = 93.2 - Id - Ie,eff with random loss (BurstR = 1), then R -> MOS."""
-    d = max(0.0, one_way_delay_seconds * 1000.0)
-    delay_impairment = 0.024 * d + (0.11 * (d - 177.3) if d > 177.3 else 0.0)
-    ppl = max(0.0, min(100.0, loss_fraction * 100.0))
-    equipment = ie + (95.0 - ie) * ppl / (ppl + bpl)
-    r = 93.2 - delay_impairment - equipment
-    if r <= 0:
-        return 1.0
-    if r >= 100:
-        return 4.5
-    return 1.0 + 0.035 * r + 7e-6 * r * (r - 60.0) * (100.0 - r)
+def estimate_mos(one_way_delay_seconds: float, loss_fraction: float, *, burst: float = 1.0) -> float:
+    """MOS from the worker's E-model (:mod:`worker.media.quality`) for wideband Opus."""
+    return mos_from_r(
+        r_factor(one_way_delay_seconds * 1000.0, loss_fraction * 100.0, burst=burst, codec=OPUS_WIDEBAND)
+    )
