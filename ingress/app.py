@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from aiohttp import web
 from aiohttp.streams import StreamReader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from callhook import loop as event_loop
 from ingress.api import CallsApi
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics, Outcome, Route
@@ -281,7 +283,7 @@ def run(config: IngressConfig) -> int:
         await serve(config, CollectorRegistry(), stop)
 
     try:
-        asyncio.run(main())
+        event_loop.run(main(), uvloop=event_loop.uvloop_wanted(os.environ))
     except ListenError as exc:
         log.error("cannot start", extra={"error": str(exc)})  # noqa: TRY400  the message says it all
         return 1

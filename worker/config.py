@@ -40,6 +40,7 @@ class WorkerConfig:
     metrics_port: int = 9100
     # the voice-agent bridge (CALLHOOK_APP=ws://...), CALLHOOK_BRIDGE_*
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    uvloop: bool = True  # CALLHOOK_UVLOOP: run on uvloop (callhook/loop.py)
 
 
 def load(env: Mapping[str, str]) -> WorkerConfig:
@@ -71,6 +72,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         metrics_host=r.str("CALLHOOK_METRICS_HOST", "0.0.0.0"),
         metrics_port=r.int("CALLHOOK_METRICS_PORT", 9100, minimum=0, maximum=65535),
         bridge=bridge_config.read(r),
+        uvloop=r.bool("CALLHOOK_UVLOOP", True),
     )
     for server in config.ice_servers:
         if not server.startswith(("stun:", "turn:", "turns:")):

@@ -30,6 +30,11 @@ FAST_BUCKETS = (
     10.0,
 )
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+# Per-call media quality, observed once at the call's end.
+MOS_BUCKETS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5)
+MEDIA_DELAY_BUCKETS = (0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+RATIO_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0)
+TICK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.035, 0.05, 0.1, 0.25)
 
 
 class WorkerMetrics:
@@ -163,5 +168,64 @@ class WorkerMetrics:
             "callhook_lifecycle_events_total",
             "Call lifecycle events published for integrators, by type.",
             ["event"],
+            registry=registry,
+        )
+        # media path (worker/media/): the playout tick and each call's quality at its end
+        self.media_tick_lag = Histogram(
+            "callhook_media_tick_lag_seconds",
+            "How late the worker's 20 ms playout tick ran, per tick.",
+            buckets=TICK_BUCKETS,
+            registry=registry,
+        )
+        self.media_ticks_skipped = Counter(
+            "callhook_media_ticks_skipped_total",
+            "Playout ticks skipped because the event loop stalled for longer than 200 ms.",
+            registry=registry,
+        )
+        self.media_mos = Histogram(
+            "callhook_media_mos",
+            "Estimated MOS of a call's inbound audio (simplified E-model, ITU-T G.107), at call end.",
+            buckets=MOS_BUCKETS,
+            registry=registry,
+        )
+        self.media_jitter_buffer_delay = Histogram(
+            "callhook_media_jitter_buffer_delay_seconds",
+            "Mean delay a call's inbound audio spent in the jitter buffer, at call end.",
+            buckets=MEDIA_DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.media_jitter = Histogram(
+            "callhook_media_jitter_seconds",
+            "Interarrival jitter of a call's inbound RTP (RFC 3550), at call end.",
+            buckets=MEDIA_DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.media_round_trip = Histogram(
+            "callhook_media_round_trip_seconds",
+            "Round-trip time to the caller's phone from RTCP reports, at call end (when known).",
+            buckets=MEDIA_DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.media_loss_ratio = Histogram(
+            "callhook_media_loss_ratio",
+            "Share of a call's inbound RTP packets lost (never arrived or arrived too late), at call end.",
+            buckets=RATIO_BUCKETS,
+            registry=registry,
+        )
+        self.media_concealed_frames = Counter(
+            "callhook_media_concealed_frames_total",
+            "Inbound audio frames concealed, by how (fec: rebuilt from the next packet, plc: extrapolated).",
+            ["method"],
+            registry=registry,
+        )
+        self.media_late_packets = Counter(
+            "callhook_media_late_packets_total",
+            "Inbound RTP packets that arrived after their playout time and were dropped.",
+            registry=registry,
+        )
+        self.media_dropped_frames = Counter(
+            "callhook_media_dropped_frames_total",
+            "Frames dropped, by where (catch_up: jitter buffer shrinking its delay, app: an app too slow).",
+            ["where"],
             registry=registry,
         )

@@ -20,8 +20,10 @@ from contextlib import AsyncExitStack
 
 from prometheus_client import CollectorRegistry
 
+from callhook import loop
 from callhook.ice import restrict_host_addresses
 from callhook.logs import call_id_var, setup_logging
+from callhook.loop import loop_name
 from worker import call as machine
 from worker.amqp import AmqpLink
 from worker.apps.api import App, CallInfo
@@ -33,7 +35,7 @@ from worker.events import CallConnect, CallEvent, DialRequest
 from worker.graph import GraphClient, GraphSettings
 from worker.health import HealthServer, watch_loop_lag
 from worker.lifecycle import LifecyclePublisher
-from worker.media import MediaSettings
+from worker.media import MediaSettings, MediaStatistics
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, Ownership, OwnershipSettings, Reservation
 from worker.router import Router
@@ -144,6 +146,15 @@ class WorkerService:
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
+
+    def media_statistics(self) -> dict[str, MediaStatistics]:
+        """Live media figures of every call this worker runs, by call id (an unplaced dial: ``dial:…``)."""
+        out: dict[str, MediaStatistics] = {}
+        for key, session in self.sessions.items():
+            stats = session.media_statistics()
+            if stats is not None:
+                out[key] = stats
+        return out
 
     def ready(self) -> bool:
         return (
@@ -306,19 +317,26 @@ class WorkerService:
 def run(config: WorkerConfig) -> int:
     """``callhook worker``: run until SIGTERM/SIGINT, drain, exit 0."""
     setup_logging("worker", config.log_level, config.log_format)
-    return asyncio.run(_main(config))
+    return loop.run(_main(config), uvloop=config.uvloop)
 
 
 async def _main(config: WorkerConfig) -> int:
-    loop = asyncio.get_running_loop()
+    event_loop = asyncio.get_running_loop()
     async with WorkerService(config) as service:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stop)
+            event_loop.add_signal_handler(sig, service.stop)
         assert service.health is not None
-        log.info("worker started", extra={"metrics_port": service.health.port, "max_calls": config.max_calls})
+        log.info(
+            "worker started",
+            extra={
+                "metrics_port": service.health.port,
+                "max_calls": config.max_calls,
+                "loop": loop_name(),
+            },
+        )
         await service.wait_stopped()
     with contextlib.suppress(NotImplementedError):
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+            event_loop.remove_signal_handler(sig)
     log.info("worker stopped")
     return 0

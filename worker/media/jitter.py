@@ -235,34 +235,42 @@ class _DelayWindow:
     """Relative arrival delays over a sliding window: the minimum transit and a quantile above it."""
 
     span: float
-    transits: deque[tuple[float, float]] = field(default_factory=deque)  # (arrival, arrival - ts/rate)
+    arrivals: deque[float] = field(default_factory=deque)
+    transits: deque[float] = field(default_factory=deque)  # arrival - timestamp / clock rate
     minima: deque[tuple[float, float]] = field(default_factory=deque)  # monotonic: the window's minimum
 
     def add(self, arrival: float, transit: float) -> None:
-        self.transits.append((arrival, transit))
-        while self.minima and self.minima[-1][1] >= transit:
-            self.minima.pop()
-        self.minima.append((arrival, transit))
+        self.arrivals.append(arrival)
+        self.transits.append(transit)
+        minima = self.minima
+        while minima and minima[-1][1] >= transit:
+            minima.pop()
+        minima.append((arrival, transit))
         horizon = arrival - self.span
-        while len(self.transits) > 1 and self.transits[0][0] < horizon:
+        while len(self.arrivals) > 1 and self.arrivals[0] < horizon:
+            self.arrivals.popleft()
             self.transits.popleft()
-        while len(self.minima) > 1 and self.minima[0][0] < horizon:
-            self.minima.popleft()
+        while len(minima) > 1 and minima[0][0] < horizon:
+            minima.popleft()
 
     @property
     def minimum(self) -> float | None:
         return self.minima[0][1] if self.minima else None
 
     def quantile(self, q: float) -> float:
+        """The q-quantile of the relative delays (transit above the window's minimum), in seconds."""
         if not self.transits:
             return 0.0
-        floor = self.minima[0][1]
-        relative = sorted(transit - floor for _, transit in self.transits)
-        return relative[min(len(relative) - 1, math.ceil(q * len(relative)) - 1)]
+        ordered = sorted(self.transits)
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] - self.minima[0][1]
 
     def clear(self) -> None:
+        self.arrivals.clear()
         self.transits.clear()
         self.minima.clear()
+
+    def __len__(self) -> int:
+        return len(self.transits)
 
 
 class JitterBuffer:
@@ -373,7 +381,7 @@ class JitterBuffer:
         self._jitter.update(packet.arrival, timestamp)
         self._window.add(packet.arrival, transit)
         self._since_retarget += 1
-        if self._since_retarget >= self._settings.retarget_every or len(self._window.transits) == 1:
+        if self._since_retarget >= self._settings.retarget_every or len(self._window) == 1:
             self._retarget()
 
     def _retarget(self) -> None:
@@ -384,11 +392,14 @@ class JitterBuffer:
     def _store(self, packet: Packet, sequence: int, timestamp: int) -> None:
         samples = self._duration(packet)
         silent = packet.silent or len(packet.payload) <= SILENT_PAYLOAD_BYTES
-        bisect.insort(
-            self._slots, _Slot(sequence, timestamp, samples, silent, packet), key=lambda slot: slot.sequence
-        )
+        slot = _Slot(sequence, timestamp, samples, silent, packet)
+        if not self._slots or self._slots[-1].sequence < sequence:
+            self._slots.append(slot)  # the common case: in order
+        else:
+            bisect.insort(self._slots, slot, key=lambda slot: slot.sequence)
         while len(self._slots) > self._settings.capacity_packets:
-            self._count_drop(self._slots[0])
+            if not self._slots[0].dropped:
+                self._count_drop(self._slots[0])
             self._skip_front()
 
     def _duration(self, packet: Packet) -> int:

@@ -1,23 +1,32 @@
-"""One call's WebRTC media: an aiortc peer connection, audio both ways, and an inbound-silence watchdog.
+"""One call's WebRTC media: aiortc for ICE, DTLS, SRTP and RTCP; callhook's own audio path after it.
 
 A :class:`MediaSession` answers Meta's offer (or makes an offer for an outgoing call), reports when ICE and
 DTLS are connected, hands the caller's audio to the app as 16-bit mono PCM at the rate the app asks for, and
-sends the app's PCM as Opus. What it guarantees, and why:
+sends the app's PCM as Opus. The audio path (docs/architecture.md, "Audio path"):
 
-* **No audio before accept.** The outbound track holds aiortc's sender until :meth:`start_sending`: the first
-  media packet counts as "answered" on the phone, and Meta wants it only after ``accept`` returned 200.
-* **Never silent on the wire.** Once started it sends a packet every 20 ms, silence when the app has nothing
+    SRTP -> seam (worker/media/seam.py: RTP packets before aiortc's jitter buffer; no decoder thread)
+         -> telephone-event packets -> :attr:`MediaSession.on_telephone_event`
+         -> jitter buffer (worker/media/jitter.py: adaptive, FEC/PLC, catches up, never ratchets)
+         -> the worker's playout tick (worker/media/playout.py), every 20 ms for every call:
+            one frame popped, decoded in the loop (worker/media/codec.py), queued for the app;
+            20 ms of the app's audio encoded and handed to aiortc's sender ready to packetize.
+
+What it guarantees, and why:
+
+* **No audio before accept.** Nothing reaches aiortc's sender until :meth:`start_sending`: the first media
+  packet counts as "answered" on the phone, and Meta wants it only after ``accept`` returned 200.
+* **Never silent on the wire.** Once started it sends a packet every tick, silence when the app has nothing
   queued: the phone hangs up after 20 s without business audio.
-* **Inbound is always drained** (aiortc-notes.md, trap 6), whether or not the app reads; frames the app is
-  too slow for are dropped oldest first, never piled up.
-* **Cheap per frame.** Opus packets are made here (:class:`worker.audio.OpusEncoder`) and handed to aiortc's
-  sender ready to packetize, so aiortc neither re-encodes at 96 kb/s stereo in a thread pool nor computes an
-  audio level in Python (traps 4, 7, 8). Inbound frames are resampled by PyAV only when the app reads them.
+* **Inbound is always drained** (aiortc-notes.md, trap 6): the tick pops one frame per call whether or not the
+  app reads; frames the app is too slow for are dropped oldest first, never piled up, and never hold up the
+  tick (other calls). Nothing is decoded for a call whose app does not read.
+* **Cheap per frame.** No per-call tasks of ours, no per-packet wake-ups, no threads: a packet is parsed by
+  aiortc and put into the jitter buffer; the tick does the rest (traps 4, 5, 7, 8).
 * **Bounded waits.** :meth:`wait_connected` has its own timeout (aiortc reports a failed check list only
-  after ~63 s, trap 9); inbound silence for ``silence_timeout_seconds`` after connecting ends the media
+  after ~63 s, trap 9); no inbound RTP for ``silence_timeout_seconds`` after connecting ends the media
   (:meth:`wait_ended` returns :attr:`EndReason.INBOUND_SILENCE`) so the call can be hung up.
-* **Nothing outlives the call.** :meth:`close` (idempotent) cancels and awaits every task this object
-  started and closes the peer connection, which stops aiortc's decoder thread.
+* **Nothing outlives the call.** :meth:`close` (idempotent) takes the call off the playout clock, frees its
+  decoder and closes the peer connection.
 """
 
 from __future__ import annotations
@@ -42,13 +51,23 @@ from aiortc import (
 )
 from aiortc.exceptions import InternalError, InvalidAccessError, OperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
 from worker import audio, sdp
 from worker.config import WorkerConfig
 from worker.errors import CallhookError
+from worker.media.codec import OPUS_RATES, OpusDecoder
+from worker.media.jitter import JitterBuffer, JitterSettings, Packet, Playout, PlayoutKind
+from worker.media.playout import PlayoutClock, shared_clock
+from worker.media.quality import CallQuality
+from worker.media.seam import ReceiveSeam, round_trip_seconds
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+OPUS_CLOCK_RATE = 48000
+TELEPHONE_EVENT = "telephone-event"
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -69,10 +88,10 @@ class MediaConnectFailed(MediaError):
 
 
 class EndReason(enum.Enum):
-    INBOUND_SILENCE = "inbound_silence"  # no audio frame from the caller for silence_timeout_seconds
+    INBOUND_SILENCE = "inbound_silence"  # no RTP from the caller for silence_timeout_seconds
     CONNECTION_FAILED = "connection_failed"  # ICE or DTLS failed (e.g. consent freshness lost)
-    REMOTE_ENDED = "remote_ended"  # the peer ended its track (RTCP BYE) or closed DTLS
-    MEDIA_ERROR = "media_error"  # one of this session's own tasks failed (a bug; logged with its traceback)
+    REMOTE_ENDED = "remote_ended"  # the peer ended its stream (RTCP BYE) or closed DTLS
+    MEDIA_ERROR = "media_error"  # this session's audio failed (a bug; logged with its traceback)
     CLOSED = "closed"  # close() was called
 
 
@@ -89,6 +108,7 @@ class MediaSettings:
     opus_complexity: int = 1  # libopus 0-10: ~50 us per 20 ms frame at 1, ~130 us at 5 (bench figures)
     send_buffer_seconds: float = 2.0  # send() waits while more than this is queued
     inbound_queue_frames: int = 50  # frames kept for an app that reads slowly (1 s), oldest dropped
+    jitter: JitterSettings = field(default_factory=JitterSettings)
 
     @classmethod
     def from_config(cls, config: WorkerConfig) -> MediaSettings:
@@ -117,24 +137,43 @@ def ice_servers(settings: MediaSettings) -> list[RTCIceServer]:
 class MediaStatistics:
     connection_state: str
     sending: bool
-    frames_in: int
+    frames_in: int  # frames played out to the call from its audio (received, FEC-rebuilt or concealed)
     frames_out: int
-    inbound_frames_dropped: int
-    packets_lost: int
+    inbound_frames_dropped: int  # frames an app was too slow for
+    packets_lost: int  # inbound RTP never received (aiortc's RTCP receiver statistics)
     queued_seconds: float
     ended: EndReason | None
+    packets_received: int = 0
+    packets_expected: int = 0
+    packets_late: int = 0  # arrived after their playout time: dropped by the jitter buffer
+    frames_concealed: int = 0  # PLC frames
+    frames_fec: int = 0  # frames rebuilt from the next packet's in-band FEC
+    frames_caught_up: int = 0  # frames dropped by the jitter buffer to shrink its delay
+    jitter_seconds: float = 0.0  # RFC 3550 interarrival jitter
+    buffer_delay_seconds: float = 0.0  # the jitter buffer's playout delay at the last tick
+    mean_buffer_delay_seconds: float = 0.0  # ... averaged over the call's played frames
+    round_trip_seconds: float | None = None  # from RTCP (the phone's receiver reports), when known
+    mos: float | None = None  # simplified E-model estimate (worker/media/quality.py)
+    call_quality: CallQuality | None = None  # the summary the above come from
+
+    @property
+    def loss_ratio(self) -> float:
+        lost = self.packets_lost + self.packets_late
+        return min(1.0, lost / self.packets_expected) if self.packets_expected > 0 else 0.0
+
+    def quality(self) -> dict[str, float | int | None] | None:
+        """The call's inbound media quality (:meth:`worker.media.quality.CallQuality.as_fields`), as it goes
+        into ``call.ended`` and the call's final log line; None when no RTP arrived at all."""
+        if self.call_quality is None or self.packets_received == 0:
+            return None
+        return self.call_quality.as_fields()
 
 
 # ------------------------------------------------------------------------------------- outbound audio
-class _OutboundAudio(MediaStreamTrack):
-    """The business side's track: queued PCM (or silence) as Opus packets, one every 20 ms once started."""
-
-    kind = "audio"
-    # Behind schedule by more than this (a stalled loop), restart the schedule instead of bursting.
-    _MAX_LATE_SECONDS = 0.2
+class _Outbound:
+    """The business side's audio: queued PCM (or silence), encoded 20 ms per tick once started."""
 
     def __init__(self, settings: MediaSettings) -> None:
-        super().__init__()
         self._encoder = audio.OpusEncoder(
             settings.send_sample_rate, settings.opus_bitrate, settings.opus_complexity
         )
@@ -144,23 +183,18 @@ class _OutboundAudio(MediaStreamTrack):
         self._silence = audio.silence(self.sample_rate)
         self._buffer = bytearray()
         self._partial_waited = False
-        self._next_at: float | None = None
-        self.started = asyncio.Event()
+        self.started = False
         self.empty = asyncio.Event()
         self.empty.set()
         self.space = asyncio.Event()
         self.space.set()
         self.frames_sent = 0
 
-    async def recv(self) -> av.Packet[Any]:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if not self.started.is_set():
-            await self.started.wait()
-        await self._pace()
-        packet = self._encoder.encode(self._take())
+    def next_packet(self) -> av.Packet[Any] | None:
+        if not self.started:
+            return None
         self.frames_sent += 1
-        return packet
+        return self._encoder.encode(self._take())
 
     def enqueue(self, pcm: bytes) -> None:
         if not pcm:
@@ -175,7 +209,7 @@ class _OutboundAudio(MediaStreamTrack):
         self._drained()
 
     def release(self) -> None:
-        """Wake everyone waiting on this track (the session is closing)."""
+        """Wake everyone waiting on this audio (the session is ending)."""
         self._buffer.clear()
         self.empty.set()
         self.space.set()
@@ -183,14 +217,6 @@ class _OutboundAudio(MediaStreamTrack):
     @property
     def queued_bytes(self) -> int:
         return len(self._buffer)
-
-    async def _pace(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if self._next_at is None or now - self._next_at > self._MAX_LATE_SECONDS:
-            self._next_at = now
-        elif self._next_at > now:
-            await asyncio.sleep(self._next_at - now)
-        self._next_at += audio.FRAME_SECONDS
 
     def _take(self) -> bytes:
         size = self._frame_bytes
@@ -217,26 +243,69 @@ class _OutboundAudio(MediaStreamTrack):
             self.space.set()
 
 
-class _Subscription:
-    """One reader of inbound frames: a bounded buffer that drops its oldest frame when full."""
+class _SenderTrack(MediaStreamTrack):
+    """What aiortc's sender reads: the Opus packets the playout tick made, ready to packetize.
 
-    def __init__(self, capacity: int) -> None:
-        self._frames: deque[av.AudioFrame] = deque(maxlen=capacity)
+    The sender's own task waits in :meth:`recv` for the next tick; it never encodes (aiortc's encoder is
+    48 kHz stereo 96 kb/s in a thread pool, traps 4 and 8) and never paces (the tick does)."""
+
+    kind = "audio"
+    _BACKLOG = 3  # packets kept when the sender's task is behind (a stalled loop); older ones are dropped
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: deque[av.Packet[Any]] = deque(maxlen=self._BACKLOG)
+        self._waiter: asyncio.Future[av.Packet[Any]] | None = None
+
+    def deliver(self, packet: av.Packet[Any]) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._waiter = None
+            waiter.set_result(packet)
+        else:
+            self._pending.append(packet)
+
+    async def recv(self) -> av.Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._pending:
+            return self._pending.popleft()
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            packet: av.Packet[Any] = await waiter
+            return packet
+        finally:
+            self._waiter = None
+
+    def stop(self) -> None:
+        super().stop()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(MediaStreamError())
+
+
+# -------------------------------------------------------------------------------------- inbound audio
+class _Subscription:
+    """One reader of inbound PCM (at the decoder's rate): a bounded buffer that drops its oldest when full."""
+
+    def __init__(self, capacity: int, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self._frames: deque[bytes] = deque(maxlen=capacity)
         self._ready = asyncio.Event()
         self._closed = False
         self.dropped = 0
 
-    def put(self, frame: av.AudioFrame) -> None:
+    def put(self, pcm: bytes) -> None:
         if len(self._frames) == self._frames.maxlen:
             self.dropped += 1
-        self._frames.append(frame)
+        self._frames.append(pcm)
         self._ready.set()
 
     def close(self) -> None:
         self._closed = True
         self._ready.set()
 
-    async def get(self) -> av.AudioFrame | None:
+    async def get(self) -> bytes | None:
         while not self._frames:
             if self._closed:
                 return None
@@ -245,13 +314,30 @@ class _Subscription:
         return self._frames.popleft()
 
 
+def _decoder_rate(wanted: int) -> int:
+    """Opus decodes straight to 8/12/16/24/48 kHz; any other rate is resampled from 48 kHz."""
+    return wanted if wanted in OPUS_RATES else OPUS_CLOCK_RATE
+
+
 # ------------------------------------------------------------------------------------------- session
 class MediaSession:
     """The media of one call. Use as an async context manager, or call :meth:`close` (idempotent).
 
     Create it inside the running loop. ``on_ended`` (optional) is called once, synchronously, with the
-    reason the media ended; :meth:`wait_ended` gives the same reason to whoever awaits it.
+    reason the media ended; :meth:`wait_ended` gives the same reason to whoever awaits it. ``clock`` is the
+    worker's playout clock (by default the running loop's :func:`~worker.media.playout.shared_clock`).
+
+    :attr:`on_telephone_event` (None by default): called, synchronously and in arrival order, with every RTP
+    packet of the negotiated telephone-event payload type (RFC 4733 DTMF), as a :class:`jitter.Packet`. Those
+    packets never enter the audio jitter buffer. Set it before the media connects; it must not block.
+
+    :attr:`drop_inbound` (None by default): fault injection for tests and drills. Called with each inbound
+    RTP packet's sequence number before anything else sees it; True drops the packet as if the network had
+    lost it (aiortc's RTCP statistics still count it as received).
     """
+
+    on_telephone_event: Callable[[Packet], None] | None
+    drop_inbound: Callable[[int], bool] | None
 
     def __init__(
         self,
@@ -259,32 +345,41 @@ class MediaSession:
         *,
         metrics: WorkerMetrics | None = None,
         on_ended: Callable[[EndReason], None] | None = None,
+        clock: PlayoutClock | None = None,
     ) -> None:
-        self._settings = settings or MediaSettings()
+        self._settings = settings = settings or MediaSettings()
         self._metrics = metrics
         self._on_ended = on_ended
-        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(self._settings)))
-        self._pc.on("connectionstatechange", self._on_connection_state)
-        self._outbound = _OutboundAudio(self._settings)
-        self._transceiver: RTCRtpTransceiver = self._pc.addTransceiver(self._outbound, direction="sendrecv")
-        self._transceiver.setCodecPreferences(_opus_only())
         self._loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._clock = clock or shared_clock(metrics)
+        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(settings)))
+        self._pc.on("connectionstatechange", self._on_connection_state)
+        self._outbound = _Outbound(settings)
+        self._track = _SenderTrack()
+        self._transceiver: RTCRtpTransceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
+        self._transceiver.setCodecPreferences(_opus_only())
+        self._seam = ReceiveSeam(self._transceiver.receiver, self._on_packet, self._on_remote_end)
+        self._jitter = JitterBuffer(settings.jitter)
+        self._decoder: OpusDecoder | None = None
         self._subscriptions: set[_Subscription] = set()
         self._send_resamplers: dict[int, audio.Resampler] = {}
+        self.on_telephone_event = None
+        self.drop_inbound = None
+        self._telephone_event_pt: int | None = None
         # None once connected, or why the media ended first.
         self._connect_outcome: asyncio.Future[EndReason | None] = self._loop.create_future()
         self._ended = asyncio.Event()
         self._ended_reason: EndReason | None = None
         self._closing = False
         self._closed = asyncio.Event()
-        self._reading = False
-        self._watching = False
+        self._ticking = False
         self._offer_sdp: str | None = None
-        self._frames_in = 0
-        self._last_inbound_at = 0.0
-        self._packets_lost = 0
-        self._reported = {"in": 0, "out": 0, "lost": 0}
+        self._last_arrival = 0.0
+        self._ticks = 0
+        self._report_every = max(1, round(settings.stats_interval_seconds / 0.020))
+        self._reported = dict.fromkeys(("in", "out", "lost", "late", "fec", "plc", "catch_up", "app"), 0)
+        self._final: MediaStatistics | None = None
+        self._dropped_by_gone = 0  # frames dropped for readers that are gone
 
     async def __aenter__(self) -> Self:
         return self
@@ -307,7 +402,6 @@ class MediaSession:
         problems = sdp.answer_problems(answer)
         if problems:  # our bug, not the caller's: say so loudly
             raise MediaError("made an answer WhatsApp would refuse: " + "; ".join(problems))
-        self._start_reading()
         return answer
 
     async def offer(self) -> str:
@@ -323,14 +417,38 @@ class MediaSession:
         if self._offer_sdp is None:
             raise MediaError("apply_answer() before offer()")
         await self._set_remote(answer_sdp, "answer")
-        self._start_reading()
 
     async def _set_remote(self, text: str, kind: str) -> None:
+        self._route_telephone_events(text)
         try:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=text, type=kind))
         except (ValueError, IndexError, InternalError, InvalidAccessError, OperationError) as exc:
             # What aiortc's SDP parser and validation raise for a description it cannot use.
             raise UnusableSdp(f"cannot apply the remote {kind}: {exc}") from exc
+
+    def _route_telephone_events(self, remote_sdp: str) -> None:
+        """aiortc cannot negotiate telephone-event; the remote's payload type is routed to us by the seam."""
+        try:
+            facts = sdp.read_facts(remote_sdp)
+        except ValueError:
+            return  # aiortc's own parser reports the problem
+        for media in facts.audio[:1]:
+            for codec in media.codecs:
+                if codec.name.lower() == TELEPHONE_EVENT and self._telephone_event_pt is None:
+                    self._telephone_event_pt = codec.payload_type
+                    self._seam.accept(
+                        RTCRtpCodecParameters(
+                            mimeType="audio/telephone-event",
+                            clockRate=codec.clock_rate,
+                            channels=1,
+                            payloadType=codec.payload_type,
+                        )
+                    )
+
+    @property
+    def telephone_event_payload_type(self) -> int | None:
+        """The remote's telephone-event payload type, when its SDP had one."""
+        return self._telephone_event_pt
 
     async def wait_connected(self, timeout_seconds: float) -> None:
         """Return once ICE and DTLS are connected; raise MediaConnectTimeout/MediaConnectFailed otherwise."""
@@ -346,22 +464,27 @@ class MediaSession:
     # ----------------------------------------------------------------------------------------- audio
     def start_sending(self) -> None:
         """Let audio flow to the caller (call after ``accept`` returned 200). Idempotent."""
-        self._outbound.started.set()
+        self._outbound.started = True
 
     async def frames(self, sample_rate: int = 16000) -> AsyncIterator[bytes]:
         """The caller's audio as 20 ms frames of mono 16-bit PCM at ``sample_rate``; ends with the media."""
-        subscription = _Subscription(self._settings.inbound_queue_frames)
         if self._ended.is_set():
             return
+        if self._decoder is None:
+            self._decoder = OpusDecoder(_decoder_rate(sample_rate))
+        subscription = _Subscription(self._settings.inbound_queue_frames, self._decoder.sample_rate)
         self._subscriptions.add(subscription)
-        resampler = audio.Resampler(sample_rate)
+        resampler = audio.Resampler(sample_rate) if subscription.sample_rate != sample_rate else None
         chunker = audio.Chunker(audio.frame_bytes(sample_rate))
         try:
-            while (frame := await subscription.get()) is not None:
-                for chunk in chunker.feed(resampler.frame(frame)):
+            while (pcm := await subscription.get()) is not None:
+                if resampler is not None:
+                    pcm = resampler.pcm(pcm, subscription.sample_rate)
+                for chunk in chunker.feed(pcm):
                     yield chunk
         finally:
             self._subscriptions.discard(subscription)
+            self._dropped_by_gone += subscription.dropped
 
     async def send(self, pcm: bytes, sample_rate: int = 16000) -> None:
         """Queue mono 16-bit PCM for the caller; waits while more than ``send_buffer_seconds`` is queued.
@@ -388,6 +511,65 @@ class MediaSession:
         if not self._ended.is_set():
             await self._outbound.empty.wait()
 
+    # ------------------------------------------------------------------------------- the playout tick
+    def tick(self, now: float) -> None:
+        """One 20 ms step, called by the worker's playout clock (worker/media/playout.py)."""
+        if now - self._last_arrival > self._settings.silence_timeout_seconds:
+            self._end(EndReason.INBOUND_SILENCE)
+            return
+        playout = self._jitter.pop(now)
+        if playout.samples and self._subscriptions:  # samples == 0: a long frame still covers this tick
+            pcm = self._decode(playout)
+            for subscription in self._subscriptions:
+                subscription.put(pcm)
+        packet = self._outbound.next_packet()
+        if packet is not None:
+            self._track.deliver(packet)
+        self._ticks += 1
+        if self._ticks % self._report_every == 0:
+            self._report()
+
+    def tick_failed(self, error: BaseException) -> None:
+        self._ticking = False
+        self._end(EndReason.MEDIA_ERROR)
+
+    def _decode(self, playout: Playout) -> bytes:
+        decoder = self._decoder
+        assert decoder is not None  # created with the first subscription
+        kind = playout.kind
+        samples = playout.samples * decoder.sample_rate // OPUS_CLOCK_RATE
+        if kind is PlayoutKind.AUDIO and playout.payload is not None:
+            return decoder.decode(playout.payload)
+        if kind is PlayoutKind.FEC and playout.payload is not None:
+            return decoder.decode_fec(playout.payload, samples)
+        if kind is PlayoutKind.CONCEAL:
+            return decoder.conceal(samples)
+        return bytes(2 * samples)
+
+    def _on_packet(self, rtp: RtpPacket, arrival: float) -> None:
+        """Every RTP packet of the call, from the seam (aiortc's DTLS receive task), before any buffering."""
+        if self.drop_inbound is not None and self.drop_inbound(rtp.sequence_number):
+            return
+        self._last_arrival = arrival
+        packet = Packet(
+            sequence=rtp.sequence_number,
+            timestamp=rtp.timestamp,
+            ssrc=rtp.ssrc,
+            marker=bool(rtp.marker),
+            payload=rtp.payload,
+            arrival=arrival,
+        )
+        if rtp.payload_type == self._telephone_event_pt:
+            callback = self.on_telephone_event
+            if callback is not None:
+                callback(packet)
+            return
+        self._jitter.put(packet)
+
+    def _on_remote_end(self) -> None:
+        if not self._closing:
+            self._end(EndReason.REMOTE_ENDED)
+
     # ----------------------------------------------------------------------------------- lifecycle
     @property
     def ended_reason(self) -> EndReason | None:
@@ -399,15 +581,33 @@ class MediaSession:
         return self._ended_reason
 
     def statistics(self) -> MediaStatistics:
+        """Live figures (the final ones once closed)."""
+        if self._final is not None:
+            return self._final
+        buffer = self._jitter.statistics()
+        round_trip = self._round_trip_seconds()
+        quality = CallQuality.from_statistics(buffer, round_trip)
         return MediaStatistics(
             connection_state=self._pc.connectionState,
-            sending=self._outbound.started.is_set(),
-            frames_in=self._frames_in,
+            sending=self._outbound.started,
+            frames_in=buffer.frames_played + buffer.frames_fec + buffer.frames_concealed,
             frames_out=self._outbound.frames_sent,
-            inbound_frames_dropped=sum(s.dropped for s in self._subscriptions),
-            packets_lost=self._packets_lost,
+            inbound_frames_dropped=self._dropped_by_gone + sum(s.dropped for s in self._subscriptions),
+            packets_lost=buffer.packets_lost,
             queued_seconds=audio.duration_seconds(self._outbound.queued_bytes, self._outbound.sample_rate),
             ended=self._ended_reason,
+            packets_received=buffer.packets_received,
+            packets_expected=buffer.packets_expected,
+            packets_late=buffer.packets_late,
+            frames_concealed=buffer.frames_concealed,
+            frames_fec=buffer.frames_fec,
+            frames_caught_up=buffer.frames_dropped,
+            jitter_seconds=buffer.interarrival_jitter_seconds,
+            buffer_delay_seconds=buffer.buffer_delay_seconds,
+            mean_buffer_delay_seconds=buffer.mean_buffer_delay_seconds,
+            round_trip_seconds=round_trip,
+            mos=quality.mos,
+            call_quality=quality,
         )
 
     async def close(self) -> None:
@@ -417,14 +617,14 @@ class MediaSession:
         self._closing = True
         try:
             self._end(EndReason.CLOSED)
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self._refresh_packets_lost()
             self._report()
+            self._final = self.statistics()
+            if self._metrics is not None and self._final.packets_received > 0:
+                _observe_quality(self._metrics, self._final)
             await self._pc.close()
         finally:
+            if self._decoder is not None:
+                self._decoder.close()
             self._closed.set()
 
     # ------------------------------------------------------------------------------------- internals
@@ -437,12 +637,16 @@ class MediaSession:
             return
         self._ended_reason = reason
         self._ended.set()
+        self._clock.discard(self)
+        self._ticking = False
         if not self._connect_outcome.done():
             self._connect_outcome.set_result(reason)
         self._outbound.release()
         for subscription in self._subscriptions:
             subscription.close()
-        if reason is not EndReason.CLOSED:
+        if reason is EndReason.MEDIA_ERROR:
+            log.error("media failed", extra={"reason": reason.value})
+        elif reason is not EndReason.CLOSED:
             log.info("media ended", extra={"reason": reason.value})
         if self._on_ended is not None:
             try:
@@ -450,88 +654,68 @@ class MediaSession:
             except Exception:  # the owner's callback must not break aiortc's event dispatch
                 log.exception("on_ended callback failed")
 
-    def _spawn(self, coroutine: Any, name: str) -> None:
-        task = self._loop.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("media task failed", exc_info=task.exception(), extra={"task": task.get_name()})
-            self._end(EndReason.MEDIA_ERROR)
-
     def _on_connection_state(self) -> None:
         state = self._pc.connectionState
         log.debug("media connection state", extra={"state": state})
         if state == "connected":
             if not self._connect_outcome.done():
                 self._connect_outcome.set_result(None)
-            if not self._watching and not self._closing:
-                self._watching = True
-                self._last_inbound_at = self._loop.time()
-                self._spawn(self._watch_inbound(), "media-watchdog")
-                self._spawn(self._report_periodically(), "media-stats")
+            if not self._ticking and not self._closing and self._ended_reason is None:
+                self._ticking = True
+                self._last_arrival = self._loop.time()
+                self._clock.add(self)
         elif state == "failed" and not self._closing:
             self._end(EndReason.CONNECTION_FAILED)
         elif state == "closed" and not self._closing:
             self._end(EndReason.REMOTE_ENDED)  # the peer closed DTLS
 
-    def _start_reading(self) -> None:
-        track = self._transceiver.receiver.track
-        if self._reading or track is None:
-            return
-        self._reading = True
-        self._spawn(self._read_inbound(track), "media-inbound")
-
-    async def _read_inbound(self, track: MediaStreamTrack) -> None:
-        loop = self._loop
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                if not self._closing:
-                    self._end(EndReason.REMOTE_ENDED)
-                return
-            self._frames_in += 1
-            self._last_inbound_at = loop.time()
-            if self._subscriptions and isinstance(frame, av.AudioFrame):
-                for subscription in self._subscriptions:
-                    subscription.put(frame)
-
-    async def _watch_inbound(self) -> None:
-        # Sleeps until the moment silence would have lasted long enough; wakes about once per timeout.
-        timeout = self._settings.silence_timeout_seconds
-        while True:
-            remaining = self._last_inbound_at + timeout - self._loop.time()
-            if remaining <= 0:
-                self._end(EndReason.INBOUND_SILENCE)
-                return
-            await asyncio.sleep(remaining)
-
-    async def _report_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.stats_interval_seconds)
-            await self._refresh_packets_lost()
-            self._report()
-
-    async def _refresh_packets_lost(self) -> None:
-        stats = await self._transceiver.receiver.getStats()
-        lost = sum(s.packetsLost for s in stats.values() if getattr(s, "type", "") == "inbound-rtp")
-        self._packets_lost = max(self._packets_lost, lost)
+    def _round_trip_seconds(self) -> float | None:
+        return round_trip_seconds(self._transceiver.sender)
 
     def _report(self) -> None:
         if self._metrics is None:
             return
-        current = {"in": self._frames_in, "out": self._outbound.frames_sent, "lost": self._packets_lost}
+        metrics = self._metrics
+        stats = self.statistics()
+        current = {
+            "in": stats.frames_in,
+            "out": stats.frames_out,
+            "lost": stats.packets_lost,
+            "late": stats.packets_late,
+            "fec": stats.frames_fec,
+            "plc": stats.frames_concealed,
+            "catch_up": stats.frames_caught_up,
+            "app": stats.inbound_frames_dropped,
+        }
         delta = {key: current[key] - self._reported[key] for key in current}
         self._reported = current
         if delta["in"] > 0:
-            self._metrics.media_frames.labels("in").inc(delta["in"])
+            metrics.media_frames.labels("in").inc(delta["in"])
         if delta["out"] > 0:
-            self._metrics.media_frames.labels("out").inc(delta["out"])
+            metrics.media_frames.labels("out").inc(delta["out"])
         if delta["lost"] > 0:
-            self._metrics.media_packets_lost.inc(delta["lost"])
+            metrics.media_packets_lost.inc(delta["lost"])
+        if delta["late"] > 0:
+            metrics.media_late_packets.inc(delta["late"])
+        if delta["fec"] > 0:
+            metrics.media_concealed_frames.labels("fec").inc(delta["fec"])
+        if delta["plc"] > 0:
+            metrics.media_concealed_frames.labels("plc").inc(delta["plc"])
+        if delta["catch_up"] > 0:
+            metrics.media_dropped_frames.labels("catch_up").inc(delta["catch_up"])
+        if delta["app"] > 0:
+            metrics.media_dropped_frames.labels("app").inc(delta["app"])
+
+
+def _observe_quality(metrics: WorkerMetrics, stats: MediaStatistics) -> None:
+    """A call's media quality at its end, into the histograms (no call id: one observation per call)."""
+    metrics.media_loss_ratio.observe(stats.loss_ratio)
+    metrics.media_jitter.observe(stats.jitter_seconds)
+    metrics.media_jitter_buffer_delay.observe(stats.mean_buffer_delay_seconds)
+    if stats.round_trip_seconds is not None:
+        metrics.media_round_trip.observe(stats.round_trip_seconds)
+    if stats.mos is not None:
+        metrics.media_mos.observe(stats.mos)
 
 
 def _opus_only() -> list[Any]:

@@ -1,0 +1,89 @@
+"""The worker's playout clock (worker/media/playout.py): one drift-free 20 ms tick for every call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from worker.media.playout import TICK_SECONDS, PlayoutClock, shared_clock
+from worker.metrics import WorkerMetrics
+
+
+class Call:
+    """Records the scheduled times it was ticked at; stops the test after ``until`` ticks."""
+
+    def __init__(self, until: int = 10, fail_at: int | None = None) -> None:
+        self.ticks: list[float] = []
+        self.failed: BaseException | None = None
+        self.done = asyncio.Event()
+        self._until = until
+        self._fail_at = fail_at
+
+    def tick(self, now: float) -> None:
+        self.ticks.append(now)
+        if len(self.ticks) == self._fail_at:
+            raise RuntimeError("a bug in this call")
+        if len(self.ticks) >= self._until:
+            self.done.set()
+
+    def tick_failed(self, error: BaseException) -> None:
+        self.failed = error
+        self.done.set()
+
+
+async def test_one_tick_serves_every_call_on_a_drift_free_schedule() -> None:
+    metrics = WorkerMetrics(CollectorRegistry())
+    clock = PlayoutClock(metrics)
+    first, second = Call(until=20), Call(until=20)
+    clock.add(first)
+    clock.add(second)
+    async with asyncio.timeout(10):
+        await first.done.wait()
+        await second.done.wait()
+    await clock.close()
+    # Both calls are ticked by the same tick, at the same scheduled times: start + n * 20 ms, whatever the
+    # loop's lateness (the schedule never slips by how late a tick ran).
+    assert first.ticks[:20] == second.ticks[:20]
+    start = first.ticks[0]
+    assert first.ticks[:20] == [pytest.approx(start + n * TICK_SECONDS, abs=1e-9) for n in range(20)]
+    observed = metrics.registry.get_sample_value("callhook_media_tick_lag_seconds_count")
+    assert observed is not None
+    assert observed >= 20
+
+
+async def test_a_failing_call_is_dropped_and_the_others_keep_ticking() -> None:
+    clock = PlayoutClock()
+    broken, healthy = Call(until=1000, fail_at=3), Call(until=10)
+    clock.add(broken)
+    clock.add(healthy)
+    async with asyncio.timeout(10):
+        await healthy.done.wait()
+    assert isinstance(broken.failed, RuntimeError)
+    assert len(broken.ticks) == 3
+    assert len(clock) == 1
+    await clock.close()
+
+
+async def test_the_clock_stops_when_no_call_is_left_and_starts_again() -> None:
+    clock = PlayoutClock()
+    call = Call(until=3)
+    clock.add(call)
+    async with asyncio.timeout(10):
+        await call.done.wait()
+    task = clock._task
+    clock.discard(call)
+    assert task is not None
+    async with asyncio.timeout(10):
+        await task  # the tick task ends by itself once no call is registered
+    again = Call(until=3)
+    clock.add(again)
+    async with asyncio.timeout(10):
+        await again.done.wait()
+    await clock.close()
+    assert clock._task is None
+
+
+async def test_one_shared_clock_per_loop() -> None:
+    assert shared_clock() is shared_clock()
