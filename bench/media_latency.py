@@ -147,7 +147,7 @@ async def run_scenario(name: str, seconds: float, both: bool) -> list[Result]:
         start = loop.time()
         windows: dict[str, tuple[float, float]]
         if name == "burst120":
-            before = max(2.0, seconds - AFTER_BURST_SECONDS - 4.0)
+            before = max(2.0, min(6.0, seconds / 3))  # clean before; the burst; 2 s after; the rest
             await asyncio.sleep(before)
             burst = loop.time()
             for phone in phones.values():
@@ -165,7 +165,7 @@ async def run_scenario(name: str, seconds: float, both: bool) -> list[Result]:
             await asyncio.sleep(seconds)
             end = loop.time()
             windows = {"all": (start, end)}
-        await asyncio.sleep(1.0)  # the last bursts come back
+        await asyncio.sleep(2.0)  # the last bursts come back
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -218,7 +218,8 @@ class Phone:
         self._install(self._pc.addTrack(self._track))
         self._remote_negotiated(offer_sdp)
         await self._pc.setLocalDescription(await self._pc.createAnswer())
-        return sdp_edit.meta_answer(self._pc.localDescription.sdp)
+        # Like a phone, it keeps the telephone-event the business offered (aiortc's own answer drops it).
+        return sdp_edit.meta_answer(self._pc.localDescription.sdp, dtmf_pt=dtmf.telephone_event_pt(offer_sdp))
 
     def _install(self, sender: RTCRtpSender) -> None:
         """The phone's network, its ears at the socket and its keypad (:mod:`simulator.wiretap`)."""

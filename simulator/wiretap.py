@@ -227,6 +227,29 @@ class RtpStream:
         await self._send(dtmf.rtp_packet(payload_type, seq, timestamp, self.ssrc, marker, payload))
 
 
+class DigitTap:
+    """Collects the telephone events of ``payload_type`` arriving on a DTLS transport (a business's side)."""
+
+    def __init__(self, payload_type: int) -> None:
+        self.payload_type = payload_type
+        self.collector = dtmf.DigitCollector()
+
+    def install(self, transport: RTCDtlsTransport) -> None:
+        handle: Callable[[bytes, int], Awaitable[None]] = transport._handle_rtp_data
+
+        async def tapped(data: bytes, arrival_time_ms: int) -> None:
+            if len(data) > 1 and data[1] & 0x7F == self.payload_type:
+                with contextlib.suppress(ValueError):
+                    self.collector.packet(dtmf.parse_rtp(data))
+            await handle(data, arrival_time_ms)
+
+        transport._handle_rtp_data = tapped  # type: ignore[method-assign]
+
+    @property
+    def digits(self) -> str:
+        return self.collector.digits
+
+
 async def press(
     stream: RtpStream,
     digits: str,
