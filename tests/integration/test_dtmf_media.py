@@ -89,3 +89,18 @@ async def test_an_outgoing_calls_callee_can_press_keys_on_our_offers_126() -> No
         await press(callee, 126, 0, 12000, 50010)
         assert await read_digits(keypad, 2) == "*0"
     await callee.close()
+
+
+async def test_the_8000_hz_telephone_event_is_the_one_answered_and_routed() -> None:
+    phone = MetaPhone()
+    offer = await phone.offer()  # a browser-like offer: telephone-event at 48 kHz first, then at 8 kHz
+    offer = offer.replace(" 111 126\r\n", " 111 110 126\r\n").replace(
+        "a=rtpmap:126 telephone-event/8000\r\n",
+        "a=rtpmap:110 telephone-event/48000\r\na=rtpmap:126 telephone-event/8000\r\n",
+    )
+    assert "a=rtpmap:110 telephone-event/48000" in offer
+    async with MediaSession(MediaSettings()) as media:
+        answer = await media.answer(offer)
+        assert sdp.telephone_event_payload_type(answer) == 126
+        assert media.telephone_event_payload_type == 126
+    await phone.close()
