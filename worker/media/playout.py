@@ -32,7 +32,8 @@ class Ticking(Protocol):
     """A call's audio as the clock sees it."""
 
     def tick(self, now: float) -> None:
-        """One 20 ms step; ``now`` is the tick's scheduled time on the loop's clock. Must not block."""
+        """One 20 ms step; ``now`` is the loop's time as the tick runs (the clock packets are stamped with,
+        so a late tick is seen as late). Must not block."""
 
     def tick_failed(self, error: BaseException) -> None:
         """``tick`` raised: the call's audio is broken (a bug); it has been removed from the clock."""
@@ -53,6 +54,8 @@ class PlayoutClock:
         self.ticks = 0
         self.skipped_ticks = 0
         self.max_lag_seconds = 0.0
+        self.started_at = 0.0  # the current schedule: ticks are due at started_at + n * period
+        self.next_due = 0.0
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -77,7 +80,7 @@ class PlayoutClock:
         loop = asyncio.get_running_loop()
         period = self._period
         observe = self._metrics.media_tick_lag.observe if self._metrics is not None else None
-        due = loop.time()
+        due = self.started_at = loop.time()
         while self._calls:
             now = loop.time()
             lag = now - due
@@ -92,17 +95,18 @@ class PlayoutClock:
                 self.max_lag_seconds = lag
             if observe is not None:
                 observe(lag)
-            self._tick(due)
+            self._tick(loop.time())
             due += period
+            self.next_due = due
             delay = due - loop.time()
             # sleep(0) when behind: the missed ticks run back to back, yielding to the loop in between.
             await asyncio.sleep(delay if delay > 0 else 0)
 
-    def _tick(self, due: float) -> None:
+    def _tick(self, now: float) -> None:
         self.ticks += 1
         for call in list(self._calls):
             try:
-                call.tick(due)
+                call.tick(now)
             except Exception as exc:  # one call's bug must not stop the others' audio
                 self._calls.pop(call, None)
                 log.exception("media tick failed")
