@@ -450,3 +450,21 @@ def test_every_tick_gets_one_playout_nothing_plays_twice_and_the_delay_stays_bou
     for t in ticks:
         assert t.playout.samples in (0, 960, 1920, 2880) or t.playout.kind is not PlayoutKind.AUDIO
         assert (t.playout.payload is None) == (t.playout.kind in (PlayoutKind.CONCEAL, PlayoutKind.SILENCE))
+
+
+@pytest.mark.parametrize("drift", [-0.002, 0.002])
+def test_the_senders_clock_drifting_against_ours_neither_grows_the_delay_nor_loses_audio(
+    drift: float,
+) -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    rng = random.Random(5)
+    # 0.2 % is twenty times a bad crystal: over a minute the sender is 120 ms ahead of or behind our tick
+    packets = [
+        sender.packet(i, START + i * FRAME * (1 + drift) + 0.040 + rng.uniform(0, 0.005), numbered(i))
+        for i in range(3000)
+    ]
+    ticks = play(buffer, packets, int(3000 * (1 + drift)) - 5)
+    stats = buffer.statistics()
+    assert max(t.delay for t in ticks[500:]) <= stats.target_delay_seconds + 2 * FRAME
+    assert stats.packets_late <= 10
+    assert stats.frames_played >= 2900

@@ -534,6 +534,7 @@ class JitterBuffer:
         pending = sum(slot.samples for slot in self._slots if slot.dropped) / rate
         for slot in self._slots:
             if excess - pending < tick_seconds:
+                self._over_target_ticks = 0  # the silence already marked will do: wait for it to play
                 return
             if slot.silent and not slot.dropped:
                 slot.dropped = True
