@@ -446,6 +446,15 @@ def test_every_tick_gets_one_playout_nothing_plays_twice_and_the_delay_stays_bou
     assert all(t.delay <= limit for t in ticks)
     stats = buffer.statistics()
     assert stats.frames_played == len(audio)
+    held = sum(1 for t in ticks if t.playout.samples == 0)
+    assert (
+        stats.frames_played + stats.frames_fec + stats.frames_concealed + stats.frames_silence + held
+        == len(ticks)
+    )
+    # every packet that came is accounted for: played, dropped, late, or still waiting
+    assert stats.packets_received == (
+        stats.frames_played + stats.frames_dropped + stats.packets_late + stats.packets_buffered
+    )
     assert stats.packets_received + stats.packets_duplicate <= len(packets)  # some may arrive after the end
     for t in ticks:
         assert t.playout.samples in (0, 960, 1920, 2880) or t.playout.kind is not PlayoutKind.AUDIO

@@ -153,6 +153,8 @@ class JitterStatistics:
     target_delay_seconds: float = 0.0
     buffer_delay_seconds: float = 0.0  # playout delay D at the last tick (0 while waiting)
     mean_buffer_delay_seconds: float = 0.0  # mean D over the ticks that played something
+    packets_buffered: int = 0  # waiting for their turn now
+    buffered_audio_seconds: float = 0.0  # the audio they hold
 
 
 def opus_packet_samples(payload: bytes) -> int | None:
@@ -571,7 +573,10 @@ class JitterBuffer:
     def statistics(self) -> JitterStatistics:
         expected = self._expected_before + self._expected_in_stream()
         received = self._counts["packets_received"]
+        waiting = [slot.samples for slot in self._slots if not slot.dropped]
         return JitterStatistics(
+            packets_buffered=len(waiting),
+            buffered_audio_seconds=sum(waiting) / self._settings.clock_rate,
             packets_expected=expected,
             packets_lost=max(0, expected - received),
             interarrival_jitter_seconds=self._jitter.jitter_seconds,
