@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 Packets come in with :meth:`JitterBuffer.put` whenever the network delivers them; the worker's playout tick
 calls :meth:`JitterBuffer.pop` once every 20 ms and gets exactly one :class:`Playout` back. All times are
-arguments (``Packet.arrival``, ``pop(now)``), so the same code runs under the real loop and in a test that
-simulates a minute of a lossy network in a few milliseconds.
+arguments (``Packet.arrival``, ``pop(now)``, both on the same monotonic clock, e.g. ``loop.time()``), so the
+same code runs under the real loop and in a test that simulates a minute of a lossy network in milliseconds.
 
 *Delay is measured against the fastest packet.* Every packet gives ``d = arrival - timestamp / clock_rate``.
 Over a sliding window (2 s) the smallest ``d`` is what the network does on a good day; a packet's *relative
@@ -23,24 +23,29 @@ arrived over the fastest path. A packet with relative delay ``r`` is in the buff
   ever stretched while audio is there.
 * ``D`` falls by dropping frames when it exceeds the target by a frame or more (after a burst, a stalled
   tick, a clock drift): silent frames first (DTX, an Opus packet of <= 3 bytes, or ``Packet.silent``),
-  anywhere in the buffer; speech only when the excess lasted ``catch_up_patience_ticks`` ticks; everything
-  older than the target at once when ``D`` passes ``max_delay``. Because the buffer can always shed what it
-  does not need, a single loss or burst cannot ratchet the delay up for the rest of the call (aiortc #543).
+  anywhere in the buffer; speech only after ``catch_up_patience_ticks`` ticks with no silence to drop;
+  everything older than the target at once when ``D`` passes ``max_delay``. Because the buffer can always
+  shed what it does not need, a loss or a burst cannot ratchet the delay up for the rest of the call
+  (aiortc #543).
 
 States, as a table (``pop`` decides, ``put`` only stores and measures)::
 
     WAITING --(a packet is due: D(its timestamp) >= target; older ones dropped)--> PLAYING
     PLAYING --(next frame here, timestamps continue)------------------------> PLAYING, AUDIO
     PLAYING --(next frame missing, D < target)------------------------------> PLAYING, CONCEAL (wait for it)
-    PLAYING --(next frame lost, the one after it here)-----------------------> PLAYING, FEC from that one
-    PLAYING --(next frame lost, nothing after it)-----------------------------> PLAYING, CONCEAL
+    PLAYING --(next frame lost, the packet after it here)--------------------> PLAYING, FEC from that packet
+    PLAYING --(next frame lost, no packet after it yet)------------------------> PLAYING, CONCEAL
     PLAYING --(max_conceal_frames concealed with an empty buffer: a stall)--> WAITING, SILENCE
-    PLAYING --(a gap in timestamps with no lost packet, or a marker bit: a talkspurt)--> WAITING (re-timed)
+    PLAYING --(a timestamp gap with no packet missing, a marker bit, a hole longer than PLC covers)
+                                                                            --> WAITING (timed afresh)
     PLAYING --(D > max_delay: the tick stalled)-------------------------------> WAITING (resync at once)
     any     --(new SSRC, a sequence jump > max_dropout, a timeline jump)----> WAITING, stream reset
 
+The play position is a timestamp: PLC over an empty buffer uses up time, not sequence numbers, so a packet is
+late when its timestamp is behind the play position (or its sequence number behind the last one played).
+
 A frame longer than a tick (40/60 ms Opus packets) is returned once with its ``samples``; the ticks it covers
-then return ``Playout(SILENCE, samples=0)`` ("nothing new: the previous frame still covers this tick").
+then return :data:`HELD`, ``Playout(SILENCE, samples=0)``: nothing new, the previous frame covers this tick.
 Frames shorter than a tick (10 ms packets) are not supported: each tick plays one packet.
 """
 
@@ -53,6 +58,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = [
+    "HELD",
     "InterarrivalJitter",
     "JitterBuffer",
     "JitterSettings",
