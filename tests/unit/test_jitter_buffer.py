@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.media.jitter import (
+    InterarrivalJitter,
     JitterBuffer,
     JitterSettings,
     Packet,
@@ -271,6 +272,17 @@ def test_a_timestamp_jump_far_off_the_timeline_restarts_timing() -> None:
     assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=0.001)
 
 
+def test_a_sequence_number_jump_beyond_max_dropout_is_a_new_stream() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    before = clean(sender, range(50))
+    restarted = Sender(first_sequence=1000 + 20000 - 50)  # same SSRC, sequence numbers jump 20000 ahead
+    after = [restarted.packet(i, sender.sent_at(i) + 0.040, numbered(i)) for i in range(50, 100)]
+    ticks = play(buffer, [*before, *after], 102)
+    assert played_sequences(ticks, [*before, *after]) == [p.sequence for p in [*before, *after]]
+    stats = buffer.statistics()
+    assert (stats.resyncs, stats.packets_expected, stats.packets_lost) == (1, 100, 0)
+
+
 # -- frame sizes --------------------------------------------------------------------------------------------
 
 
@@ -477,3 +489,32 @@ def test_the_senders_clock_drifting_against_ours_neither_grows_the_delay_nor_los
     assert max(t.delay for t in ticks[500:]) <= stats.target_delay_seconds + 2 * FRAME
     assert stats.packets_late <= 10
     assert stats.frames_played >= 2900
+
+
+# -- measures and settings ---------------------------------------------------------------------------------
+
+
+def test_interarrival_jitter_follows_rfc_3550() -> None:
+    jitter = InterarrivalJitter(48000)
+    for i in range(400):  # transit alternates 0 / 10 ms: every D(i-1, i) is 10 ms
+        jitter.update(i * FRAME + (0.010 if i % 2 else 0.0), 960 * i)
+    assert jitter.jitter_seconds == pytest.approx(0.010, rel=1e-3)
+    steady = InterarrivalJitter(48000)
+    for i in range(400):
+        steady.update(5.0 + i * FRAME, 960 * i)
+    assert steady.jitter_seconds == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_target_delay": 0.5},  # above max_target_delay
+        {"max_delay": 0.3},  # no room above max_target_delay
+        {"delay_quantile": 0.0},
+        {"capacity_packets": 1},
+        {"frame_samples": 0},
+    ],
+)
+def test_settings_that_cannot_work_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=r"must|need"):
+        JitterSettings(**bad)  # type: ignore[arg-type]

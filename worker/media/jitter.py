@@ -130,7 +130,7 @@ class JitterSettings:
         if not 0 < self.delay_quantile <= 1:
             raise ValueError("delay_quantile must be in (0, 1]")
         if self.capacity_packets < 2 or self.max_conceal_frames < 1 or self.retarget_every < 1:
-            raise ValueError("capacity_packets >= 2, max_conceal_frames >= 1, retarget_every >= 1")
+            raise ValueError("need capacity_packets >= 2, max_conceal_frames >= 1, retarget_every >= 1")
 
     @property
     def tick_seconds(self) -> float:
