@@ -352,22 +352,36 @@ def test_a_long_stalled_tick_resyncs_at_once() -> None:
     assert buffer.statistics().frames_dropped >= 49
 
 
-def test_a_network_stall_with_a_burst_afterwards_leaves_no_lasting_delay() -> None:
+def held_network(sender: Sender, frames: int, stalls: Iterable[int], hold: float) -> list[Packet]:
+    """A clean link that holds the packets for `hold` seconds at each frame in `stalls`, then delivers them
+    all at once (a Wi-Fi or mobile link that stalls and flushes its queue)."""
+    arrivals = [sender.sent_at(i) + 0.040 for i in range(frames)]
+    for stall in stalls:
+        until = arrivals[stall] + hold
+        arrivals = [max(at, until) if i >= stall else at for i, at in enumerate(arrivals)]
+    return [sender.packet(i, at, numbered(i)) for i, at in enumerate(arrivals)]
+
+
+def test_one_network_stall_and_its_burst_leave_no_delay_behind() -> None:
     sender, buffer = Sender(), JitterBuffer()
-    held_until = sender.sent_at(110) + 0.040 + 0.300  # the network holds packets for 300 ms, then delivers
-    arrivals = [sender.sent_at(i) + 0.040 for i in range(600)]
-    packets = [
-        sender.packet(i, max(at, held_until) if i >= 110 else at, numbered(i))
-        for i, at in enumerate(arrivals)
-    ]
-    ticks = play(buffer, packets, 600)
+    ticks = play(buffer, held_network(sender, 600, [110], hold=0.300), 600)
     settled = ticks[100].delay
-    assert max(t.delay for t in ticks) < JitterSettings().max_delay
-    assert ticks[-1].delay == pytest.approx(settled, abs=0.002)
-    seconds_to_recover = (
-        next(i for i in range(len(ticks) - 1, 0, -1) if ticks[i].delay > settled + FRAME) - 110
-    )
-    assert seconds_to_recover * FRAME < 4.0
+    assert kinds(ticks)[108:130].count("C") == JitterSettings().max_conceal_frames  # then silence, no PLC
+    assert max(t.delay for t in ticks[110:]) < settled + FRAME  # the stale burst is dropped, not played late
+    stats = buffer.statistics()
+    assert stats.target_delay_seconds == pytest.approx(0.010)  # one stall is not a reason to wait longer
+    assert stats.frames_dropped + stats.packets_late >= 14
+
+
+def test_recurring_network_stalls_raise_the_target_to_cover_them() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    stalls = range(100, 1000, 100)  # the link stalls for 100 ms every 2 s for 20 s, then is clean for 20 s
+    ticks = play(buffer, held_network(sender, 2000, stalls, hold=0.100), 2000)
+    assert ticks[150].delay < 0.030  # after the first stall: still the clean delay
+    assert 0.100 <= ticks[350].delay <= 0.100 + 2 * FRAME  # the second one showed it recurs: covered
+    assert "C" not in kinds(ticks)[350:990]  # and from then on the stalls cost no audio
+    assert ticks[-1].delay < 0.030  # stalls forgotten after peak_memory: back to the clean delay
+    assert buffer.statistics().target_delay_seconds == pytest.approx(0.010)
 
 
 # -- the long run -------------------------------------------------------------------------------------------

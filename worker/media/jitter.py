@@ -14,6 +14,13 @@ delays in the window, never below ``min_target_delay`` nor above ``max_target_de
 sizes its target the same way). On a clean link the relative delays are ~0, so the target is the floor
 (10 ms) and a packet waits the floor plus the phase of the tick (0-20 ms): about one frame.
 
+*Stalls are peaks, not jitter.* A link that stalls and then flushes its queue delivers a dozen packets at
+once with delays from the stall's length down to nothing. Packets arriving together (``burst_gap``) count as
+one sample, with the largest delay, so one stall does not fill the window and raise the target for seconds.
+A delay that far above the quantile (``peak_margin``) is a *peak*; once two peaks fall within
+``peak_memory`` (10 s) the stalls recur, and the target covers the lower of them until they stop (the
+peak detector of older NetEQ versions). One stall costs a few concealed frames; a stalling link costs delay.
+
 *The playout delay* ``D`` of the sample at the play position is ``now`` minus the time that sample would have
 arrived over the fastest path. A packet with relative delay ``r`` is in the buffer when its turn comes iff
 ``D >= r``, so holding ``D`` at the target makes 97 % of the packets arrive in time. The buffer steers ``D``:
@@ -112,6 +119,9 @@ class JitterSettings:
     max_delay: float = 0.500  # seconds: beyond this the buffer resyncs at once (a stalled tick)
     delay_quantile: float = 0.97  # share of packets that should arrive before their playout time
     delay_window: float = 2.0  # seconds of arrivals the target is computed from
+    burst_gap: float = 0.002  # seconds: packets arriving this close together count as one delay sample
+    peak_margin: float = 0.040  # seconds above the quantile: a delay this far out is a peak (a stall)
+    peak_memory: float = 10.0  # seconds: two peaks within this raise the target to cover them (NetEQ-style)
     retarget_every: int = 5  # packets between recomputations of the quantile (sorting is the cost)
     capacity_packets: int = 64  # packets held at most; the oldest go first
     max_conceal_frames: int = 5  # concealed frames in a row with an empty buffer before SILENCE (a stall)
@@ -247,9 +257,16 @@ class _DelayWindow:
     transits: deque[float] = field(default_factory=deque)  # arrival - timestamp / clock rate
     minima: deque[tuple[float, float]] = field(default_factory=deque)  # monotonic: the window's minimum
 
-    def add(self, arrival: float, transit: float) -> None:
-        self.arrivals.append(arrival)
-        self.transits.append(transit)
+    def add(self, arrival: float, transit: float, burst_gap: float) -> bool:
+        """Measure one packet; False if it came with the previous one (one event, counted once)."""
+        together = bool(self.arrivals) and abs(arrival - self.arrivals[-1]) <= burst_gap
+        if together:
+            # delivered with the previous packet: one sample with the larger delay (a burst after a stall
+            # would otherwise fill the window with delays that recur only if the stall does: see peaks)
+            self.transits[-1] = max(self.transits[-1], transit)
+        else:
+            self.arrivals.append(arrival)
+            self.transits.append(transit)
         minima = self.minima
         while minima and minima[-1][1] >= transit:
             minima.pop()
@@ -260,6 +277,7 @@ class _DelayWindow:
             self.transits.popleft()
         while len(minima) > 1 and minima[0][0] < horizon:
             minima.popleft()
+        return not together
 
     @property
     def minimum(self) -> float | None:
@@ -324,6 +342,8 @@ class JitterBuffer:
         self._concealed_in_row = 0
         self._over_target_ticks = 0
         self._since_retarget = 0
+        self._quantile = 0.0  # of the relative delays in the window, at the last retarget
+        self._peaks: deque[tuple[float, float]] = deque()  # (arrival, relative delay) of recent stalls
         self._window.clear()
         self._jitter.reset()
 
@@ -387,14 +407,31 @@ class JitterBuffer:
         if self._highest_ts is None or timestamp > self._highest_ts:
             self._highest_ts = timestamp
         self._jitter.update(packet.arrival, timestamp)
-        self._window.add(packet.arrival, transit)
+        settings = self._settings
+        new_event = self._window.add(packet.arrival, transit, settings.burst_gap)
         self._since_retarget += 1
-        if self._since_retarget >= self._settings.retarget_every or len(self._window) == 1:
+        peak = new_event and self._is_peak(packet.arrival, transit)
+        if peak or self._since_retarget >= settings.retarget_every or len(self._window) == 1:
             self._retarget()
 
+    def _is_peak(self, arrival: float, transit: float) -> bool:
+        """Record a delay far above the window's quantile (a stall); forget those older than peak_memory."""
+        peaks = self._peaks
+        while peaks and peaks[0][0] < arrival - self._settings.peak_memory:
+            peaks.popleft()
+        relative = transit - (self._window.minimum or transit)
+        if relative <= self._quantile + self._settings.peak_margin:
+            return False
+        peaks.append((arrival, relative))
+        return True
+
     def _retarget(self) -> None:
+        """Target: the quantile; or, once stalls recur (two peaks within peak_memory), the lower peak too."""
         self._since_retarget = 0
-        wanted = self._window.quantile(self._settings.delay_quantile)
+        self._quantile = self._window.quantile(self._settings.delay_quantile)
+        wanted = self._quantile
+        if len(self._peaks) >= 2:
+            wanted = max(wanted, min(relative for _, relative in self._peaks))
         self._target = min(self._settings.max_target_delay, max(self._settings.min_target_delay, wanted))
 
     def _store(self, packet: Packet, sequence: int, timestamp: int) -> None:
