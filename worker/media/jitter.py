@@ -220,6 +220,24 @@ class InterarrivalJitter:
         self._previous = None
 
 
+@dataclass(slots=True)
+class _Counters:
+    """The cumulative counters of :class:`JitterStatistics`, mutable while the call runs."""
+
+    packets_received: int = 0
+    packets_late: int = 0
+    packets_duplicate: int = 0
+    packets_reordered: int = 0
+    frames_played: int = 0
+    frames_concealed: int = 0
+    concealment_runs: int = 0
+    frames_fec: int = 0
+    frames_dropped: int = 0
+    frames_silent_dropped: int = 0
+    frames_silence: int = 0
+    resyncs: int = 0
+
+
 class _State(enum.Enum):
     WAITING = "waiting"
     PLAYING = "playing"
@@ -308,14 +326,7 @@ class JitterBuffer:
         self._tolerance = settings.frame_samples // 2  # timestamps this close continue the timeline
         self._window = _DelayWindow(settings.delay_window)
         self._jitter = InterarrivalJitter(settings.clock_rate)
-        self._counts: dict[str, int] = dict.fromkeys(
-            (
-                "packets_received", "packets_late", "packets_duplicate", "packets_reordered",
-                "frames_played", "frames_concealed", "concealment_runs", "frames_fec", "frames_dropped",
-                "frames_silent_dropped", "frames_silence", "resyncs",
-            ),
-            0,
-        )  # fmt: skip
+        self._counts = _Counters()
         self._expected_before = 0  # packets expected in streams before the last reset
         self._delay_sum = 0.0
         self._delay_ticks = 0
@@ -349,7 +360,7 @@ class JitterBuffer:
 
     def _restart(self) -> None:
         self._expected_before += self._expected_in_stream()
-        self._counts["resyncs"] += 1
+        self._counts.resyncs += 1
         self._reset_stream()
 
     def _expected_in_stream(self) -> int:
@@ -362,7 +373,7 @@ class JitterBuffer:
     def put(self, packet: Packet) -> None:
         if packet.ssrc != self._ssrc:
             if packet.ssrc == self._previous_ssrc:  # a straggler of the stream we left
-                self._counts["packets_late"] += 1
+                self._counts.packets_late += 1
                 return
             if self._ssrc is not None:
                 self._restart()
@@ -372,11 +383,11 @@ class JitterBuffer:
             self._restart()
             sequence = packet.sequence
         if self._highest_seq is not None and self._highest_seq - sequence > self._settings.max_misorder:
-            self._counts["packets_late"] += 1
+            self._counts.packets_late += 1
             return
         timestamp = _unwrap(packet.timestamp, self._highest_ts, 32)
         if self._is_duplicate(sequence):
-            self._counts["packets_duplicate"] += 1
+            self._counts.packets_duplicate += 1
             return
         transit = packet.arrival - timestamp / self._settings.clock_rate
         minimum = self._window.minimum
@@ -386,10 +397,10 @@ class JitterBuffer:
         out_of_order = self._highest_seq is not None and sequence < self._highest_seq
         self._measure(packet, sequence, timestamp, transit)  # late packets measure the jitter too
         if self._next_seq is not None and (sequence < self._next_seq or timestamp < self._play_ts):
-            self._counts["packets_late"] += 1  # its turn has passed: concealed, recovered or skipped
+            self._counts.packets_late += 1  # its turn has passed: concealed, recovered or skipped
             return
         if out_of_order:
-            self._counts["packets_reordered"] += 1
+            self._counts.packets_reordered += 1
         self._store(packet, sequence, timestamp)
 
     def _is_duplicate(self, sequence: int) -> bool:
@@ -399,7 +410,7 @@ class JitterBuffer:
         return index < len(self._slots) and self._slots[index].sequence == sequence
 
     def _measure(self, packet: Packet, sequence: int, timestamp: int, transit: float) -> None:
-        self._counts["packets_received"] += 1
+        self._counts.packets_received += 1
         if self._first_seq is None or sequence < self._first_seq:
             self._first_seq = sequence
         if self._highest_seq is None or sequence > self._highest_seq:
@@ -463,7 +474,7 @@ class JitterBuffer:
         playout = self._start(now) if self._state is _State.WAITING else self._play(now)
         if playout.kind is PlayoutKind.SILENCE:
             self._last_kind = PlayoutKind.SILENCE
-            self._counts["frames_silence"] += 1
+            self._counts.frames_silence += 1
             self._last_delay = 0.0
         else:
             self._delay_sum += self._last_delay
@@ -532,14 +543,14 @@ class JitterBuffer:
             horizon = self._next_seq - 2 * self._settings.capacity_packets
             self._played = {sequence for sequence in self._played if sequence >= horizon}
         self._concealed_in_row = 0
-        self._counts["frames_played"] += 1
+        self._counts.frames_played += 1
         return self._emit(PlayoutKind.AUDIO, slot.packet.payload, slot.samples)
 
     def _recover(self, slot: _Slot, gap: int) -> Playout:
         """The frame before `slot` is lost: Opus in-band FEC in `slot` carries it."""
         self._play_ts = slot.timestamp
         self._concealed_in_row = 0
-        self._counts["frames_fec"] += 1
+        self._counts.frames_fec += 1
         return self._emit(PlayoutKind.FEC, slot.packet.payload, gap)
 
     def _conceal(self, samples: int, *, wait: bool, empty: bool = False) -> Playout:
@@ -553,9 +564,9 @@ class JitterBuffer:
             samples = self._tick
         else:
             self._play_ts += samples
-        self._counts["frames_concealed"] += 1
+        self._counts.frames_concealed += 1
         if self._last_kind is not PlayoutKind.CONCEAL:
-            self._counts["concealment_runs"] += 1
+            self._counts.concealment_runs += 1
         return self._emit(PlayoutKind.CONCEAL, None, samples)
 
     def _emit(self, kind: PlayoutKind, payload: bytes | None, samples: int) -> Playout:
@@ -597,9 +608,9 @@ class JitterBuffer:
         return slot.timestamp - self._play_ts <= self._tolerance
 
     def _count_drop(self, slot: _Slot) -> None:
-        self._counts["frames_dropped"] += 1
+        self._counts.frames_dropped += 1
         if slot.silent:
-            self._counts["frames_silent_dropped"] += 1
+            self._counts.frames_silent_dropped += 1
 
     def _skip_dropped(self) -> None:
         while self._slots and self._slots[0].dropped and self._continues(self._slots[0]):
@@ -615,7 +626,7 @@ class JitterBuffer:
 
     def statistics(self) -> JitterStatistics:
         expected = self._expected_before + self._expected_in_stream()
-        received = self._counts["packets_received"]
+        received = self._counts.packets_received
         waiting = [slot.samples for slot in self._slots if not slot.dropped]
         return JitterStatistics(
             packets_buffered=len(waiting),
@@ -626,5 +637,5 @@ class JitterBuffer:
             target_delay_seconds=self._target,
             buffer_delay_seconds=self._last_delay,
             mean_buffer_delay_seconds=self._delay_sum / self._delay_ticks if self._delay_ticks else 0.0,
-            **self._counts,
+            **{name: getattr(self._counts, name) for name in _Counters.__slots__},
         )
