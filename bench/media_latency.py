@@ -9,9 +9,9 @@ Meta-shaped offers, the test signal with a tone burst every 600 ms):
   through aiortc's own path (its jitter buffer, decoder thread and encoder): the baseline, in the same run,
   in a process of its own too.
 
-The phone dates each burst's onset as it leaves its microphone and again in each echoed RTP packet *as it
-arrives at its socket* (every packet's Opus decoded on its own, in arrival order; not through the phone's own
-jitter buffer): the difference is the delay the business adds, plus the phone's encoder and the network.
+The phone dates each burst's onset when the packet carrying it leaves for the network, and again in each
+echoed RTP packet *as it arrives at its socket* (every packet's Opus decoded on its own, in arrival order;
+not through the phone's own jitter buffer): the difference is the delay the business and the network add.
 Scenarios, the network impairing the phone -> business direction (``--both``: both directions):
 
 * **clean**: loopback as it is;
@@ -261,8 +261,8 @@ async def main(args: argparse.Namespace) -> int:
         results += await run_scenario(name, args.seconds, args.both)
     print(report(results))
     print(
-        "\ndelay: a tone burst's onset leaving the phone's microphone -> its echo's onset in an RTP packet as"
-        " it arrived at the phone's socket (decoded per packet, no phone jitter buffer); median and p90 over"
+        "\ndelay: a tone burst's onset leaving the phone's socket -> its echo's onset in an RTP packet as"
+        " it arrived there (decoded per packet, no phone jitter buffer); median and p90 over"
         " bursts.\nratios < 1: callhook adds less delay than stock aiortc echoing the same kind of phone"
         " in the same run."
     )

@@ -2,10 +2,11 @@
 
 The phone's test signal (:mod:`simulator.signal`) has a silent 100 ms slot every 600 ms, so each period starts
 with a *tone burst*. :class:`OnsetDetector` dates the first loud sample after a quiet stretch, to the sample:
-on the phone's side in the frames it sends (dated from the moment each frame was handed to the encoder), and
-on the heard side in each RTP packet's audio as the packet arrives at the phone's socket (every packet's Opus
-decoded on its own in arrival order, *not* through the phone's own jitter buffer, so the phone adds nothing).
-A frame's samples are dated back from the moment the frame was complete. An onset right after a missing packet
+on the phone's side in the frames it plays (dated when the frame's packet leaves for the network:
+:meth:`HeardLog.microphone`, :meth:`HeardLog.left_socket`), and on the heard side in each RTP packet's audio
+as the packet arrives at the phone's socket (every packet's Opus decoded on its own in arrival order, *not*
+through the phone's own jitter buffer, so the phone adds nothing). A frame's samples are dated back from the
+moment its packet left or arrived. An onset right after a missing packet
 is not trusted (the loud part may have started in the lost packet), so such a burst counts as not heard.
 
 :class:`HeardLog` pairs every heard onset with the burst it echoes, recognised by the burst's first tone
