@@ -2,10 +2,11 @@
 
 The phone's test signal (:mod:`simulator.signal`) has a silent 100 ms slot every 600 ms, so each period starts
 with a *tone burst*. :class:`OnsetDetector` dates the first loud sample after a quiet stretch, to the sample:
-on the phone's side in the frames it sends (dated from the moment each frame was handed to the encoder), and
-on the heard side in each RTP packet's audio as the packet arrives at the phone's socket (every packet's Opus
-decoded on its own in arrival order, *not* through the phone's own jitter buffer, so the phone adds nothing).
-A frame's samples are dated back from the moment the frame was complete. An onset right after a missing packet
+on the phone's side in the frames it plays (dated when the frame's packet leaves for the network:
+:meth:`HeardLog.microphone`, :meth:`HeardLog.left_socket`), and on the heard side in each RTP packet's audio
+as the packet arrives at the phone's socket (every packet's Opus decoded on its own in arrival order, *not*
+through the phone's own jitter buffer, so the phone adds nothing). A frame's samples are dated back from the
+moment its packet left or arrived. An onset right after a missing packet
 is not trusted (the loud part may have started in the lost packet), so such a burst counts as not heard.
 
 :class:`HeardLog` pairs every heard onset with the burst it echoes, recognised by the burst's first tone
@@ -35,7 +36,7 @@ TONE_SECONDS = 0.03  # audio after an onset used to find the burst's tone
 NEIGHBOURS = 4  # heard bursts either side that can support a match
 SUPPORT_SECONDS = 0.25  # a neighbour's delay this close supports a candidate's (under half a period)
 THRESHOLD = 0.1  # |sample| above this is loud (the signal's tones peak at 0.3)
-QUIET_SECONDS = 0.04  # this much quiet, contiguous audio before a loud sample makes it an onset
+QUIET_SECONDS = 0.015  # this much quiet, contiguous audio before a loud sample makes it an onset
 PACKET_SECONDS = 0.02
 RECENT_PACKETS = 1024  # duplicates are recognised this far back
 
@@ -150,6 +151,33 @@ class HeardLog:
     _recent: set[int] = field(default_factory=set)  # the last RECENT_PACKETS sequence numbers, for duplicates
     _gaps: dict[int, int] = field(default_factory=dict)  # first missing sequence number -> run length
     _late: int = 0
+    _mic: OnsetDetector = field(default_factory=lambda: OnsetDetector(48_000))  # on the signal's own clock
+    _leaving: dict[int, int] = field(default_factory=dict)  # frame index -> its onset in _mic, to be dated
+    _from_mic: dict[int, int] = field(
+        default_factory=dict
+    )  # sent onset -> _mic onset whose tone may be pending
+
+    def microphone(self, frame_index: int, samples: Samples) -> None:
+        """Frame ``frame_index`` (20 ms, 48 kHz) of what the phone plays. Its onsets are dated once the
+        frame's packet leaves the phone (:meth:`left_socket`): both ends are then dated at the phone's socket,
+        and the phone's own encoder (aiortc's, in a thread pool) does not count as the business's delay."""
+        if self._mic.feed(samples, complete_at=(frame_index + 1) * PACKET_SECONDS) is not None:
+            self._leaving[frame_index] = len(self._mic.onsets) - 1
+
+    def left_socket(self, frame_index: int, at: float) -> None:
+        """The packet of frame ``frame_index`` was handed to the phone's network at ``at``."""
+        mic = self._leaving.pop(frame_index, None)
+        if mic is None:
+            return
+        self._from_mic[len(self.sent.onsets)] = mic
+        self.sent.onsets.append(at - ((frame_index + 1) * PACKET_SECONDS - self._mic.onsets[mic]))
+        self.sent.tones.append(self._mic.tones[mic])  # NaN until the tone's first 30 ms were played
+
+    def _settle_tones(self) -> None:
+        for sent, mic in list(self._from_mic.items()):
+            if not np.isnan(self._mic.tones[mic]):
+                self.sent.tones[sent] = self._mic.tones[mic]
+                del self._from_mic[sent]
 
     def extend(self, sequence_number: int) -> int:
         """The 16-bit sequence number extended past wrap-arounds, relative to the highest seen."""
@@ -208,6 +236,7 @@ class HeardLog:
         unknown (audio missing right after it) has one candidate: the latest burst, if less than a period
         before it. Each burst is matched once.
         """
+        self._settle_tones()
         sent, sent_tones = self.sent.onsets, self.sent.tones
         options: list[list[tuple[int, float]]] = []  # per heard onset: (sent index, delay)
         lo = 0

@@ -165,3 +165,18 @@ def test_a_business_adds_telephone_event_back_and_counts_one_digit_per_press() -
             collector.packet(dtmf.RtpHeader(126, 0, timestamp, 1, packet.marker, payload))
     collector.packet(dtmf.RtpHeader(126, 0, 5000, 1, False, dtmf.plan_press(2, 0.1)[-1].payload()))  # late
     assert collector.digits == "12#"
+
+
+def test_the_phones_bursts_are_dated_when_their_packets_leave_not_when_the_microphone_made_them() -> None:
+    log = HeardLog()
+    played = frames(TestSignal(seed=8), 100)
+    for k, frame in enumerate(played):
+        log.microphone(k, frame)
+        # The encoder takes 15 ms; the packet of frame 60 (the burst at 1.2 s) leaves 100 ms late.
+        log.left_socket(k, 50.0 + (k + 1) * 0.02 + (0.1 if k == 60 else 0.015))
+    log.delays()  # settles the tones of the bursts that left before their tone was known
+    onsets = log.sent.onsets
+    assert len(onsets) == 3  # bursts at 0.6, 1.2 and 1.8 s (the first tone has no quiet before it)
+    assert onsets[0] - 50.0 == pytest.approx(0.6 + 0.015, abs=0.004)
+    assert onsets[1] - 50.0 == pytest.approx(1.2 + 0.1, abs=0.004)
+    assert not any(np.isnan(log.sent.tones))
