@@ -57,6 +57,22 @@ def register(sub: Any) -> None:
         help="answer the calls with the built-in echo business instead of an ingress (no deployment needed)",
     )
     scenario.add_argument("--json", action="store_true", help="print the summary as JSON")
+    scenario.add_argument(
+        "--dtmf",
+        metavar="DIGITS",
+        help="each caller presses these keys (0-9 * # A-D) 1 s into the call, as RFC 4733 packets",
+    )
+    net = parser.add_argument_group(
+        "the phones' network (override CALLHOOK_SIM_NET, _NET_UP, _NET_DOWN)",
+        "SPEC: comma-separated loss=3%%, burst=2%% (Gilbert-Elliott bad-state share), "
+        "burst_len=4 (datagrams), jitter=30ms, delay=20ms, reorder=1%%, reorder_delay=40ms, "
+        "outage=5s:120ms (repeatable), "
+        "protect_dtls=false; 'clean' for none. --net sets both directions, --net-up (phone -> business) and "
+        "--net-down (business -> phone) then override it key by key.",
+    )
+    net.add_argument("--net", metavar="SPEC", help="both directions, e.g. loss=3%%,jitter=30ms")
+    net.add_argument("--net-up", metavar="SPEC", help="phone -> business only")
+    net.add_argument("--net-down", metavar="SPEC", help="business -> phone only")
     faults = parser.add_argument_group("delivery and Graph API faults (override CALLHOOK_SIM_*)")
     faults.add_argument("--duplicates", type=float, help="fraction of webhooks delivered twice")
     faults.add_argument("--reorder", type=float, help="fraction of connect webhooks held back")
@@ -127,7 +143,22 @@ def _with_flags(config: SimulatorConfig, args: argparse.Namespace) -> SimulatorC
         overrides["graph_host"] = args.graph_host
     if args.graph_port is not None:
         overrides["graph_port"] = args.graph_port
+    if args.net is not None or args.net_up is not None or args.net_down is not None:
+        overrides["net"] = _net(config, args)
     return replace(config, **overrides)
+
+
+def _net(config: SimulatorConfig, args: argparse.Namespace) -> Any:
+    """The flags over the environment's profile: --net replaces both directions, --net-up/-down refine."""
+    from simulator.net import NetProfile, parse_link
+
+    try:
+        up, down = config.net.up, config.net.down
+        if args.net is not None:
+            up = down = parse_link(args.net)
+        return NetProfile(up=parse_link(args.net_up or "", up), down=parse_link(args.net_down or "", down))
+    except ValueError as exc:
+        raise SystemExit(f"callhook sim: {exc}") from exc
 
 
 async def _main(config: SimulatorConfig, args: argparse.Namespace) -> ScenarioSummary | None:
@@ -144,6 +175,7 @@ async def _main(config: SimulatorConfig, args: argparse.Namespace) -> ScenarioSu
         hangup=args.hangup,
         business_grace_seconds=args.business_grace,
         phone_number_id=args.phone_number_id,
+        dtmf=_digits(args.dtmf),
     )
     async with AsyncExitStack() as stack:
         sim = await stack.enter_async_context(Simulator(config))
@@ -164,10 +196,27 @@ async def _main(config: SimulatorConfig, args: argparse.Namespace) -> ScenarioSu
             f"simulator: Graph API at {sim.graph_url} (CALLHOOK_GRAPH_URL), webhooks to {sim.webhooks.url}",
             file=sys.stderr,
         )
+        if config.net.impaired:
+            from simulator.net import describe
+
+            print(
+                f"simulator: phone network up (phone -> business) {describe(config.net.up)}, "
+                f"down {describe(config.net.down)}",
+                file=sys.stderr,
+            )
         summary = await run_scenario(sim, scenario, business_hangup=hangup) if scenario.calls else None
         if args.serve:
             await _until_interrupted()
         return summary
+
+
+def _digits(text: str | None) -> str:
+    from simulator.dtmf import parse_digits
+
+    try:
+        return parse_digits(text or "")
+    except ValueError as exc:
+        raise SystemExit(f"callhook sim: --dtmf: {exc}") from exc
 
 
 async def _until_interrupted() -> None:

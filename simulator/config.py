@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from callhook.env import EnvReader
 from simulator.faults import FaultRule, parse_fault
+from simulator.net import NetProfile, parse_net
 from simulator.payloads import BusinessNumber
 from simulator.permissions import PermissionStatus
 
@@ -115,6 +116,7 @@ class SimulatorConfig:
     random_seed: int | None = None
     log_level: str = "info"
     log_format: str = "json"
+    net: NetProfile = field(default_factory=NetProfile)  # every phone's network (simulator.net)
 
 
 def load(env: Mapping[str, str]) -> SimulatorConfig:
@@ -155,6 +157,7 @@ def load(env: Mapping[str, str]) -> SimulatorConfig:
         random_seed=_optional_seed(r.int("CALLHOOK_SIM_RANDOM_SEED", -1, minimum=-1)),
         log_level=r.choice("CALLHOOK_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         log_format=r.choice("CALLHOOK_LOG_FORMAT", "json", ("json", "console")),
+        net=_net(r),
     )
     r.finish()
     return config
@@ -243,3 +246,15 @@ def _faults(r: EnvReader) -> tuple[FaultRule, ...]:
         except ValueError as exc:
             r.problems.append(f"CALLHOOK_SIM_GRAPH_FAULTS: {exc}")
     return tuple(rules)
+
+
+def _net(r: EnvReader) -> NetProfile:
+    try:
+        return parse_net(
+            r.str("CALLHOOK_SIM_NET", ""),
+            up=r.str("CALLHOOK_SIM_NET_UP", ""),
+            down=r.str("CALLHOOK_SIM_NET_DOWN", ""),
+        )
+    except ValueError as exc:
+        r.problems.append(f"CALLHOOK_SIM_NET[_UP|_DOWN]: {exc}")
+        return NetProfile()

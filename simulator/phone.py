@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -30,9 +30,12 @@ from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateErr
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
+from simulator import dtmf
 from simulator import sdp as sdp_edit
 from simulator.errors import SimulatorError
+from simulator.heard import HeardLog, HeardReport
 from simulator.journal import Changes
+from simulator.net import NetProfile
 from simulator.signal import (
     FRAME_SECONDS,
     SEND_RATE,
@@ -42,6 +45,7 @@ from simulator.signal import (
     analyse,
     downsample_48k_to_16k,
 )
+from simulator.wiretap import InboundTap, NetHook, RtpStream, press
 
 SAMPLES_PER_FRAME = round(SEND_RATE * FRAME_SECONDS)
 # What aiortc raises on an SDP it cannot apply (its parser lets plain ValueError/KeyError/IndexError out too).
@@ -64,6 +68,8 @@ class PhoneSettings:
     midcall_silence_seconds: float = 30.0
     record_seconds: float = 10.0
     signal_seed: int = 1
+    net: NetProfile = field(default_factory=NetProfile)  # the phone's network, each direction (simulator.net)
+    net_seed: int | None = None  # None: different losses every call
 
 
 def make_ice_controlled(sender: RTCRtpSender) -> None:
@@ -77,15 +83,20 @@ class MediaError(SimulatorError):
     """The phone's peer connection could not apply an SDP."""
 
 
+class DtmfUnavailable(SimulatorError):
+    """The phone cannot press keys: no telephone-event negotiated, or no audio flowing yet."""
+
+
 class SignalTrack(MediaStreamTrack):
     """Plays the test signal in real time from the moment the call is accepted; silent (blocked) before."""
 
     kind = "audio"
 
-    def __init__(self, signal: TestSignal, talking: asyncio.Event) -> None:
+    def __init__(self, signal: TestSignal, talking: asyncio.Event, heard: HeardLog) -> None:
         super().__init__()
         self._signal = signal
         self._talking = talking
+        self._heard = heard
         self._start: float | None = None
         self._next_sample = 0
         self.sent_times: list[float] = []  # monotonic time each frame was handed to the encoder
@@ -107,7 +118,9 @@ class SignalTrack(MediaStreamTrack):
         frame.pts = self._next_sample
         frame.time_base = fractions.Fraction(1, SEND_RATE)
         self._next_sample += SAMPLES_PER_FRAME
-        self.sent_times.append(time.monotonic())
+        now = time.monotonic()
+        self.sent_times.append(now)
+        self._heard.sent.feed(samples, now)  # date each burst as it leaves the microphone
         return frame
 
 
@@ -156,7 +169,12 @@ class Phone:
         self._signal = TestSignal(settings.signal_seed)
         self._talking = asyncio.Event()
         self._talking_since: float | None = None
-        self._track = SignalTrack(self._signal, self._talking)
+        self._heard = HeardLog()
+        self._track = SignalTrack(self._signal, self._talking, self._heard)
+        self.net = NetHook(settings.net, settings.net_seed)  # .up / .down: each direction's Link and stats
+        self.rtp = RtpStream()
+        self._tap = InboundTap(self._heard, None)
+        self._remote_sdp: str | None = None
         self._ears = _Ears(settings.record_seconds)
         self._remote: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
         self._connected = asyncio.Event()
@@ -175,7 +193,9 @@ class Phone:
     # Signalling
     async def create_offer(self) -> str:
         """The user's offer for a call to the business, shaped like Meta's."""
-        make_ice_controlled(self._pc.addTrack(self._track))
+        sender = self._pc.addTrack(self._track)
+        make_ice_controlled(sender)
+        self._install(sender)
         await self._pc.setLocalDescription(await self._pc.createOffer())
         return sdp_edit.meta_offer(self._pc.localDescription.sdp)
 
@@ -187,6 +207,7 @@ class Phone:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except _AIORTC_SDP_ERRORS as exc:
             raise MediaError(f"the answer could not be applied: {exc!r}") from exc
+        self._remote_negotiated(sdp)
 
     async def answer(self, offer_sdp: str) -> str:
         """The phone's answer to a business's offer (a business-initiated call), shaped like Meta's."""
@@ -194,9 +215,43 @@ class Phone:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except _AIORTC_SDP_ERRORS as exc:
             raise MediaError(f"the offer could not be applied: {exc!r}") from exc
-        self._pc.addTrack(self._track)
+        self._install(self._pc.addTrack(self._track))
+        self._remote_negotiated(offer_sdp)
         await self._pc.setLocalDescription(await self._pc.createAnswer())
         return sdp_edit.meta_answer(self._pc.localDescription.sdp)
+
+    def _install(self, sender: RTCRtpSender) -> None:
+        """The phone's network, its ears at the socket and its keypad (:mod:`simulator.wiretap`)."""
+        self.net.install(sender.transport.transport)
+        self.rtp.install(sender.transport)
+        self._tap.install(sender.transport)
+
+    def _remote_negotiated(self, remote_sdp: str) -> None:
+        self._remote_sdp = remote_sdp
+        self._tap.opus_pt = dtmf.codec_pt(remote_sdp, "opus")
+
+    @property
+    def telephone_event_pt(self) -> int | None:
+        """The telephone-event/8000 payload type the business negotiated, if it did."""
+        return dtmf.telephone_event_pt(self._remote_sdp) if self._remote_sdp else None
+
+    async def press(
+        self,
+        digits: str,
+        *,
+        tone_seconds: float = 0.2,
+        gap_seconds: float = 0.1,
+        payload_type: int | None = None,
+    ) -> None:
+        """Press ``digits`` (0-9 * # A-D) on the keypad: RFC 4733 packets on the audio stream, through the
+        phone's network (:mod:`simulator.dtmf`). ``payload_type`` overrides the negotiated one (a business
+        that dropped telephone-event from its SDP gets them anyway); returns once the last end packet left."""
+        pt = payload_type if payload_type is not None else self.telephone_event_pt
+        if pt is None:
+            raise DtmfUnavailable("the business's SDP has no telephone-event/8000: it cannot receive digits")
+        if self.rtp.ssrc is None:
+            raise DtmfUnavailable("no audio has been sent yet (press once the call is answered)")
+        await press(self.rtp, digits, pt, tone_seconds=tone_seconds, gap_seconds=gap_seconds)
 
     # Media
     def start_talking(self) -> None:
@@ -267,6 +322,7 @@ class Phone:
             return
         self._closed = True
         self._track.stop()
+        self.net.close()
         await self._pc.close()
 
     # Results
@@ -288,6 +344,16 @@ class Phone:
             heard_ends=ends,
             heard_times=np.asarray(ears.arrivals, dtype=np.float64),
         )
+
+    def heard_report(self) -> HeardReport:
+        """What reached the phone's socket: the echo's delay per burst, gaps, MOS (:mod:`simulator.heard`)."""
+        up = self.net.up.stats
+        return self._heard.report(upstream_loss=up.lost / up.datagrams if up.datagrams else 0.0)
+
+    @property
+    def heard_log(self) -> HeardLog:
+        """The raw onsets and packets behind :meth:`heard_report` (benches slice it by time)."""
+        return self._heard
 
     def audio_report(self) -> AudioReport:
         """Did the phone hear its own signal back (an echo), and with what round trip."""

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from simulator.calls import CallState
-from simulator.errors import CallEndedError, ScenarioError
+from simulator.errors import CallEndedError, ScenarioError, SimulatorError
+from simulator.heard import HeardReport
 from simulator.signal import AudioReport
 from simulator.sim import SimulatedCall, Simulator
 
@@ -43,6 +44,7 @@ class Scenario:
     business_grace_seconds: float = 10.0
     phone_number_id: str | None = None
     first_caller: int = 15557000001  # callers are numbered from here
+    dtmf: str = ""  # digits each caller presses, 1 s into the call (RFC 4733, simulator.dtmf)
 
     def __post_init__(self) -> None:
         if self.calls < 0 or self.rate_per_second <= 0 or self.hold_seconds < 0:
@@ -60,6 +62,8 @@ class CallOutcome:
     setup_pre_accept_seconds: float | None  # connect webhook first sent -> pre_accept received
     setup_accept_seconds: float | None  # connect webhook first sent -> accept received
     audio: AudioReport | None
+    heard: HeardReport | None = None  # at the phone's socket: echo delay per burst, gaps, MOS
+    dtmf_error: str | None = None  # the phone could not press its digits (no telephone-event negotiated)
 
 
 @dataclass(slots=True)
@@ -92,6 +96,9 @@ class ScenarioSummary:
     def setup_accept(self) -> list[float]:
         return [o.setup_accept_seconds for o in self.outcomes if o.setup_accept_seconds is not None]
 
+    def heard(self) -> list[HeardReport]:
+        return [o.heard for o in self.outcomes if o.heard is not None]
+
     def round_trips(self) -> list[float]:
         return [
             o.audio.round_trip_seconds
@@ -112,6 +119,8 @@ class ScenarioSummary:
             "setup_accept_ms": _percentiles_ms(self.setup_accept()),
             "audio_round_trip_ms": _percentiles_ms(self.round_trips()),
             "audio_matched": self.audio_matched,
+            "heard_at_socket": _heard_summary(self.heard()),
+            "dtmf_errors": [o.dtmf_error for o in self.outcomes if o.dtmf_error],
             "wall_seconds": round(self.wall_seconds, 3),
             "simulator": self.statistics,
         }
@@ -125,9 +134,52 @@ class ScenarioSummary:
             "setup, connect webhook sent -> accept received:     " + _format_ms(data["setup_accept_ms"]),
             f"audio round trip (echo of the phone's test signal): {_format_ms(data['audio_round_trip_ms'])}"
             f"; audio matched in {self.audio_matched} of {self.answered} answered calls",
+            "heard at the phone's socket (echo delay of the tone bursts, per packet as it arrived): "
+            + _format_heard(data["heard_at_socket"]),
             f"wall time {self.wall_seconds:.1f} s",
         ]
+        lines += [f"dtmf not sent: {error}" for error in data["dtmf_errors"]]
         return "\n".join(lines)
+
+
+def _heard_summary(reports: list[HeardReport]) -> dict[str, Any] | None:
+    if not reports:
+        return None
+    medians = [r.delay_median_seconds for r in reports if r.delay_median_seconds is not None]
+    p90s = [r.delay_p90_seconds for r in reports if r.delay_p90_seconds is not None]
+    moses = [r.mos for r in reports if r.mos is not None]
+    expected = sum(r.packets_expected for r in reports)
+    return {
+        "calls": len(reports),
+        "delay_median_ms": round(percentile(medians, 0.5) * 1000, 1) if medians else None,
+        "delay_p90_ms": round(percentile(p90s, 0.5) * 1000, 1) if p90s else None,
+        "bursts_sent": sum(r.bursts_sent for r in reports),
+        "bursts_heard": sum(r.bursts_heard for r in reports),
+        "packets_lost": sum(r.packets_lost for r in reports),
+        "packets_expected": expected,
+        "gaps": sum(r.gaps for r in reports),
+        "longest_gap_ms": round(max(r.longest_gap_seconds for r in reports) * 1000, 1),
+        "mos_median": round(percentile(moses, 0.5), 2) if moses else None,
+        "mos_min": round(min(moses), 2) if moses else None,
+    }
+
+
+def _format_heard(data: dict[str, Any] | None) -> str:
+    if data is None:
+        return "no data"
+    delay = (
+        "no burst heard"
+        if data["delay_median_ms"] is None
+        else (
+            f"delay p50 {data['delay_median_ms']:.0f} ms, p90 {data['delay_p90_ms']:.0f} ms (median of calls)"
+        )
+    )
+    mos = "-" if data["mos_median"] is None else f"{data['mos_median']:.2f} (lowest {data['mos_min']:.2f})"
+    return (
+        f"{delay}; bursts heard {data['bursts_heard']}/{data['bursts_sent']}; packets lost "
+        f"{data['packets_lost']}/{data['packets_expected']} in {data['gaps']} gaps (longest "
+        f"{data['longest_gap_ms']:.0f} ms); MOS {mos}"
+    )
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -195,18 +247,32 @@ class _CallRunner:
     async def run(self, caller: str, side: str, summary: ScenarioSummary) -> None:
         call = await self._sim.place_call(caller, self._scenario.phone_number_id)
         not_hung_up = False
+        dtmf_error: str | None = None
         try:
             await call.wait_state(CallState.ACCEPTED, timeout=self._answer_wait)
-            await asyncio.sleep(self._scenario.hold_seconds)  # the conversation itself
+            held = time.monotonic()
+            if self._scenario.dtmf:
+                dtmf_error = await self._press(call)
+            # The conversation itself: the hold counts from the accept, digits included.
+            await asyncio.sleep(max(0.0, held + self._scenario.hold_seconds - time.monotonic()))
             not_hung_up = await self._end(call, side)
         except CallEndedError:
             pass
         except TimeoutError:
             await self._hang_up_if_live(call)
-        summary.outcomes.append(self._outcome(call, not_hung_up))
+        summary.outcomes.append(self._outcome(call, not_hung_up, dtmf_error))
         if not self._keep_calls:
             call.phone.forget_audio()
             self._sim.forget(call.call_id)
+
+    async def _press(self, call: SimulatedCall) -> str | None:
+        """The caller presses the scenario's digits 1 s into the call; why not, if it could not."""
+        await asyncio.sleep(min(1.0, self._scenario.hold_seconds))  # the phone first hears the business
+        try:
+            await call.phone.press(self._scenario.dtmf)
+        except (SimulatorError, ConnectionError) as exc:
+            return f"{call.call_id}: {exc}"
+        return None
 
     async def _end(self, call: SimulatedCall, side: str) -> bool:
         """End the call from ``side``; True when the business was asked to and did not."""
@@ -229,7 +295,7 @@ class _CallRunner:
         if not call.ended:
             await call.hangup()
 
-    def _outcome(self, call: SimulatedCall, not_hung_up: bool) -> CallOutcome:
+    def _outcome(self, call: SimulatedCall, not_hung_up: bool, dtmf_error: str | None = None) -> CallOutcome:
         journal = self._sim.journal
         sent = journal.connect_sent_at(call.call_id)
         pre_accept = journal.first_request(call.call_id, "pre_accept")
@@ -243,6 +309,8 @@ class _CallRunner:
             setup_pre_accept_seconds=pre_accept.received_at - sent if pre_accept and sent else None,
             setup_accept_seconds=accept.received_at - sent if accept and sent else None,
             audio=call.audio_report() if answered else None,
+            heard=call.phone.heard_report() if answered else None,
+            dtmf_error=dtmf_error,
         )
 
 

@@ -1,7 +1,9 @@
 """The phone's test signal and the analysis of what the phone heard. Pure (numpy only).
 
 Design: a never-repeating (within ten minutes) sequence of 100 ms tones drawn from twelve frequencies in the
-telephone band (400-2900 Hz, at least 150 Hz apart), each faded in and out over 5 ms, at -10 dBFS. It survives
+telephone band (400-2900 Hz, at least 150 Hz apart), each faded in and out over 5 ms, at -10 dBFS; every
+sixth 100 ms slot is silent, so every 600 ms a *tone burst* starts after 100 ms of quiet (the phone dates the
+echo of each burst's onset: :mod:`simulator.heard`). It survives
 Opus at any bitrate and a 16 kHz cap, and it is verifiable two ways:
 
 * *alignment*: the tone sequence is pseudo-random, so its cross-correlation with a delayed copy has a single
@@ -32,6 +34,7 @@ FREQUENCIES_HZ: tuple[float, ...] = (400, 550, 700, 850, 1000, 1200, 1400, 1650,
 AMPLITUDE = 0.3
 FADE_SECONDS = 0.005
 PERIOD_SYMBOLS = 6000  # ten minutes before the sequence repeats
+BURST_SYMBOLS = 6  # every sixth symbol is silent: each 600 ms starts with a tone burst after 100 ms of quiet
 
 MIN_CORRELATION = 0.5
 MIN_MATCH_RATIO = 0.8
@@ -62,6 +65,7 @@ class TestSignal:
         within = (index % per_symbol).astype(np.float64)
         fade = rate * FADE_SECONDS
         envelope = np.clip(np.minimum(within, per_symbol - 1 - within) / fade, 0.0, 1.0)
+        envelope[symbol % BURST_SYMBOLS == BURST_SYMBOLS - 1] = 0.0  # the silent slot before each burst
         phase = 2.0 * np.pi * self._frequencies[self.symbols[symbol]] * (index / rate)
         return (AMPLITUDE * envelope * np.sin(phase)).astype(np.float32)
 
@@ -218,7 +222,12 @@ def _compare_tones(
     tolerance = np.maximum(25.0, 0.04 * expected)
     loud = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1)) > _SILENCE_RMS
     matched = loud & (np.abs(dominant - expected) <= tolerance)
-    return {first + i: bool(ok) for i, ok in enumerate(matched)}
+    # A silent slot has nothing to compare: it is left out.
+    return {
+        first + i: bool(ok)
+        for i, ok in enumerate(matched)
+        if (first + i) % BURST_SYMBOLS != BURST_SYMBOLS - 1
+    }
 
 
 def _round_trip(

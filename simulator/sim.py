@@ -33,7 +33,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from callhook.ice import restrict_host_addresses
@@ -74,6 +74,7 @@ from simulator.errors import (
 from simulator.faults import FaultPlan
 from simulator.graph_api import CALL_ACTIONS, GraphServer, Json
 from simulator.journal import Changes, GraphRequest, Journal, StateChange
+from simulator.net import NetProfile
 from simulator.permissions import DAY, PermissionBook, PermissionStatus
 from simulator.phone import MediaError, Phone, PhoneSettings
 from simulator.signal import AudioReport
@@ -228,6 +229,8 @@ class Simulator:
             midcall_silence_seconds=config.timing.midcall_silence_seconds,
             record_seconds=config.record_seconds,
             signal_seed=config.signal_seed,
+            net=config.net,
+            net_seed=config.random_seed,
         )
         self._tasks = TaskOwner("simulator")
         self._closing = asyncio.Event()
@@ -381,17 +384,20 @@ class Simulator:
         *,
         name: str | None = "Test User",
         connects_media: bool = True,
+        net: NetProfile | None = None,
     ) -> SimulatedCall:
         """A user calls the business: the phone makes its offer and the connect webhook goes out.
 
         ``connects_media=False``: the phone's network loses the media path; pre_accept succeeds, but ICE and
-        DTLS never complete (the business should give up and reject)."""
+        DTLS never complete (the business should give up and reject). ``net``: this phone's network instead
+        of the configured one (``call.phone.net.up`` / ``.down`` change it, or add an outage, mid-call)."""
         number = self._number(to_phone_number_id)
         if self._live_calls(number) >= self.config.max_concurrent_calls:
             raise SimulatorError(
                 f"{self.config.max_concurrent_calls} concurrent calls on {number.phone_number_id}"
             )
-        phone = Phone(self._phone_settings, connects_media=connects_media)
+        settings = self._phone_settings if net is None else replace(self._phone_settings, net=net)
+        phone = Phone(settings, connects_media=connects_media)
         try:
             offer = await phone.create_offer()
         except BaseException:

@@ -229,3 +229,9 @@ class WorkerMetrics:
             ["where"],
             registry=registry,
         )
+        # No labels: a digit's value never leaves the call (digits can be PINs).
+        self.dtmf_digits = Counter(
+            "callhook_dtmf_digits_total",
+            "Keypad digits (RFC 4733 telephone events) decoded from callers' media.",
+            registry=registry,
+        )

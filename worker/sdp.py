@@ -5,7 +5,12 @@ WhatsApp is strict where aiortc is generous (whatsapp-calling.md, "Media rules";
 * only ``a=fingerprint:sha-256`` is accepted ("Fingerprint algo is not SHA256"); aiortc also writes
   sha-384 and sha-512 lines, so they are removed from everything we send;
 * an answer to Meta's ``a=setup:actpass`` offer must say ``a=setup:active`` (we are the DTLS client);
-* lines end with CRLF.
+* lines end with CRLF;
+* keypad digits come as RFC 4733 ``telephone-event/8000`` packets (payload type 126 in Meta's offer). aiortc
+  knows no telephone-event (aiortc-notes.md, trap 11) and its codec preferences cannot name one, so it
+  answers and offers Opus alone; :func:`prepare_answer` and :func:`prepare_offer` add telephone-event back
+  in the text, with the payload type the peer offered (126 in our own offer). aiortc itself never learns of
+  the payload type: its RTP router drops such packets, and the media's seam reads them before it does.
 
 The reading side (:func:`read_facts`, :func:`offer_problems`, :func:`answer_problems`) lets the session refuse
 an offer it cannot answer before spending anything on it, and lets tests assert what went on the wire. Parsing
@@ -18,6 +23,10 @@ from dataclasses import dataclass
 
 CRLF = "\r\n"
 ACCEPTED_FINGERPRINT = "sha-256"
+TELEPHONE_EVENT = "telephone-event"
+TELEPHONE_EVENT_CLOCK_RATE = 8000
+OFFERED_TELEPHONE_EVENT_PT = 126  # what our own offer uses, as Meta's offers do
+OFFERED_TELEPHONE_EVENTS = "0-16"  # the keys 0-9 * # A-D and flash
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +51,15 @@ class MediaFacts:
     connection_address: str | None
     candidate_addresses: tuple[str, ...]
     rtcp_mux: bool
+    fmtp: tuple[tuple[int, str], ...] = ()  # (payload type, parameters) of each a=fmtp line
+
+    @property
+    def telephone_event(self) -> Codec | None:
+        """The ``telephone-event/8000`` codec of this section (the one keypad digits use), if any."""
+        return next((c for c in self.codecs if _is_telephone_event(c)), None)
+
+    def fmtp_of(self, payload_type: int) -> str | None:
+        return next((params for pt, params in self.fmtp if pt == payload_type), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +114,66 @@ def force_setup(sdp: str, role: str) -> str:
 
 
 def prepare_answer(answer_sdp: str, offer_sdp: str) -> str:
-    """What goes to Meta in pre_accept/accept: sha-256 only, ``setup:active`` to actpass, CRLF."""
+    """What goes to Meta in pre_accept/accept: sha-256 only, ``setup:active`` to actpass, CRLF, and
+    ``telephone-event/8000`` with the offered payload type when the offer has it."""
+    offer = read_facts(offer_sdp)
     edited = keep_only_sha256(answer_sdp)
-    if "actpass" in read_facts(offer_sdp).setups():
+    if "actpass" in offer.setups():
         edited = force_setup(edited, "active")
+    audio = offer.audio[0] if len(offer.audio) == 1 else None
+    offered = audio.telephone_event if audio is not None else None
+    if audio is not None and offered is not None:
+        edited = add_telephone_event(edited, offered.payload_type, audio.fmtp_of(offered.payload_type))
     return edited
 
 
 def prepare_offer(offer_sdp: str) -> str:
-    """What goes to Meta in ``connect``: sha-256 only, CRLF (the offer keeps ``setup:actpass``)."""
-    return keep_only_sha256(offer_sdp)
+    """What goes to Meta in ``connect``: sha-256 only, CRLF (the offer keeps ``setup:actpass``), and
+    ``telephone-event/8000`` (payload type 126 unless aiortc took it) for the callee's keypad."""
+    edited = keep_only_sha256(offer_sdp)
+    facts = read_facts(edited)
+    if len(facts.audio) != 1 or facts.audio[0].telephone_event is not None:
+        return edited
+    used = set(facts.audio[0].payload_types)
+    free = [pt for pt in (OFFERED_TELEPHONE_EVENT_PT, *range(127, 95, -1)) if pt not in used]
+    if not free:
+        return edited
+    return add_telephone_event(edited, free[0], OFFERED_TELEPHONE_EVENTS)
+
+
+def add_telephone_event(sdp: str, payload_type: int, fmtp: str | None = None) -> str:
+    """``sdp`` with ``telephone-event/8000`` as ``payload_type`` in its audio section: listed last on the
+    ``m=audio`` line, its ``a=rtpmap`` (and ``a=fmtp`` when given) after the section's last codec line.
+    Unchanged when the section already has a telephone-event, or the payload type is taken."""
+    lines = lines_of(sdp)
+    start = next((i for i, line in enumerate(lines) if line.startswith("m=audio ")), None)
+    if start is None:
+        return join_crlf(lines)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("m=")), len(lines))
+    section = read_facts(join_crlf(lines[start:end])).audio[0]
+    if section.telephone_event is not None or payload_type in section.payload_types:
+        return join_crlf(lines)
+    added = [f"a=rtpmap:{payload_type} {TELEPHONE_EVENT}/{TELEPHONE_EVENT_CLOCK_RATE}"]
+    if fmtp:
+        added.append(f"a=fmtp:{payload_type} {fmtp}")
+    codec_lines = [i for i in range(start + 1, end) if lines[i].startswith(_CODEC_ATTRIBUTES)]
+    at = (codec_lines[-1] + 1) if codec_lines else end
+    m_line = f"{lines[start]} {payload_type}"
+    return join_crlf([*lines[:start], m_line, *lines[start + 1 : at], *added, *lines[at:]])
+
+
+def telephone_event_payload_type(sdp: str) -> int | None:
+    """The payload type of ``telephone-event/8000`` in the (single) audio section of ``sdp``, if any."""
+    facts = read_facts(sdp)
+    codec = facts.audio[0].telephone_event if len(facts.audio) == 1 else None
+    return codec.payload_type if codec is not None else None
+
+
+_CODEC_ATTRIBUTES = ("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")
+
+
+def _is_telephone_event(codec: Codec) -> bool:
+    return codec.name.lower() == TELEPHONE_EVENT and codec.clock_rate == TELEPHONE_EVENT_CLOCK_RATE
 
 
 def _is_rejected_fingerprint(line: str) -> bool:
@@ -197,6 +265,7 @@ class _MediaBuilder:
         "connection_address",
         "direction",
         "fingerprints",
+        "fmtp",
         "kind",
         "payload_types",
         "port",
@@ -215,6 +284,7 @@ class _MediaBuilder:
         self.connection_address: str | None = None
         self.candidate_addresses: list[str] = []
         self.rtcp_mux = False
+        self.fmtp: list[tuple[int, str]] = []
 
     @classmethod
     def from_m_line(cls, line: str) -> _MediaBuilder:
@@ -230,6 +300,10 @@ class _MediaBuilder:
             codec = _read_rtpmap(line)
             if codec is not None:
                 self.codecs.append(codec)
+        elif line.startswith("a=fmtp:"):
+            head, _, params = line[len("a=fmtp:") :].partition(" ")
+            if head.isdigit():
+                self.fmtp.append((int(head), params.strip()))
         elif line.startswith("a=candidate:"):
             fields = line.split()
             # a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type>
@@ -252,6 +326,7 @@ class _MediaBuilder:
             connection_address=self.connection_address,
             candidate_addresses=tuple(self.candidate_addresses),
             rtcp_mux=self.rtcp_mux,
+            fmtp=tuple(self.fmtp),
         )
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from callhook.ice import restrict_host_addresses
 from tests.fixtures.meta_peer import MetaPhone
+from tests.support.dtmf_packets import press
 from tests.support.system import free_port
 from tests.support.voice_agent import AgentSession, VoiceAgent
 from worker import audio
@@ -28,6 +29,7 @@ from worker.apps.bridge_config import BridgeSettings
 from worker.apps.bridge_link import AgentUnavailable
 from worker.apps.loader import load_app
 from worker.media import MediaSession, MediaSettings
+from worker.media.keypad import Keypad
 
 INFO = CallInfo(
     call_id="wacid.HBgLMTIxNTU1/+MDgyMDUVAgASGCA=",
@@ -72,7 +74,7 @@ class PhoneCall:
 
 
 @contextlib.asynccontextmanager
-async def phone_call(tone_hz: float | None = 440.0) -> AsyncIterator[PhoneCall]:
+async def phone_call(tone_hz: float | None = 440.0, keypad: Keypad | None = None) -> AsyncIterator[PhoneCall]:
     """A connected, accepted call: the phone sends ``tone_hz``, the business side may send audio."""
     phone = MetaPhone()
     phone.microphone.tone_hz = tone_hz
@@ -82,7 +84,7 @@ async def phone_call(tone_hz: float | None = 440.0) -> AsyncIterator[PhoneCall]:
         await media.wait_connected(10)
         media.start_sending()  # what the session does once accept returned 200
         hangups = Hangups()
-        yield PhoneCall(phone, media, MediaCall(INFO, media, hangups), hangups)
+        yield PhoneCall(phone, media, MediaCall(INFO, media, hangups, keypad), hangups)
     finally:
         await media.close()
         await phone.close()
@@ -177,6 +179,41 @@ def check_twilio_stream(session: AgentSession) -> None:
     assert [int(m["media"]["timestamp"]) for m in media] == [20 * i for i in range(len(media))]
     assert {m["media"]["track"] for m in media} == {"inbound"}
     assert {m["streamSid"] for m in session.messages[1:]} == {session.stream_sid}
+
+
+# ------------------------------------------------------------------------------------------------ keypad
+@pytest.mark.parametrize("protocol", ["twilio", "pcm"])
+async def test_key_presses_reach_the_agent_as_dtmf_messages(protocol: str) -> None:
+    keypad = Keypad()
+    async with (
+        VoiceAgent(protocol) as agent,
+        phone_call(tone_hz=440.0, keypad=keypad) as pc,
+        running(bridge_of(agent)(pc.call)),
+    ):
+        session = await agent.next_session()
+        await session.wait_heard(440.0)  # audio flows; the presses come in between media messages
+        codes = [1, 2, 3, 11, 16]  # 1 2 3 # flash
+        for n, code in enumerate(codes):
+            for packet in press(code, 8000 * (n + 1), at=asyncio.get_running_loop().time()):
+                keypad.feed(packet)
+        expected = "123#" if protocol == "twilio" else "123#!"  # Twilio has no flash message
+        await session.wait_for(lambda: session.digits() == expected)
+        heard = len(session.heard)  # and the audio goes on
+        await session.wait_for(
+            lambda: len(session.heard) >= heard + audio.frame_bytes(session.sample_rate, 0.3)
+        )
+
+    dtmf = session.control("dtmf")
+    if protocol == "twilio":
+        assert dtmf[0] == {
+            "event": "dtmf",
+            "streamSid": session.stream_sid,
+            "sequenceNumber": dtmf[0]["sequenceNumber"],
+            "dtmf": {"track": "inbound_track", "digit": "1"},
+        }
+        check_twilio_stream(session)  # the dtmf messages are numbered with the media
+    else:
+        assert dtmf[0] == {"type": "dtmf", "digit": "1", "duration_ms": 200}
 
 
 # ------------------------------------------------------------------------------------ barge-in, marks

@@ -93,8 +93,9 @@ async def test_answer_is_what_whatsapp_accepts(baseline: object) -> None:
     assert facts.fingerprint_algorithms == {"sha-256"}
     assert facts.setups() == {"active"}
     assert facts.crlf
-    assert [c.name for c in facts.audio[0].codecs] == ["opus"]
+    assert [c.name for c in facts.audio[0].codecs] == ["opus", "telephone-event"]
     assert facts.audio[0].codecs[0].payload_type == 111
+    assert sdp.telephone_event_payload_type(answer) == 126  # keypad digits, as Meta offered them
     assert facts.audio[0].candidate_addresses == ("127.0.0.1",)
     assert sdp.answer_problems(answer) == ()
 
@@ -195,7 +196,7 @@ async def test_outgoing_offer_then_answer(baseline: object) -> None:
         facts = sdp.read_facts(offer)
         assert facts.fingerprint_algorithms == {"sha-256"}
         assert facts.setups() == {"actpass"}
-        assert [c.name for c in facts.audio[0].codecs] == ["opus"]
+        assert [c.name for c in facts.audio[0].codecs] == ["opus", "telephone-event"]
         await media.apply_answer(await callee.answer(offer))
         await callee.wait_connected(CONNECT_TIMEOUT)
         await media.wait_connected(CONNECT_TIMEOUT)

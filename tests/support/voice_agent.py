@@ -99,6 +99,12 @@ class AgentSession:
         found = [m for m in self.messages if m.get(key) != "media"]
         return [m for m in found if kind is None or m.get(key) == kind]
 
+    def digits(self) -> str:
+        """The keys the caller pressed, from the ``dtmf`` messages, in order (a pcm flash as ``"!"``)."""
+        if self.protocol == "twilio":
+            return "".join(m["dtmf"]["digit"] for m in self.control("dtmf"))
+        return "".join("!" if m["digit"] == "flash" else m["digit"] for m in self.control("dtmf"))
+
     def marks(self) -> list[str]:
         return [m["mark"]["name"] if self.protocol == "twilio" else m["name"] for m in self.control("mark")]
 

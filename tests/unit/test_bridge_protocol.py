@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from callhook.env import ConfigError
 from tests.support.voice_agent import mulaw_decode
 from worker import audio
-from worker.apps.api import CallInfo
+from worker.apps.api import CallInfo, Digit
 from worker.apps.bridge import Apology, Bridge
 from worker.apps.bridge_config import BridgeSettings, load
 from worker.apps.bridge_pcm import PcmStream
@@ -170,6 +170,28 @@ def test_twilio_media_mark_stop_count_up() -> None:
     }
 
 
+def test_twilio_dtmf_is_twilios_message_numbered_with_the_others() -> None:
+    stream = TwilioStream(INFO, stream_sid="MZ" + "1" * 32)
+    stream.opening()  # sequence 1 is the start
+    stream.audio(audio.silence(8000))  # 2
+    message = stream.dtmf(Digit("5", 0.12, 3.0, 8000))
+    assert message is not None
+    assert json.loads(message) == {
+        "event": "dtmf",
+        "streamSid": "MZ" + "1" * 32,
+        "sequenceNumber": "3",
+        "dtmf": {"track": "inbound_track", "digit": "5"},
+    }
+    assert list(json.loads(message)) == ["event", "streamSid", "sequenceNumber", "dtmf"]  # Twilio's order
+    for key in "0123456789*#ABCD":
+        assert decoded(stream.dtmf(Digit(key, 0.1, 0.0, 0)) or b"")["dtmf"] == {  # type: ignore[index]
+            "track": "inbound_track",
+            "digit": key,
+        }
+    assert stream.dtmf(Digit("flash", 0.3, 0.0, 0)) is None  # Twilio has no message for a flash
+    assert decoded(stream.stop(StopReason.CALL_ENDED))["sequenceNumber"] == "20"  # the flash took none
+
+
 def test_twilio_decodes_what_an_agent_sends() -> None:
     stream = TwilioStream(INFO)
     codes = pcm_to_mulaw(audio.tone(300, 0.1, 8000))
@@ -236,6 +258,16 @@ def test_pcm_start_carries_the_call_and_the_format(rate: int) -> None:
     assert decoded(stream.mark("m", cleared=False)) == {"type": "mark", "name": "m", "cleared": False}
     assert decoded(stream.mark("m", cleared=True)) == {"type": "mark", "name": "m", "cleared": True}
     assert decoded(stream.stop(StopReason.NOT_ANSWERED)) == {"type": "stop", "reason": "not_answered"}
+
+
+def test_pcm_dtmf_is_a_text_message_with_the_duration() -> None:
+    stream = PcmStream(INFO, 16000)
+    assert decoded(stream.dtmf(Digit("#", 0.1234, 3.0, 8000)) or b"") == {
+        "type": "dtmf",
+        "digit": "#",
+        "duration_ms": 123,
+    }
+    assert decoded(stream.dtmf(Digit("flash", 0.3, 3.0, 8000)) or b"")["digit"] == "flash"
 
 
 def test_pcm_control_from_the_agent() -> None:

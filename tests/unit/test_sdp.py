@@ -55,9 +55,61 @@ def test_answer_keeps_only_sha256_and_becomes_active_with_crlf() -> None:
     assert facts.setups() == {"active"}
     assert facts.crlf
     assert sdp.answer_problems(answer) == ()
-    # Nothing else was lost: same lines minus two fingerprints, setup rewritten in place.
-    assert len(sdp.lines_of(answer)) == len(sdp.lines_of(AIORTC_ANSWER)) - 2
+    # Nothing else was lost: same lines minus two fingerprints plus telephone-event, setup rewritten in place.
+    assert len(sdp.lines_of(answer)) == len(sdp.lines_of(AIORTC_ANSWER)) - 2 + 1
     assert "a=fingerprint:sha-256 FD:AB:F9" in answer
+
+
+def test_answer_to_metas_offer_keeps_telephone_event_with_metas_payload_type() -> None:
+    answer = sdp.prepare_answer(AIORTC_ANSWER, META_OFFER)
+    audio = sdp.read_facts(answer).audio[0]
+    assert audio.payload_types == (111, 126)
+    assert audio.codecs == (sdp.Codec(111, "opus", 48000, 2), sdp.Codec(126, "telephone-event", 8000, 1))
+    assert "m=audio 51340 UDP/TLS/RTP/SAVPF 111 126\r\n" in answer
+    assert "a=rtpmap:111 opus/48000/2\r\na=rtpmap:126 telephone-event/8000\r\na=candidate:" in answer
+    assert sdp.telephone_event_payload_type(answer) == 126
+    assert sdp.answer_problems(answer) == ()  # WhatsApp's other rules still hold
+
+
+def test_answer_uses_whatever_payload_type_and_events_the_offer_gives() -> None:
+    offer = META_OFFER.replace("111 126\r\n", "111 101\r\n").replace(
+        "a=rtpmap:126 telephone-event/8000\r\n", "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n"
+    )
+    answer = sdp.prepare_answer(AIORTC_ANSWER, offer)
+    assert sdp.telephone_event_payload_type(answer) == 101
+    assert sdp.read_facts(answer).audio[0].fmtp_of(101) == "0-15"
+
+
+def test_answer_has_no_telephone_event_when_none_was_offered() -> None:
+    offer = META_OFFER.replace(" 111 126\r\n", " 111\r\n").replace(
+        "a=rtpmap:126 telephone-event/8000\r\n", ""
+    )
+    answer = sdp.prepare_answer(AIORTC_ANSWER, offer)
+    assert sdp.telephone_event_payload_type(answer) is None
+    assert sdp.read_facts(answer).audio[0].payload_types == (111,)
+
+
+def test_telephone_event_at_another_clock_rate_is_not_kept() -> None:
+    offer = META_OFFER.replace("telephone-event/8000", "telephone-event/48000")
+    assert sdp.telephone_event_payload_type(sdp.prepare_answer(AIORTC_ANSWER, offer)) is None
+
+
+def test_telephone_event_is_added_once() -> None:
+    once = sdp.prepare_answer(AIORTC_ANSWER, META_OFFER)
+    assert sdp.prepare_answer(once, META_OFFER) == once
+
+
+def test_outgoing_offer_offers_telephone_event_126() -> None:
+    aiortc_offer = AIORTC_ANSWER.replace("a=setup:passive", "a=setup:actpass")
+    offer = sdp.prepare_offer(aiortc_offer)
+    audio = sdp.read_facts(offer).audio[0]
+    assert audio.payload_types == (111, 126)
+    assert audio.telephone_event == sdp.Codec(126, "telephone-event", 8000, 1)
+    assert audio.fmtp_of(126) == "0-16"
+    taken = aiortc_offer.replace(" 111\r\n", " 111 126\r\n").replace(
+        "a=rtpmap:111 opus/48000/2\r\n", "a=rtpmap:111 opus/48000/2\r\na=rtpmap:126 PCMA/8000\r\n"
+    )
+    assert sdp.telephone_event_payload_type(sdp.prepare_offer(taken)) == 127
 
 
 def test_setup_is_left_alone_when_offer_is_not_actpass() -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from simulator.signal import (
     ANALYSIS_RATE,
+    BURST_SYMBOLS,
     FREQUENCIES_HZ,
     SEND_RATE,
     Recording,
@@ -104,10 +105,13 @@ def test_the_signal_is_deterministic_rate_independent_and_never_repeats_a_tone()
     assert not np.array_equal(a.symbols[:50], TestSignal(seed=10).symbols[:50])
     assert np.all(a.symbols[1:] != a.symbols[:-1])
     assert set(a.symbol_frequencies(0, 500)) <= set(FREQUENCIES_HZ)
-    # Each 100 ms symbol is a tone at its listed frequency.
-    samples = a.render(0, 20 * 1600, ANALYSIS_RATE).reshape(20, 1600)
+    # Each 100 ms symbol is a tone at its listed frequency, but every sixth is silent (a burst follows).
+    samples = a.render(0, 24 * 1600, ANALYSIS_RATE).reshape(24, 1600)
     spectrum = np.abs(np.fft.rfft(samples, 16_000, axis=1))
-    assert np.array_equal(np.argmax(spectrum, axis=1).astype(float), a.symbol_frequencies(0, 20))
+    silent = np.arange(24) % BURST_SYMBOLS == BURST_SYMBOLS - 1
+    assert np.all(np.max(np.abs(samples[silent]), axis=1) == 0)
+    tones = np.argmax(spectrum, axis=1).astype(float)
+    assert np.array_equal(tones[~silent], a.symbol_frequencies(0, 24)[~silent])
     assert float(np.max(np.abs(samples))) <= 0.3 + 1e-6
 
 

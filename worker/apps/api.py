@@ -1,24 +1,46 @@
 """What a call's app sees: ``async def app(call: Call) -> None``.
 
 An app gets the call's facts (:class:`CallInfo`), the caller's audio as an async iterator of 20 ms frames of
-16-bit mono PCM, a way to send PCM back, and :meth:`Call.hangup`. It runs after ``accept`` succeeded, in its
+16-bit mono PCM, a way to send PCM back, the caller's keypad (:meth:`Call.dtmf`, :meth:`Call.collect_digits`)
+and :meth:`Call.hangup`. It runs after ``accept`` succeeded, in its
 own task; when it returns the call is hung up, and when the call ends for any other reason the frames
 iterator ends (and the app's task may be cancelled). Audio queued with :meth:`Call.send` is played in order,
 paced in real time; silence is sent while nothing is queued.
 
 :class:`MediaCall` is the implementation the worker's session uses: a :class:`CallInfo`, the call's media
-(anything shaped like :class:`AudioPort`, i.e. ``worker.media.MediaSession``) and the session's hang-up.
-This module stays light (no aiortc) so apps and their tests can import it alone.
+(anything shaped like :class:`AudioPort`, i.e. ``worker.media.MediaSession``), the session's hang-up and the
+call's keypad (:class:`DigitSource`, i.e. ``worker.media.keypad.Keypad``). This module stays light (no
+aiortc) so apps and their tests can import it alone.
+
+Keypad digits (RFC 4733 telephone events, decoded by ``worker.media.dtmf``) are not audio: a key press is
+never in :meth:`Call.frames`. They are buffered from the moment the call's media exists until read, so a key
+pressed while a menu plays is there when the app asks; each digit is read once, by whichever of
+:meth:`Call.dtmf` and :meth:`Call.collect_digits` takes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from worker.errors import CallhookError
 from worker.events import CallConnect
+from worker.media.dtmf import Digit
+
+__all__ = [
+    "App",
+    "AudioPort",
+    "Call",
+    "CallEnded",
+    "CallInfo",
+    "Digit",
+    "DigitSource",
+    "Direction",
+    "MediaCall",
+    "collect_digits",
+]
 
 Direction = Literal["incoming", "outgoing"]
 
@@ -83,12 +105,74 @@ class Call(Protocol):
         """Return once everything queued has been played (or the call ended)."""
         ...
 
+    def dtmf(self) -> AsyncIterator[Digit]:
+        """The key presses (``0-9 * # A-D``, ``"flash"``), once each, in order; ends with the call."""
+        ...
+
+    async def collect_digits(
+        self,
+        max: int | None = 6,
+        end: str | None = "#",
+        timeout: float | None = 5.0,  # noqa: ASYNC109  # inter-digit: asyncio.timeout cannot say it
+    ) -> str:
+        """Read key presses into a string; see :func:`collect_digits`."""
+        ...
+
     async def hangup(self) -> None:
         """End the call. Idempotent; the app may keep running until it returns or is cancelled."""
         ...
 
 
 App = Callable[[Call], Awaitable[None]]
+
+
+class DigitSource(Protocol):
+    """The call's keypad as :class:`MediaCall` reads it (``worker.media.keypad.Keypad``)."""
+
+    async def next_digit(self) -> Digit | None:
+        """The oldest unread digit, waiting for one; None once the call is over and every digit was read."""
+        ...
+
+
+async def collect_digits(
+    next_digit: Callable[[], Awaitable[Digit | None]],
+    max: int | None = 6,
+    end: str | None = "#",
+    timeout: float | None = 5.0,  # noqa: ASYNC109  # inter-digit: asyncio.timeout cannot say it
+) -> str:
+    """Key presses read into a string, as an IVR asks for a number or a PIN.
+
+    Stops at the first of:
+
+    * ``end`` pressed (one key, e.g. ``"#"``): the terminator is **not** part of the result, so ``"1234#"``
+      gives ``"1234"`` and a lone ``"#"`` gives ``""`` (the caller skipped). ``None``: no terminator.
+    * ``max`` digits collected (the terminator does not count). ``None``: no limit.
+    * ``timeout`` seconds without a key press: an **inter-digit** timeout, the time the caller gets for the
+      first key and again after each key, as on a telephone (a caller typing a long number slowly is not cut
+      off while still typing). ``None``: wait for ever. What was collected so far is returned, possibly
+      ``""``: the app tells "nothing" from "something" by the string.
+    * the call ended: what was collected so far.
+
+    A ``"flash"`` is not a digit: it is skipped. Digits pressed before the call (type-ahead) are read first.
+    """
+    if max is not None and max < 1:
+        raise ValueError("max must be at least 1 (or None)")
+    if end is not None and len(end) != 1:
+        raise ValueError(f"end must be one key, like '#', not {end!r}")
+    collected: list[str] = []
+    while max is None or len(collected) < max:
+        try:
+            async with asyncio.timeout(timeout):
+                digit = await next_digit()
+        except TimeoutError:
+            break
+        if digit is None:
+            break
+        if digit.digit == end:
+            break
+        if digit.digit != "flash":
+            collected.append(digit.digit)
+    return "".join(collected)
 
 
 class AudioPort(Protocol):
@@ -109,10 +193,17 @@ class AudioPort(Protocol):
 class MediaCall:
     """A :class:`Call` over a call's media; ``hangup`` is the session's (asks the call to end)."""
 
-    def __init__(self, info: CallInfo, media: AudioPort, hangup: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        info: CallInfo,
+        media: AudioPort,
+        hangup: Callable[[], Awaitable[None]],
+        keypad: DigitSource | None = None,
+    ) -> None:
         self._info = info
         self._media = media
         self._hangup = hangup
+        self._keypad = keypad  # None: the call has no keypad (no digits ever come)
         self._hung_up = False
 
     @property
@@ -132,6 +223,21 @@ class MediaCall:
 
     async def wait_played(self) -> None:
         await self._media.wait_played()
+
+    async def dtmf(self) -> AsyncIterator[Digit]:
+        while (digit := await self._next_digit()) is not None:
+            yield digit
+
+    async def collect_digits(
+        self,
+        max: int | None = 6,
+        end: str | None = "#",
+        timeout: float | None = 5.0,  # noqa: ASYNC109  # see collect_digits
+    ) -> str:
+        return await collect_digits(self._next_digit, max, end, timeout)
+
+    async def _next_digit(self) -> Digit | None:
+        return None if self._keypad is None else await self._keypad.next_digit()
 
     async def hangup(self) -> None:
         if self._hung_up:

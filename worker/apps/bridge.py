@@ -1,9 +1,10 @@
 """``ws://…`` / ``wss://…``: each call's audio bridged to an external voice agent over a WebSocket.
 
 One WebSocket per call, speaking Twilio Media Streams (``twilio``, µ-law 8 kHz) or callhook's ``pcm``
-protocol (16-bit PCM at 16 or 24 kHz); see docs/bridge.md. Three tasks per call, under one TaskGroup:
+protocol (16-bit PCM at 16 or 24 kHz); see docs/bridge.md. Four tasks per call, under one TaskGroup:
 
 * **uplink**: the caller's 20 ms frames → one message each to the agent;
+* **keypad**: the caller's key presses → one ``dtmf`` message each (it never decides the ending);
 * **downlink**: the agent's messages → :class:`~worker.apps.bridge_playout.Playout` (audio, marks, clear);
 * **player**: the playout → ``call.send``; marks reported back once played.
 
@@ -92,6 +93,7 @@ class BridgeStatistics:
     marks_cleared: int
     clears: int
     ignored_messages: int
+    digits_sent: int = 0  # dtmf messages to the agent
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,7 @@ class PreparedBridge:
         self._ending: str | None = None
         self._playout: Playout | None = None
         self._ignored = 0
+        self._digits_sent = 0
 
     async def __aenter__(self) -> Self:
         return self
@@ -176,6 +179,7 @@ class PreparedBridge:
             marks_cleared=playout.marks_cleared if playout else 0,
             clears=playout.clears if playout else 0,
             ignored_messages=self._ignored,
+            digits_sent=self._digits_sent,
         )
 
     async def aclose(self) -> None:
@@ -212,6 +216,7 @@ class PreparedBridge:
                 "marks_played": stats.marks_played,
                 "clears": stats.clears,
                 "ignored_messages": stats.ignored_messages,
+                "digits_sent": stats.digits_sent,
             },
         )
         if ending is _CALLER_GONE:
@@ -241,6 +246,7 @@ class PreparedBridge:
         async with asyncio.TaskGroup() as tg:
             pumps = [
                 tg.create_task(until_decided(self._uplink(call)), name="bridge-uplink"),
+                tg.create_task(until_decided(self._keypad(call)), name="bridge-keypad"),
                 tg.create_task(until_decided(self._downlink(playout)), name="bridge-downlink"),
                 tg.create_task(until_decided(self._play(playout)), name="bridge-player"),
             ]
@@ -261,6 +267,17 @@ class PreparedBridge:
             if aclose is not None:
                 await aclose()
         return _CALLER_GONE
+
+    async def _keypad(self, call: Call) -> _Ending:
+        stream, link = self._stream, self._link
+        async for digit in call.dtmf():
+            message = stream.dtmf(digit)
+            if message is not None:
+                await link.send(message, text=True)
+                self._digits_sent += 1
+        # No more digits: the call is ending, and the uplink says so. Wait to be cancelled.
+        never: asyncio.Future[_Ending] = asyncio.get_running_loop().create_future()
+        return await never
 
     async def _downlink(self, playout: Playout) -> _Ending:
         stream, link = self._stream, self._link

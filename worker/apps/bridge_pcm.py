@@ -3,8 +3,9 @@
 For agents that want better than telephone audio. Specified in docs/bridge.md; in short:
 
 * bridge → agent: ``{"type": "start", ...}`` first (the call's facts and the audio format), then one binary
-  frame of caller audio per 20 ms, ``{"type": "mark", "name": ..., "cleared": false|true}`` as the agent's
-  marks are played (or dropped by a clear), ``{"type": "stop", "reason": ...}`` last.
+  frame of caller audio per 20 ms, ``{"type": "dtmf", "digit": "5", "duration_ms": 120}`` when the caller
+  presses a key, ``{"type": "mark", "name": ..., "cleared": false|true}`` as the agent's marks are played (or
+  dropped by a clear), ``{"type": "stop", "reason": ...}`` last.
 * agent → bridge: binary frames of audio to play (a byte stream: frames of any length, even odd ones, are
   joined), ``{"type": "mark", "name": ...}`` and ``{"type": "clear"}``. Anything else is ignored.
 """
@@ -15,7 +16,7 @@ import uuid
 
 import msgspec
 
-from worker.apps.api import CallInfo
+from worker.apps.api import CallInfo, Digit
 from worker.apps.bridge_protocol import AgentAudio, AgentClear, AgentEvent, AgentIgnored, AgentMark
 
 PROTOCOL = "callhook-pcm"
@@ -53,6 +54,11 @@ class _Start(msgspec.Struct, kw_only=True, tag_field="type", tag="start"):
 class _Mark(msgspec.Struct, kw_only=True, tag_field="type", tag="mark"):
     name: str
     cleared: bool
+
+
+class _Dtmf(msgspec.Struct, kw_only=True, tag_field="type", tag="dtmf"):
+    digit: str  # 0-9 * # A-D, or "flash"
+    duration_ms: int
 
 
 class _Stop(msgspec.Struct, kw_only=True, tag_field="type", tag="stop"):
@@ -102,6 +108,9 @@ class PcmStream:
 
     def mark(self, name: str, *, cleared: bool) -> bytes:
         return _encoder.encode(_Mark(name=name, cleared=cleared))
+
+    def dtmf(self, digit: Digit) -> bytes | None:
+        return _encoder.encode(_Dtmf(digit=digit.digit, duration_ms=round(digit.duration_seconds * 1000)))
 
     def stop(self, reason: str) -> bytes:
         return _encoder.encode(_Stop(reason=reason))

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from worker.apps.api import Digit
+
 
 @dataclass(frozen=True, slots=True)
 class AgentAudio:
@@ -72,6 +74,10 @@ class AgentStream(Protocol):
 
     def mark(self, name: str, *, cleared: bool) -> bytes:
         """The agent's mark ``name`` played (or dropped by a clear when ``cleared``)."""
+        ...
+
+    def dtmf(self, digit: Digit) -> bytes | None:
+        """The caller pressed a key (a text message); None when the protocol has no message for it."""
         ...
 
     def stop(self, reason: str) -> bytes:

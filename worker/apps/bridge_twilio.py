@@ -1,9 +1,9 @@
 """Twilio Media Streams (bidirectional ``<Connect><Stream>``) as the bridge speaks it: a pure message codec.
 
 To the agent: ``connected``, ``start`` (the call's facts), ``media`` (the caller, base64 µ-law 8 kHz, one
-20 ms chunk per message, track ``inbound``), ``mark`` (the agent's marks, once played or cleared) and
-``stop``. From the agent: ``media`` (base64 µ-law 8 kHz to play), ``mark`` and ``clear``; everything else is
-ignored, as Twilio does. ``dtmf`` is never sent: the call's media does not decode telephone events yet.
+20 ms chunk per message, track ``inbound``), ``dtmf`` (a key the caller pressed, track ``inbound_track``, as
+Twilio writes it), ``mark`` (the agent's marks, once played or cleared) and ``stop``. From the agent:
+``media`` (base64 µ-law 8 kHz to play), ``mark`` and ``clear``; everything else is ignored, as Twilio does.
 
 Field mapping (docs/bridge.md has the full table): ``callSid`` is the WhatsApp call id, ``accountSid`` the
 business number's ``phone_number_id``, ``streamSid`` a fresh ``MZ`` + 32 hex digits per call. The call's
@@ -18,7 +18,7 @@ import uuid
 
 import msgspec
 
-from worker.apps.api import CallInfo
+from worker.apps.api import CallInfo, Digit
 from worker.apps.bridge_protocol import AgentAudio, AgentClear, AgentEvent, AgentIgnored, AgentMark
 from worker.audio_codecs import MULAW_SAMPLE_RATE, mulaw_to_pcm, pcm_to_mulaw
 
@@ -73,6 +73,21 @@ class _Mark(msgspec.Struct, kw_only=True, rename="camel", tag_field="event", tag
     sequence_number: str
     stream_sid: str
     mark: _MarkBody
+
+
+class _DtmfBody(msgspec.Struct, kw_only=True):
+    track: str
+    digit: str
+
+
+class _Dtmf(msgspec.Struct, kw_only=True, rename="camel", tag_field="event", tag="dtmf"):
+    stream_sid: str
+    sequence_number: str
+    dtmf: _DtmfBody
+
+
+# The keys Twilio reports; a flash has no Twilio message and is not sent.
+TWILIO_DIGITS = frozenset("0123456789*#ABCD")
 
 
 class _StopBody(msgspec.Struct, kw_only=True, rename="camel"):
@@ -169,6 +184,14 @@ class TwilioStream:
             _Mark(
                 sequence_number=self._next_sequence(), stream_sid=self.stream_sid, mark=_MarkBody(name=name)
             )
+        )
+
+    def dtmf(self, digit: Digit) -> bytes | None:
+        if digit.digit not in TWILIO_DIGITS:
+            return None
+        body = _DtmfBody(track="inbound_track", digit=digit.digit)
+        return _encoder.encode(
+            _Dtmf(stream_sid=self.stream_sid, sequence_number=self._next_sequence(), dtmf=body)
         )
 
     def stop(self, reason: str) -> bytes:

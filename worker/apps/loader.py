@@ -3,13 +3,15 @@
 * ``echo``
 * ``play:<path to a 16-bit PCM WAV file>``
 * ``record:<existing writable directory>``
+* ``ivr`` or ``ivr:<key>=<route>,...`` - a keypad menu (:mod:`worker.apps.ivr`): ``ivr`` alone is
+  ``1=echo,2=play,9=hangup`` with a generated menu; ``menu=<wav file>`` and ``play:<wav file>`` routes
 * ``ws://host[:port]/path`` or ``wss://…`` - the voice-agent bridge (:mod:`worker.apps.bridge`), configured by
   ``CALLHOOK_BRIDGE_*`` (:mod:`worker.apps.bridge_config`); ``ws:wss://…`` is the same with an explicit prefix
 * ``package.module:function`` - a user's ``async def function(call: Call) -> None``
 
-``play`` and ``record`` are checked when loaded (the file is a usable WAV, the directory is writable), so a
-bad setting fails at start-up (``check-config``) rather than on the first call. The built-in names win over a
-user module of the same name.
+``play``, ``record`` and ``ivr`` are checked when loaded (the files are usable WAVs, the directory is
+writable), so a bad setting fails at start-up (``check-config``) rather than on the first call. The built-in
+names win over a user module of the same name.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from worker.apps.api import App
 from worker.apps.bridge import Apology, Bridge
 from worker.apps.bridge_config import BridgeSettings
 from worker.apps.echo import echo
+from worker.apps.ivr import IvrSpecError, Menu, ivr
 from worker.apps.play import UnplayableFile, check_wav, play
 from worker.apps.record import record
 from worker.errors import CallhookError
@@ -35,7 +38,10 @@ class AppSpecError(CallhookError):
     """The app spec names nothing runnable; the message says what is wrong and how specs look."""
 
 
-USAGE = "use echo, play:<wav file>, record:<directory>, ws(s)://<voice agent> or package.module:function"
+USAGE = (
+    "use echo, play:<wav file>, record:<directory>, ivr[:<key>=<route>,...], ws(s)://<voice agent> "
+    "or package.module:function"
+)
 
 
 def load_app(spec: str, *, bridge_settings: BridgeSettings | None = None) -> App:
@@ -43,6 +49,8 @@ def load_app(spec: str, *, bridge_settings: BridgeSettings | None = None) -> App
     spec = spec.strip()
     if spec == "echo":
         return echo
+    if spec == "ivr" or spec.startswith("ivr:"):
+        return _ivr(spec[len("ivr:") :])
     kind, sep, argument = spec.partition(":")
     if not sep or not kind or not argument:
         raise AppSpecError(f"app spec {spec!r} is not understood: {USAGE}")
@@ -62,6 +70,13 @@ def _play(path: Path) -> App:
     except UnplayableFile as exc:
         raise AppSpecError(f"play: {exc}") from exc
     return functools.partial(play, path=path)
+
+
+def _ivr(routes: str) -> App:
+    try:
+        return functools.partial(ivr, menu=Menu.parse(routes))
+    except IvrSpecError as exc:
+        raise AppSpecError(str(exc)) from exc
 
 
 def _record(directory: Path) -> App:

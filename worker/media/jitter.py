@@ -143,6 +143,7 @@ class JitterStatistics:
     packets_reordered: int = 0  # arrived after a later one, still in time: put back in order
     frames_played: int = 0  # AUDIO
     frames_concealed: int = 0  # CONCEAL (the decoder's PLC)
+    concealment_runs: int = 0  # runs of consecutive CONCEAL frames (their mean length tells bursts apart)
     frames_fec: int = 0  # FEC: recovered from the next packet
     frames_dropped: int = 0  # dropped to catch up (or because the buffer was full)
     frames_silent_dropped: int = 0  # of which silent
@@ -274,9 +275,9 @@ class JitterBuffer:
         self._jitter = InterarrivalJitter(settings.clock_rate)
         self._counts: dict[str, int] = dict.fromkeys(
             (
-                "packets_received", "packets_late", "packets_duplicate", "packets_reordered", "frames_played",
-                "frames_concealed", "frames_fec", "frames_dropped", "frames_silent_dropped", "frames_silence",
-                "resyncs",
+                "packets_received", "packets_late", "packets_duplicate", "packets_reordered",
+                "frames_played", "frames_concealed", "concealment_runs", "frames_fec", "frames_dropped",
+                "frames_silent_dropped", "frames_silence", "resyncs",
             ),
             0,
         )  # fmt: skip
@@ -285,6 +286,7 @@ class JitterBuffer:
         self._delay_ticks = 0
         self._target = settings.min_target_delay
         self._last_delay = 0.0
+        self._last_kind = PlayoutKind.SILENCE
         self._ssrc: int | None = None
         self._previous_ssrc: int | None = None
         self._reset_stream()
@@ -402,6 +404,7 @@ class JitterBuffer:
         self._held = 0
         playout = self._start(now) if self._state is _State.WAITING else self._play(now)
         if playout.kind is PlayoutKind.SILENCE:
+            self._last_kind = PlayoutKind.SILENCE
             self._counts["frames_silence"] += 1
             self._last_delay = 0.0
         else:
@@ -495,11 +498,14 @@ class JitterBuffer:
         else:
             samples = self._tick
         self._counts["frames_concealed"] += 1
+        if self._last_kind is not PlayoutKind.CONCEAL:
+            self._counts["concealment_runs"] += 1
         return self._emit(PlayoutKind.CONCEAL, None, samples)
 
     def _emit(self, kind: PlayoutKind, payload: bytes | None, samples: int) -> Playout:
         samples = min(samples, OPUS_MAX_SAMPLES_48K * self._settings.clock_rate // 48000)
         self._last_samples = samples
+        self._last_kind = kind
         self._held = samples - self._tick
         return Playout(kind, payload, samples * 48000 // self._settings.clock_rate)
 
