@@ -25,6 +25,8 @@ from worker.apps.api import App, CallEnded, CallInfo, MediaCall
 from worker.errors import CallhookError, GraphError
 from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest
 from worker.graph import GraphClient
+from worker.handoff.transfer import Fallback, Handoff
+from worker.handoff.wire import TransferRequest
 from worker.media import EndReason, MediaError, MediaSession, MediaSettings
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, ClaimLost, MailboxItem, Reservation
@@ -84,6 +86,7 @@ class SessionDeps:
     lifecycle: Lifecycle
     claimer: Claimer
     media_settings: MediaSettings
+    handoff: Handoff | None = None  # hands calls to people (worker/handoff); None: transfer is refused
 
 
 class CallSession:
@@ -123,6 +126,7 @@ class CallSession:
         self._preparing: asyncio.Task[None] | None = None
         self._prepared: Prepared | None = None
         self.outcome: machine.Outcome | None = None
+        self._transfer: TransferRequest | None = None
 
     # ------------------------------------------------------------------------------------- public API
     @property
@@ -326,8 +330,11 @@ class CallSession:
         assert self._media is not None
         self._media.start_sending()
         self._answered_at = time.monotonic()
-        call = MediaCall(self.info, self._media, self._app_hangup)
+        call = MediaCall(self.info, self._media, self._app_hangup, transfer=self._transferring)
         self._app_task = self._spawn("app", self._run_app(call))
+
+    def _transferring(self, request: TransferRequest) -> None:
+        self._transfer = request  # served when the app returns (worker/handoff: the call goes on)
 
     async def _run_app(self, call: MediaCall) -> None:
         if self._preparing is not None and not await self._app_ready(time.monotonic() + 30.0):
@@ -342,6 +349,8 @@ class CallSession:
             log.exception("app failed")
             self._post(machine.AppFinished(error=repr(exc)))
             return
+        if self._transfer is not None and await self._handed_off(call):
+            return
         finished = machine.AppFinished()
         if self._media is not None and self._media.ended_reason is EndReason.REMOTE_ENDED:
             # The app returned because the caller's audio ended with a hang-up: as in _on_media_end.
@@ -349,6 +358,20 @@ class CallSession:
             self._spawn("remote-end-grace", self._post_later(finished, grace))
         else:
             self._post(finished)
+
+    async def _handed_off(self, call: MediaCall) -> bool:
+        """The app transferred the call: wait for an agent (worker/handoff). True when the app runs again."""
+        request, self._transfer = self._transfer, None
+        handoff = self._deps.handoff
+        assert request is not None
+        assert self._media is not None
+        if handoff is None:
+            return False
+        if await handoff.serve(self.info, self._media, request) is Fallback.APP:
+            self._app_task = self._spawn("app", self._run_app(MediaCall(
+                self.info, self._media, self._app_hangup, transfer=self._transferring)))  # fmt: skip
+            return True
+        return False
 
     async def _app_hangup(self) -> None:
         self._post(machine.HangupRequested("app hung up"))
