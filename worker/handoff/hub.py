@@ -176,6 +176,7 @@ class HandoffHub(Supervised):
             return
         handler = self._handlers.get(command.call_id)
         if handler is None:
-            self.reply(message.reply_to or "", wire.Refused(call_id=command.call_id, reason="gone"))
+            refusal = wire.Refused(call_id=command.call_id, reason="gone", agent=command.agent)
+            self.reply(message.reply_to or "", refusal)
             return
         handler.on_command(command, message.reply_to or "")

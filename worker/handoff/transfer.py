@@ -139,7 +139,7 @@ class TransferredCall:
             case wire.Take(agent=agent, offer_sdp=offer):
                 if self._state != "waiting":
                     self._h.metrics.takes_refused.labels(reason="taken").inc()
-                    self._h.hub.reply(reply_to, wire.Refused(call_id=call_id, reason="taken"))
+                    self._h.hub.reply(reply_to, wire.Refused(call_id=call_id, reason="taken", agent=agent))
                     return
                 self._state, self._agent, self._reply_to = "connecting", agent, reply_to
                 self._spawn(self._connect_agent(offer))
@@ -148,8 +148,10 @@ class TransferredCall:
             case wire.Hold(agent=agent, on=on) if agent == self._agent:
                 self._on_hold = on
                 self._hold_changed.set()
-            case _:
-                self._h.hub.reply(reply_to, wire.Refused(call_id=call_id, reason="not_yours"))
+            case wire.Take() | wire.Hangup() | wire.Hold():
+                self._h.hub.reply(
+                    reply_to, wire.Refused(call_id=call_id, reason="not_yours", agent=command.agent)
+                )
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
@@ -183,10 +185,12 @@ class TransferredCall:
                 h.metrics.wait_seconds.labels(queue=queue, outcome=outcome).observe(self._waited())
                 h.hub.announce(wire.Left(call_id=info.call_id, queue=queue, why=outcome))
                 if outcome == "abandoned":
-                    h.hub.reply(self._reply_to, wire.Ended(call_id=info.call_id, reason="caller hung up"))
+                    ended = wire.Ended(call_id=info.call_id, reason="caller hung up", agent=self._agent)
+                    h.hub.reply(self._reply_to, ended)
                     self._spawn_notify("abandoned_in_queue", queue=queue, wait_seconds=self._waited())
             else:
-                h.hub.reply(self._reply_to, wire.Ended(call_id=info.call_id, reason=self._end_reason_text()))
+                ended = wire.Ended(call_id=info.call_id, reason=self._end_reason_text(), agent=self._agent)
+                h.hub.reply(self._reply_to, ended)
             if self._agent_media is not None:
                 await self._agent_media.close()
             await asyncio.shield(h.hub.unregister(info.call_id))
@@ -267,12 +271,12 @@ class TransferredCall:
             await media.close()
             log.warning("agent offer refused", extra={"error": str(exc)})
             h.metrics.takes_refused.labels(reason="bad_offer").inc()
-            h.hub.reply(self._reply_to, wire.Refused(call_id=call_id, reason="bad_offer"))
+            h.hub.reply(self._reply_to, wire.Refused(call_id=call_id, reason="bad_offer", agent=self._agent))
             self._state, self._agent, self._reply_to = "waiting", "", ""
             return
         self._agent_media = media
         media.start_sending()
-        h.hub.reply(self._reply_to, wire.Answer(call_id=call_id, sdp=answer))
+        h.hub.reply(self._reply_to, wire.Answer(call_id=call_id, sdp=answer, agent=self._agent))
         h.hub.announce(wire.Taken(call_id=call_id, queue=self._request.queue, agent=self._agent))
         self._taken.set()
 
@@ -349,7 +353,8 @@ class TransferredCall:
                 wire.Quality(
                     call_id=self._info.call_id,
                     caller=self._caller.statistics().quality_fields(),
-                    agent=agent.statistics().quality_fields(),
+                    agent_leg=agent.statistics().quality_fields(),
                     on_hold=self._on_hold,
+                    agent=self._agent,
                 ),
             )

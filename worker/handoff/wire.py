@@ -97,16 +97,19 @@ Command = Take | Hangup | Hold | Query
 class Answer(msgspec.Struct, frozen=True, kw_only=True, tag="answer"):
     call_id: str
     sdp: str
+    agent: str = ""  # whose command this answers (a console routes replies by call and agent)
 
 
 class Refused(msgspec.Struct, frozen=True, kw_only=True, tag="refused"):
     call_id: str
     reason: str  # taken | gone | not_allowed | bad_offer
+    agent: str = ""  # whose command this answers (a console routes replies by call and agent)
 
 
 class Ended(msgspec.Struct, frozen=True, kw_only=True, tag="ended"):
     call_id: str
     reason: str
+    agent: str = ""  # whose command this answers (a console routes replies by call and agent)
 
 
 class Quality(msgspec.Struct, frozen=True, kw_only=True, tag="quality"):
@@ -114,8 +117,9 @@ class Quality(msgspec.Struct, frozen=True, kw_only=True, tag="quality"):
 
     call_id: str
     caller: dict[str, float | int | None]
-    agent: dict[str, float | int | None]
+    agent_leg: dict[str, float | int | None]
     on_hold: bool = False
+    agent: str = ""
 
 
 Reply = Answer | Refused | Ended | Quality
