@@ -172,6 +172,7 @@ class MiniGraph:
         self.port = port
         self.phones: dict[str, Phone] = {}
         self.ended: set[str] = set()
+        self.arrivals: dict[tuple[str, str], float] = {}  # (call id, action) -> time.monotonic() of arrival
         self._app = web.Application()
         self._app.router.add_post("/{version}/{phone_number_id}/calls", self._calls)
         self._runner = web.AppRunner(self._app, access_log=None)
@@ -185,8 +186,10 @@ class MiniGraph:
         await self._runner.cleanup()
 
     async def _calls(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         body = await request.json()
         action, call_id = body.get("action"), body.get("call_id")
+        self.arrivals.setdefault((str(call_id), str(action)), arrived)
         phone = self.phones.get(call_id)
         if phone is None:
             return web.json_response({"error": {"code": 100, "message": "Invalid call_id"}}, status=400)
@@ -390,31 +393,76 @@ def row(step: Step) -> str:
 
 # ---------------------------------------------------------------------------------------------- the runs
 @asynccontextmanager
+async def echo_agent(protocol: str) -> AsyncIterator[int]:
+    """An echoing voice agent in a process of its own (``bench/bridge.py --serve-agent``); yields its port.
+
+    Its CPU is not the worker's: the capacity measured is the bridge's side only."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(REPO / "bench" / "bridge.py"),
+        "--serve-agent",
+        protocol,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        yield int(await asyncio.wait_for(process.stdout.readline(), 30))
+    finally:
+        process.stdin.close()
+        await asyncio.wait_for(process.wait(), 10)
+
+
+@asynccontextmanager
+async def app_env(args: argparse.Namespace) -> AsyncIterator[dict[str, str]]:
+    """The worker's app: echo, or the ``ws:`` voice-agent bridge to an echoing agent."""
+    if args.app == "echo":
+        yield {"CALLHOOK_APP": "echo"}
+        return
+    async with echo_agent(args.protocol) as port:
+        yield {"CALLHOOK_APP": f"ws://127.0.0.1:{port}/agent", "CALLHOOK_BRIDGE_PROTOCOL": args.protocol}
+
+
+@asynccontextmanager
 async def callhook_target(args: argparse.Namespace) -> AsyncIterator[Callhook]:
     with (
         private_vhost("bench-capacity") as amqp_url,
         tempfile.TemporaryDirectory(prefix="bench-cap-") as logs,
     ):
-        graph_port = free_port()
-        system = System(
-            amqp_url=amqp_url,
-            graph_url=f"http://127.0.0.1:{graph_port}",
-            log_dir=Path(logs),
-            workers=0 if args.profile else 1,
-            worker_env={"CALLHOOK_MAX_CALLS": "1000", "CALLHOOK_DRAIN_TIMEOUT_SECONDS": "5"},
-        )
-        profile = Path(logs) / "worker.prof"
-        async with system, MiniGraph(graph_port) as graph, aiohttp.ClientSession() as http:
-            if args.profile:
-                start_profiled_worker(system, profile)
-                await system.wait_ready()
-            target = Callhook(system, graph, http)
-            try:
-                yield target
-            finally:
-                await target.hang_up_all()
-        if args.profile:  # written when the worker exited
-            print_profile(profile)
+        async with app_env(args) as env, _callhook_target(args, amqp_url, Path(logs), env) as target:
+            yield target
+
+
+@asynccontextmanager
+async def _callhook_target(
+    args: argparse.Namespace, amqp_url: str, logs: Path, app: dict[str, str]
+) -> AsyncIterator[Callhook]:
+    graph_port = free_port()
+    system = System(
+        amqp_url=amqp_url,
+        graph_url=f"http://127.0.0.1:{graph_port}",
+        log_dir=logs,
+        workers=0 if args.profile else 1,
+        worker_env={
+            "CALLHOOK_MAX_CALLS": "1000",
+            "CALLHOOK_DRAIN_TIMEOUT_SECONDS": "5",
+            "CALLHOOK_UVLOOP": "false" if args.no_uvloop else "true",
+            **app,
+        },
+    )
+    profile = logs / "worker.prof"
+    async with system, MiniGraph(graph_port) as graph, aiohttp.ClientSession() as http:
+        if args.profile:
+            start_profiled_worker(system, profile)
+            await system.wait_ready()
+        target = Callhook(system, graph, http)
+        try:
+            yield target
+        finally:
+            await target.hang_up_all()
+    if args.profile:  # written when the worker exited
+        print_profile(profile)
 
 
 def start_profiled_worker(system: System, output: Path) -> Process:
@@ -511,9 +559,10 @@ async def main(args: argparse.Namespace) -> int:
     packets = phone_payloads()
     print(f"capacity bench: {machine()}")
     print(f"steps {args.steps}, {args.window:g} s window after {args.settle:g} s settling each\n")
-    results: dict[str, list[Step]] = {}
-    async with baseline_target() as base:
-        results["stock aiortc"] = await ramp(base, packets, args)
+    results: dict[str, list[Step]] = {"stock aiortc": []}
+    if not args.only_callhook:
+        async with baseline_target() as base:
+            results["stock aiortc"] = await ramp(base, packets, args)
     async with callhook_target(args) as ours:
         results["callhook"] = await ramp(ours, packets, args)
     report(results)
@@ -574,6 +623,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="run the worker under cProfile and print where its loop spends time",
     )
+    parser.add_argument("--no-uvloop", action="store_true", help="run the worker on asyncio's own loop")
+    parser.add_argument(
+        "--app",
+        choices=("echo", "ws"),
+        default="echo",
+        help="the worker's app: echo, or the ws: voice-agent bridge to an echoing agent process",
+    )
+    parser.add_argument("--protocol", choices=("pcm", "twilio"), default="pcm", help="with --app ws")
+    parser.add_argument("--only-callhook", action="store_true", help="skip the stock aiortc baseline")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -2,10 +2,13 @@
 Meta's Graph API, at several rates of new calls, against a bare signed webhook POST measured in the same run.
 
 Setup (a private vhost, everything on 127.0.0.1): ``callhook ingress`` and ``--workers`` worker processes
-(echo app), and the simulator in this process (Graph API, signed webhooks, real aiortc phones). Both ends of
-each latency are the simulator's own journal: the first attempt's send time of the connect POST, and the
-arrival time of the worker's ``pre_accept`` / ``accept`` at the Graph API. Each call is held ``--hold``
-seconds after it was accepted (the phone talks, the worker echoes), then the phone hangs up.
+(echo app); Meta's side in this process: signed ``connect``/``terminate`` webhooks posted to the ingress, a
+minimal Graph API, and the capacity bench's phones (``bench/capacity.py``: real aiortc peers shaped like
+Meta's that send pre-encoded Opus and count what they receive without decoding it, so at 10-20 new calls/s
+this process measures callhook, not its own phones). Both ends of each latency are stamped here
+(``time.monotonic``): just before the connect POST, and when the worker's ``pre_accept`` / ``accept``
+reaches the Graph API. Each call is held ``--hold`` seconds after it was accepted (the phone talks, the
+worker echoes), then Meta's terminate webhook ends it.
 
 Baseline, measured first in the same run: the round trip of a signed webhook POST to the ingress (200 only
 after RabbitMQ confirmed a persistent copy), the first hop of every call's setup. The setup latencies are
@@ -13,8 +16,8 @@ printed as ratios against its p50/p99. The workers' own histograms split the tim
 ``router`` = ingress receipt -> router decode of every webhook (``callhook_webhook_lag_seconds``);
 ``pre_accept`` / ``accept`` = ingress receipt of the connect -> the request sent
 (``callhook_call_setup_seconds``).
-The simulator's event-loop lag (``sim lag``) says whether Meta's side (this process: phones, Graph API,
-webhooks) kept up: where it is high, both ends of the measured latency were stamped late.
+This process's event-loop lag (``sim lag``) says whether Meta's side (phones, Graph API, webhooks) kept up:
+where it is high, both ends of the measured latency were stamped late.
 
     ./run bench setup_latency                              # or: uv run --frozen python bench/setup_latency.py
     uv run --frozen python bench/setup_latency.py --seconds 3 --rates 1,10      # a quick smoke run
@@ -49,21 +52,26 @@ from _common import (
     sample,
     table,
 )
+from capacity import MiniGraph, Phone, phone_payloads
 
+from callhook.ice import restrict_host_addresses
 from simulator import payloads
-from simulator.calls import CallState
-from simulator.config import SimulatorConfig
-from simulator.errors import CallEndedError
-from simulator.sim import SimulatedCall, Simulator
-from tests.support.system import ACCESS_TOKEN, APP_SECRET, Process, System, free_port, scrape
+from simulator.config import DEFAULT_NUMBER, DEFAULT_WABA_ID
+from tests.support.system import APP_SECRET, Process, System, free_port, scrape
 
 SETUP_METRIC = "callhook_call_setup_seconds"
 
 
 @dataclass
+class Call:
+    call_id: str
+    sent_at: float  # time.monotonic() just before the connect webhook was posted
+
+
+@dataclass
 class Phase:
     rate: float
-    calls: list[SimulatedCall] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     loop_lag: list[float] = field(default_factory=list)
     worker_means: dict[str, float] = field(default_factory=dict)
@@ -124,9 +132,58 @@ async def baseline(url: str, rate: float, count: int) -> list[float]:
     return latencies
 
 
+# ------------------------------------------------------------------------------------------------ Meta's side
+class Meta:
+    """Meta for the bench: signed webhooks to the ingress, the Graph API (:class:`capacity.MiniGraph`) and
+    cheap phones (:class:`capacity.Phone`)."""
+
+    def __init__(self, webhook_url: str, graph: MiniGraph, http: aiohttp.ClientSession) -> None:
+        self.webhook_url, self.graph, self.http = webhook_url, graph, http
+        self.packets = phone_payloads(2.0)
+
+    async def post(self, update: payloads.Update) -> None:
+        body = payloads.encode(payloads.envelope([update]))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Hub-Signature-256": payloads.signature(body, APP_SECRET),
+        }
+        async with self.http.post(self.webhook_url, data=body, headers=headers) as response:
+            if response.status != 200:
+                raise RuntimeError(f"ingress answered {response.status}")
+
+    async def call(self, number: int, hold: float, phase: Phase) -> None:
+        """One incoming call: connect webhook, answered by the worker, ``hold`` seconds, terminate webhook."""
+        phone = Phone(self.packets)
+        call_id = payloads.new_call_id()
+        self.graph.phones[call_id] = phone
+        user = payloads.Contact(f"1555{number:07d}", "Bench Caller")
+        try:
+            offer = await phone.offer()
+            connect = payloads.call_connect(
+                waba_id=DEFAULT_WABA_ID, number=DEFAULT_NUMBER, call_id=call_id, user=user,
+                direction=payloads.USER_INITIATED, timestamp=int(time.time()), sdp_type="offer", sdp=offer,
+            )  # fmt: skip
+            sent_at = time.monotonic()
+            await self.post(connect)
+            phase.calls.append(Call(call_id, sent_at))
+            async with asyncio.timeout(30):
+                await phone.answered.wait()
+            await asyncio.sleep(hold)  # the scenario's call length, not a synchronisation
+            terminate = payloads.call_terminate(
+                waba_id=DEFAULT_WABA_ID, number=DEFAULT_NUMBER, call_id=call_id, user=user,
+                direction=payloads.USER_INITIATED, timestamp=int(time.time()), status="COMPLETED",
+            )  # fmt: skip
+            await self.post(terminate)
+        except (TimeoutError, RuntimeError) as exc:
+            phase.failures.append(f"{call_id}: {type(exc).__name__} {exc}")
+        finally:
+            await phone.close()
+            self.graph.phones.pop(call_id, None)
+
+
 # ------------------------------------------------------------------------------------------------ one rate
 async def run_phase(
-    sim: Simulator,
+    meta: Meta,
     workers: list[Process],
     rate: float,
     seconds: float,
@@ -136,22 +193,14 @@ async def run_phase(
     phase = Phase(rate)
 
     async def one_call(_: int) -> None:
-        call = await sim.place_call(from_=f"1555{next(numbers):07d}")
-        phase.calls.append(call)
-        try:
-            await call.wait_state(CallState.ACCEPTED, timeout=30)
-            await asyncio.sleep(hold)  # the scenario's call length, not a synchronisation
-            await call.hangup()
-            await call.wait_ended(timeout=10)
-        except (TimeoutError, CallEndedError) as exc:
-            phase.failures.append(f"{call.call_id}: {type(exc).__name__} {exc}")
+        await meta.call(next(numbers), hold, phase)
 
-    async with aiohttp.ClientSession() as http:
-        before = await asyncio.gather(*(scrape(http, w) for w in workers))
-        async with LagProbe() as probe:
-            await paced(rate, max(1, round(rate * seconds)), one_call)
-        await wait_idle(http, workers)
-        after = await asyncio.gather(*(scrape(http, w) for w in workers))
+    http = meta.http
+    before = await asyncio.gather(*(scrape(http, w) for w in workers))
+    async with LagProbe() as probe:
+        await paced(rate, max(1, round(rate * seconds)), one_call)
+    await wait_idle(http, workers)
+    after = await asyncio.gather(*(scrape(http, w) for w in workers))
     phase.loop_lag = probe.samples
     phase.worker_means = {
         "router": pooled_mean(before, after, "callhook_webhook_lag_seconds"),
@@ -185,18 +234,18 @@ async def wait_idle(http: aiohttp.ClientSession, workers: list[Process], timeout
             await asyncio.sleep(0.1)  # a probe's interval
 
 
-def latencies(sim: Simulator, calls: list[SimulatedCall], action: str) -> list[float]:
+def latencies(graph: MiniGraph, calls: list[Call], action: str) -> list[float]:
     out = []
     for call in calls:
-        sent = sim.journal.connect_sent_at(call.call_id)
-        request = sim.journal.first_request(call.call_id, action)
-        if sent is not None and request is not None:
-            out.append(request.received_at - sent)
+        arrived = graph.arrivals.get((call.call_id, action))
+        if arrived is not None:
+            out.append(arrived - call.sent_at)
     return out
 
 
 # ---------------------------------------------------------------------------------------------------- main
 async def main(args: argparse.Namespace) -> int:
+    restrict_host_addresses(["127.0.0.1"])
     rates = [float(r) for r in args.rates.split(",")]
     with private_vhost("bench-setup") as amqp_url, tempfile.TemporaryDirectory(prefix="bench-setup-") as logs:
         graph_port = free_port()
@@ -207,16 +256,11 @@ async def main(args: argparse.Namespace) -> int:
             workers=args.workers,
             worker_env={"CALLHOOK_MAX_CALLS": "500", "CALLHOOK_DRAIN_TIMEOUT_SECONDS": "5"},
         )
-        config = SimulatorConfig(
-            app_secret=APP_SECRET,
-            access_token=ACCESS_TOKEN,
-            ice_host_addresses=("127.0.0.1",),
-            record_seconds=0.0,  # the phones keep no audio for analysis: less work on Meta's side
-        )
-        async with system, Simulator(config, ingress_url=system.webhook_url, graph_port=graph_port) as sim:
+        async with system, MiniGraph(graph_port) as graph, aiohttp.ClientSession() as http:
+            meta = Meta(system.webhook_url, graph, http)
             print(f"setup latency bench: {machine()}")
             print(
-                f"{args.workers} worker process(es), echo app; the simulator (Meta: Graph API, webhooks, "
+                f"{args.workers} worker process(es), echo app; Meta's side (Graph API, webhooks, cheap "
                 f"phones) in this process; {args.seconds:g} s per rate; calls last {args.hold:g} s\n"
             )
             base = await baseline(system.webhook_url, args.baseline_rate, args.baseline_posts)
@@ -224,18 +268,18 @@ async def main(args: argparse.Namespace) -> int:
             phases = []
             for rate in rates:
                 phases.append(
-                    await run_phase(sim, system.worker_processes, rate, args.seconds, args.hold, numbers)
+                    await run_phase(meta, system.worker_processes, rate, args.seconds, args.hold, numbers)
                 )
-            report(args, sim, base, phases)
+            report(args, graph, base, phases)
             if args.json:
-                print(json.dumps(figures(sim, base, phases)))
+                print(json.dumps(figures(graph, base, phases)))
             return 0 if all(not p.failures for p in phases) else 1
 
 
-def figures(sim: Simulator, base: list[float], phases: list[Phase]) -> dict[str, object]:
+def figures(graph: MiniGraph, base: list[float], phases: list[Phase]) -> dict[str, object]:
     out: dict[str, object] = {"baseline_p50": percentile(base, 50), "baseline_p99": percentile(base, 99)}
     for p in phases:
-        pre, acc = latencies(sim, p.calls, "pre_accept"), latencies(sim, p.calls, "accept")
+        pre, acc = latencies(graph, p.calls, "pre_accept"), latencies(graph, p.calls, "accept")
         out[f"{p.rate:g}"] = {
             "calls": len(p.calls),
             "failures": len(p.failures),
@@ -248,7 +292,7 @@ def figures(sim: Simulator, base: list[float], phases: list[Phase]) -> dict[str,
     return out
 
 
-def report(args: argparse.Namespace, sim: Simulator, base: list[float], phases: list[Phase]) -> None:
+def report(args: argparse.Namespace, graph: MiniGraph, base: list[float], phases: list[Phase]) -> None:
     b50, b99 = percentile(base, 50), percentile(base, 99)
     print(
         f"baseline: signed webhook POST -> 200 (broker-confirmed), {len(base)} at {args.baseline_rate:g}/s: "
@@ -256,7 +300,7 @@ def report(args: argparse.Namespace, sim: Simulator, base: list[float], phases: 
     )
     rows = []
     for p in phases:
-        pre, acc = latencies(sim, p.calls, "pre_accept"), latencies(sim, p.calls, "accept")
+        pre, acc = latencies(graph, p.calls, "pre_accept"), latencies(graph, p.calls, "accept")
         p50, p99 = percentile(pre, 50), percentile(pre, 99)
         a50, a99 = percentile(acc, 50), percentile(acc, 99)
         rows.append(
@@ -298,7 +342,7 @@ def report(args: argparse.Namespace, sim: Simulator, base: list[float], phases: 
             print(f"  failed at {p.rate:g}/s: {failure}")
     goal = next((p for p in phases if p.rate == 10), None)
     if goal is not None:
-        pre = latencies(sim, goal.calls, "pre_accept")
+        pre = latencies(graph, goal.calls, "pre_accept")
         met = percentile(pre, 50) < 0.025 and percentile(pre, 99) < 0.075
         print(f"\ngoal at 10 calls/s: pre_accept p50 < 25 ms and p99 < 75 ms: {'met' if met else 'NOT met'}")
 

@@ -24,6 +24,23 @@ from worker.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 
+class MediaQuality(msgspec.Struct, frozen=True, kw_only=True):
+    """A call's inbound audio quality, in ``call.ended`` (README, "Media quality");
+    ``worker.media.quality.CallQuality.as_fields`` fills it."""
+
+    expected: int = 0  # RTP packets the sequence numbers say were sent
+    received: int = 0
+    lost: int = 0  # never arrived
+    late: int = 0  # arrived after their playout time, dropped
+    concealed: int = 0  # frames the decoder's PLC made up
+    fec: int = 0  # frames rebuilt from the next packet's in-band FEC
+    jitter_ms: float = 0.0  # RFC 3550 interarrival jitter
+    buffer_delay_ms: float = 0.0  # mean jitter-buffer delay
+    rtt_ms: float | None = None  # from RTCP, when the phone sent receiver reports
+    loss_percent: float = 0.0  # frames heard as concealment, of all frames played
+    mos: float | None = None  # estimated (simplified E-model, ITU-T G.107)
+
+
 class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The body of every ``call.*`` event (README, "Call lifecycle events")."""
 
@@ -43,6 +60,7 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     reason: str | None = None
     error_code: int | None = None  # Meta's code from the terminate webhook or the refused request
     duration_seconds: float | None = None
+    media: MediaQuality | None = None  # ended: the caller's audio as the worker received it
     # handoff (docs/handoff.md): transferred | queued | agent_answered | abandoned_in_queue
     queue: str | None = None
     agent: str | None = None

@@ -38,7 +38,7 @@ from worker.handoff.metrics import HandoffMetrics
 from worker.handoff.transfer import Handoff
 from worker.health import HealthServer, watch_loop_lag
 from worker.lifecycle import LifecyclePublisher
-from worker.media import MediaSettings
+from worker.media import MediaSettings, MediaStatistics
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, Ownership, OwnershipSettings, Reservation
 from worker.router import Router
@@ -154,6 +154,15 @@ class WorkerService:
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
+
+    def media_statistics(self) -> dict[str, MediaStatistics]:
+        """Live media figures of every call this worker runs, by call id (an unplaced dial: ``dial:…``)."""
+        out: dict[str, MediaStatistics] = {}
+        for key, session in self.sessions.items():
+            stats = session.media_statistics()
+            if stats is not None:
+                out[key] = stats
+        return out
 
     def ready(self) -> bool:
         return (

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
+
 from callhook.logs import call_id_var
 from worker import call as machine
 from worker.apps.api import App, CallEnded, CallInfo, MediaCall
@@ -27,7 +29,8 @@ from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, Han
 from worker.graph import GraphClient
 from worker.handoff.transfer import Fallback, Handoff
 from worker.handoff.wire import TransferRequest
-from worker.media import EndReason, MediaError, MediaSession, MediaSettings
+from worker.lifecycle import MediaQuality
+from worker.media import EndReason, MediaError, MediaSession, MediaSettings, MediaStatistics
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, ClaimLost, MailboxItem, Reservation
 
@@ -132,6 +135,10 @@ class CallSession:
     @property
     def state(self) -> machine.CallState:
         return self._call.state
+
+    def media_statistics(self) -> MediaStatistics | None:
+        """The call's live media figures (None before its media exists)."""
+        return None if self._media is None else self._media.statistics()
 
     def hang_up(self, reason: str) -> None:
         """Ask the call to end (drain, API, app). Safe at any time, any number of times."""
@@ -412,6 +419,9 @@ class CallSession:
                 error_code=self._remote_error,
                 duration_seconds=self._duration(),
             )
+            quality = self._media_quality()
+            if quality is not None:
+                fields["media"] = msgspec.convert(quality, MediaQuality)
         if self._settings.request_id:
             fields["request_id"] = self._settings.request_id
         await self._deps.lifecycle.call_event(name, self.info, **fields)
@@ -423,9 +433,14 @@ class CallSession:
         duration = self._duration()
         if duration is not None:
             metrics.call_duration.labels(direction=self.info.direction).observe(duration)
-        log.info(
-            "call ended", extra={"outcome": outcome.value, "reason": reason, "duration_seconds": duration}
-        )
+        extra: dict[str, object] = {"outcome": outcome.value, "reason": reason, "duration_seconds": duration}
+        quality = self._media_quality()
+        if quality is not None:
+            extra["media"] = quality
+        log.info("call ended", extra=extra)
+
+    def _media_quality(self) -> dict[str, float | int | None] | None:
+        return None if self._media is None else self._media.statistics().quality()
 
     def _duration(self) -> float | None:
         return None if self._answered_at is None else round(time.monotonic() - self._answered_at, 3)

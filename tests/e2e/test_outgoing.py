@@ -122,6 +122,12 @@ async def test_answered_call_carries_audio_both_ways_and_tells_integrators(env: 
     assert {e["call_id"] for e in events} == {call.call_id}
     assert all(e["biz_opaque_callback_data"] == "order-1" for e in events)
     assert events[-1]["outcome"] == "completed"
+    # The callee's audio as the worker received it (a clean loopback): counted, nothing lost for good.
+    media = events[-1]["media"]
+    assert media["received"] >= 50, media
+    assert media["expected"] >= media["received"], media
+    assert media["lost"] == 0, media
+    assert 1.0 <= media["mos"] <= 4.5, media
     connects = env.sim.journal.graph_requests("connect")
     assert [r for r in connects if r.call_id == call.call_id], "connect recorded with the call's id"
 

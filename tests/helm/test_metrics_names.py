@@ -242,6 +242,45 @@ def _alert_tests(rendered: c.Rendered) -> list[dict[str, Any]]:
                 },
             ],
         },
+        {
+            # Every call that ends lost ~7.5 % of the caller's packets (all in the 5-10 % bucket).
+            "interval": "1m",
+            "input_series": [
+                *(
+                    {
+                        "series": f'callhook_media_loss_ratio_bucket{{{W},instance="w1",le="{le}"}}',
+                        "values": "0x40",
+                    }
+                    for le in ("0.0", "0.001", "0.005", "0.01", "0.02", "0.03", "0.05")
+                ),
+                *(
+                    {
+                        "series": f'callhook_media_loss_ratio_bucket{{{W},instance="w1",le="{le}"}}',
+                        "values": "0+10x40",
+                    }
+                    for le in ("0.1", "0.2", "0.5", "1.0", "+Inf")
+                ),
+                {"series": f'up{{{W},instance="w1"}}', "values": "1x40"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "10m", "alertname": "CallhookMediaLossHigh", "exp_alerts": []},
+                {
+                    "eval_time": "35m",
+                    "alertname": "CallhookMediaLossHigh",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"severity": "warning"},
+                            "exp_annotations": _annotations(rendered, "CallhookMediaLossHigh")
+                            | {
+                                "description": _annotations(rendered, "CallhookMediaLossHigh")[
+                                    "description"
+                                ].replace("{{ $value | humanizePercentage }}", "7.5%")
+                            },
+                        }
+                    ],
+                },
+            ],
+        },
     ]
 
 

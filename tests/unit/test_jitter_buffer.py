@@ -1,58 +1,452 @@
-"""The jitter buffer's specification: what each tick plays for a given sequence of arrivals.
+"""The jitter buffer's specification: what each playout tick plays for a given sequence of arrivals.
 
-Every test drives the buffer with a simulated clock: packets are put at their arrival time and the playout
-tick pops every 20 ms, in time order, exactly as the worker's playout clock does.
+Every test drives the buffer with a simulated clock: the network's packets are put at their arrival time and
+the playout tick pops every 20 ms in time order, exactly as the worker's playout clock does. Nothing sleeps.
 """
 
 from __future__ import annotations
 
-from worker.media.jitter import JitterBuffer, JitterSettings, Packet, Playout, PlayoutKind
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
-TICK = 0.020
-SPEECH = bytes([0x78]) + bytes(60)  # TOC: SILK-only wideband 20 ms, one frame; 61 bytes: not silent
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.media.jitter import (
+    JitterBuffer,
+    JitterSettings,
+    Packet,
+    Playout,
+    PlayoutKind,
+    opus_packet_samples,
+)
+
+FRAME = 0.020
+SPEECH = bytes([0x78]) + bytes(60)  # TOC 0x78: SILK wideband 20 ms, one frame; 61 bytes of speech
+DTX = bytes([0x78])  # a one-byte Opus packet: discontinuous transmission, silence
+SIXTY_MS = bytes([0x18]) + bytes(60)  # TOC 0x18: SILK narrowband 60 ms
+START = 1000.0  # the monotonic clock is anywhere
+PHASE = 0.0105  # where the receiver's tick falls inside the sender's 20 ms: arbitrary
 
 
-def packet(
-    index: int, arrival: float, *, payload: bytes = SPEECH, seq0: int = 1000, ts0: int = 5000
-) -> Packet:
-    return Packet(
-        sequence=(seq0 + index) % 65536,
-        timestamp=(ts0 + 960 * index) % 2**32,
-        ssrc=0x1234,
-        marker=index == 0,
-        payload=payload,
-        arrival=arrival,
-    )
+@dataclass(frozen=True)
+class Sender:
+    """A phone sending one Opus packet per frame; `index` is the frame number from the start of the call."""
+
+    first_sequence: int = 1000
+    first_timestamp: int = 5000
+    ssrc: int = 0x1234
+    samples: int = 960
+
+    def packet(self, index: int, arrival: float, payload: bytes = SPEECH, *, marker: bool = False) -> Packet:
+        return Packet(
+            sequence=(self.first_sequence + index) % 2**16,
+            timestamp=(self.first_timestamp + self.samples * index) % 2**32,
+            ssrc=self.ssrc,
+            marker=marker,
+            payload=payload,
+            arrival=arrival,
+        )
+
+    def sent_at(self, index: int) -> float:
+        return START + index * self.samples / 48000
 
 
-def run(buffer: JitterBuffer, packets: list[Packet], ticks: int, start: float = 0.0) -> list[Playout]:
-    """Put each packet at its arrival, pop at every tick, in time order."""
-    pending = sorted(packets, key=lambda p: p.arrival)
+@dataclass
+class Tick:
+    now: float
+    playout: Playout
+    delay: float  # the buffer's playout delay after this tick
+
+
+def play(
+    buffer: JitterBuffer,
+    packets: Iterable[Packet],
+    ticks: int,
+    *,
+    first_tick: int = 0,
+    skip: Iterable[int] = (),
+) -> list[Tick]:
+    """Put every packet at its arrival and pop at ticks first_tick..first_tick+ticks-1 (minus `skip`)."""
+    pending = sorted(packets, key=lambda packet: packet.arrival)
+    skipped = set(skip)
     out = []
-    for tick in range(ticks):
-        now = start + tick * TICK + 0.0105  # the tick's phase against the sender's 20 ms is arbitrary
+    for tick in range(first_tick, first_tick + ticks):
+        now = START + tick * FRAME + PHASE
         while pending and pending[0].arrival <= now:
             buffer.put(pending.pop(0))
-        out.append(buffer.pop(now))
+        if tick in skipped:
+            continue
+        out.append(Tick(now, buffer.pop(now), buffer.statistics().buffer_delay_seconds))
     return out
 
 
-def test_a_clean_link_plays_every_packet_in_order_with_about_one_frame_of_delay() -> None:
-    buffer = JitterBuffer()
-    out = run(buffer, [packet(i, i * TICK) for i in range(100)], 100)
-    audio = [p for p in out if p.kind is PlayoutKind.AUDIO]
-    assert len(audio) == 100
+def kinds(ticks: list[Tick]) -> str:
+    """One letter per tick: Audio, Fec, Conceal, Silence; '.' for a tick covered by a longer frame."""
+    return "".join("." if t.playout.samples == 0 else t.playout.kind.name[0] for t in ticks)
+
+
+def played_sequences(ticks: list[Tick], packets: list[Packet]) -> list[int]:
+    by_payload = {packet.payload: packet.sequence for packet in packets}
+    return [by_payload[t.playout.payload] for t in ticks if t.playout.kind is PlayoutKind.AUDIO]
+
+
+def numbered(index: int) -> bytes:
+    """A distinct speech payload per frame, so the test can tell which packet a tick played."""
+    return SPEECH[:1] + index.to_bytes(4, "big") + bytes(56)
+
+
+def clean(sender: Sender, frames: range, *, transit: float = 0.040) -> list[Packet]:
+    return [sender.packet(i, sender.sent_at(i) + transit, numbered(i)) for i in frames]
+
+
+# -- a clean link -------------------------------------------------------------------------------------------
+
+
+def test_a_clean_link_plays_every_packet_once_in_order_with_about_one_frame_of_delay() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    packets = clean(sender, range(200))
+    ticks = play(buffer, packets, 203)
+    assert kinds(ticks) == "SS" + "A" * 200 + "C"  # waits for the first packet, then plays; the call ends
+    assert played_sequences(ticks, packets) == [p.sequence for p in packets]
     stats = buffer.statistics()
-    assert stats.packets_lost == stats.packets_late == stats.frames_concealed == 0
-    assert stats.mean_buffer_delay_seconds <= 0.030
+    assert stats.target_delay_seconds == pytest.approx(0.010)
+    assert 0.010 <= stats.mean_buffer_delay_seconds < 0.030  # the target plus the tick's phase
+    assert (stats.packets_lost, stats.packets_late, stats.frames_dropped, stats.frames_concealed) == (
+        0,
+        0,
+        0,
+        1,
+    )
+    assert stats.packets_expected == stats.packets_received == 200
+
+
+def test_a_link_with_jitter_gets_a_target_that_covers_it_and_plays_in_order() -> None:
+    rng = random.Random(7)
+    sender, buffer = Sender(), JitterBuffer()
+    packets = [sender.packet(i, sender.sent_at(i) + rng.uniform(0, 0.030), numbered(i)) for i in range(1500)]
+    ticks = play(buffer, packets, 1505)
+    stats = buffer.statistics()
+    assert 0.020 <= stats.target_delay_seconds <= 0.030  # a high quantile of 0-30 ms of delay variation
+    assert stats.mean_buffer_delay_seconds <= stats.target_delay_seconds + FRAME
+    assert stats.packets_late <= 0.01 * len(packets)
+    assert stats.packets_reordered > 0  # 30 ms of jitter on 20 ms packets reorders them ...
+    sequences = played_sequences(ticks, packets)
+    assert sequences == sorted(sequences)  # ... and the buffer puts them back in order
+    assert len(sequences) >= 0.98 * len(packets)
+    assert 0.005 < stats.interarrival_jitter_seconds < 0.015  # RFC 3550: uniform 0-30 ms gives ~ 10 ms
+
+
+# -- loss ---------------------------------------------------------------------------------------------------
+
+
+def test_a_lost_packet_is_concealed_when_the_next_one_is_not_here_yet() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    packets = [p for p in clean(sender, range(20)) if p.sequence != 1010]
+    ticks = play(buffer, packets, 21)
+    assert kinds(ticks)[:22] == "SS" + "A" * 10 + "C" + "A" * 8  # the target is short: packet 11 is not here
+    stats = buffer.statistics()
+    assert (stats.packets_lost, stats.frames_concealed, stats.frames_fec) == (1, 1, 0)
 
 
 def test_a_lost_packet_is_recovered_with_fec_from_the_next_one_when_that_is_buffered() -> None:
-    buffer = JitterBuffer(JitterSettings(min_target_delay=0.04))  # two frames buffered: the next one is here
-    packets = [packet(i, i * TICK) for i in range(20) if i != 10]
-    out = run(buffer, packets, 22)
-    kinds = [p.kind for p in out if p.kind is not PlayoutKind.SILENCE]
-    assert kinds.count(PlayoutKind.FEC) == 1
-    fec = next(p for p in out if p.kind is PlayoutKind.FEC)
-    assert fec.payload == packets[10].payload  # the packet after the lost one carries it
-    assert buffer.statistics().packets_lost == 1
+    sender, buffer = Sender(), JitterBuffer(JitterSettings(min_target_delay=0.040))
+    packets = [p for p in clean(sender, range(20)) if p.sequence != 1010]
+    ticks = play(buffer, packets, 24)
+    fec = [t.playout for t in ticks if t.playout.kind is PlayoutKind.FEC]
+    assert len(fec) == 1
+    assert fec[0].payload == numbered(11)  # decoded with in-band FEC: packet 11 carries frame 10
+    assert fec[0].samples == 960
+    assert played_sequences(ticks, packets) == [p.sequence for p in packets]  # then 11 itself plays
+    stats = buffer.statistics()
+    assert (stats.packets_lost, stats.frames_fec, stats.frames_concealed) == (1, 1, 0)
+
+
+def test_a_loss_burst_does_not_leave_extra_delay_behind() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    packets = [p for i, p in enumerate(clean(sender, range(300))) if not 100 <= i < 106]  # 120 ms lost
+    ticks = play(buffer, packets, 300)
+    assert "A" * 5 + "C" * 5 + "S" + "A" * 5 in kinds(ticks)  # PLC for 100 ms, then silence, no PLC forever
+    before, after = ticks[90].delay, ticks[-1].delay
+    assert after == pytest.approx(before, abs=0.001)  # aiortc #543: +100 ms for the rest of the call
+
+
+def test_a_late_packet_is_counted_and_dropped_never_played() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    packets = clean(sender, range(40))
+    packets[20] = replace(packets[20], arrival=packets[20].arrival + 0.100)
+    ticks = play(buffer, packets, 42)
+    assert 1020 not in played_sequences(ticks, packets)
+    stats = buffer.statistics()
+    assert (stats.packets_late, stats.packets_lost, stats.packets_received) == (1, 0, 40)
+    assert stats.frames_concealed >= 1
+
+
+# -- order --------------------------------------------------------------------------------------------------
+
+
+def test_reordering_within_the_target_is_put_back_in_order() -> None:
+    sender, buffer = Sender(), JitterBuffer(JitterSettings(min_target_delay=0.040))
+    packets = clean(sender, range(40))
+    for i in range(10, 30, 4):  # swap pairs: i+1 arrives 1 ms before i
+        packets[i], packets[i + 1] = (
+            replace(packets[i], arrival=packets[i + 1].arrival),
+            replace(packets[i + 1], arrival=packets[i + 1].arrival - 0.001),
+        )
+    ticks = play(buffer, packets, 44)
+    assert played_sequences(ticks, packets) == [p.sequence for p in clean(sender, range(40))]
+    stats = buffer.statistics()
+    assert (stats.packets_reordered, stats.packets_lost, stats.packets_late) == (5, 0, 0)
+
+
+def test_duplicates_are_played_once_and_counted() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    packets = clean(sender, range(30))
+    again = [replace(p, arrival=p.arrival + delay) for p in packets for delay in (0.001, 0.150)]
+    ticks = play(buffer, packets + again, 42)
+    assert played_sequences(ticks, packets) == [p.sequence for p in packets]
+    stats = buffer.statistics()
+    assert stats.packets_duplicate == 60
+    assert (stats.packets_received, stats.packets_late, stats.packets_lost) == (30, 0, 0)
+
+
+# -- numbers wrap -----------------------------------------------------------------------------------------
+
+
+def test_sequence_numbers_and_timestamps_wrap_around() -> None:
+    sender = Sender(first_sequence=65530, first_timestamp=2**32 - 3 * 960)
+    buffer = JitterBuffer()
+    packets = clean(sender, range(50))
+    ticks = play(buffer, packets, 52)
+    assert played_sequences(ticks, packets) == [p.sequence for p in packets]
+    stats = buffer.statistics()
+    assert (stats.packets_expected, stats.packets_lost, stats.resyncs, stats.frames_dropped) == (50, 0, 0, 0)
+
+
+# -- the stream restarts ----------------------------------------------------------------------------------
+
+
+def test_a_new_ssrc_resyncs_to_the_new_stream_and_ignores_stragglers_of_the_old_one() -> None:
+    old, new = Sender(), Sender(first_sequence=40000, first_timestamp=777_000, ssrc=0x9999)
+    buffer = JitterBuffer()
+    first = clean(old, range(50))
+    second = [new.packet(i, new.sent_at(i) + 0.040, numbered(1000 + i)) for i in range(50, 100)]
+    straggler = replace(first[-1], sequence=first[-1].sequence + 1, arrival=second[5].arrival)
+    ticks = play(buffer, [*first, *second, straggler], 102)
+    assert played_sequences(ticks, [*first, *second]) == [p.sequence for p in [*first, *second]]
+    stats = buffer.statistics()
+    assert stats.resyncs == 1
+    assert (stats.packets_expected, stats.packets_lost, stats.packets_late) == (100, 0, 1)
+    assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=0.001)
+
+
+def test_a_talkspurt_after_a_silent_gap_is_timed_afresh_without_loss_or_endless_plc() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    talk = clean(sender, range(50))
+    # the phone sent nothing for 2 s (DTX off), then a new talkspurt: marker set, timestamps 2 s on, seq + 1
+    spurt = [
+        replace(sender.packet(i + 100, sender.sent_at(i + 100) + 0.040, numbered(i + 100), marker=i == 50),
+                sequence=(sender.first_sequence + i) % 2**16)
+        for i in range(50, 100)
+    ]  # fmt: skip
+    ticks = play(buffer, [*talk, *spurt], 202)
+    pattern = kinds(ticks)
+    assert pattern.count("C") <= JitterSettings().max_conceal_frames + 1  # PLC stops: silence after a stall
+    assert played_sequences(ticks, [*talk, *spurt]) == [p.sequence for p in [*talk, *spurt]]
+    stats = buffer.statistics()
+    assert (stats.packets_lost, stats.packets_late, stats.frames_dropped) == (0, 0, 0)
+    assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=0.001)
+
+
+def test_a_timestamp_jump_far_off_the_timeline_restarts_timing() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    before = clean(sender, range(50))
+    jumped = Sender(first_sequence=1000, first_timestamp=5000 + 48000 * 3600)  # the sender's clock jumped 1 h
+    after = [jumped.packet(i, sender.sent_at(i) + 0.040, numbered(i)) for i in range(50, 100)]
+    ticks = play(buffer, [*before, *after], 102)
+    assert played_sequences(ticks, [*before, *after]) == [p.sequence for p in [*before, *after]]
+    assert buffer.statistics().resyncs == 1
+    assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=0.001)
+
+
+# -- frame sizes --------------------------------------------------------------------------------------------
+
+
+def test_sixty_ms_packets_play_once_and_cover_three_ticks() -> None:
+    sender, buffer = Sender(samples=2880), JitterBuffer()
+    packets = [
+        sender.packet(i, sender.sent_at(i) + 0.040, SIXTY_MS[:1] + bytes([i]) + bytes(59)) for i in range(50)
+    ]
+    ticks = play(buffer, packets, 152)
+    audio = [t.playout for t in ticks if t.playout.kind is PlayoutKind.AUDIO]
+    assert [p.payload for p in audio] == [p.payload for p in packets]
+    assert {p.samples for p in audio} == {2880}
+    assert "A.." * 49 in kinds(ticks)
+    stats = buffer.statistics()
+    assert (stats.frames_dropped, stats.frames_concealed, stats.packets_late) == (0, 0, 0)
+    assert ticks[-4].delay == pytest.approx(ticks[30].delay, abs=0.001)  # no drift
+
+
+def test_opus_packet_durations_come_from_the_toc_byte() -> None:
+    assert opus_packet_samples(SPEECH) == 960
+    assert opus_packet_samples(SIXTY_MS) == 2880
+    assert opus_packet_samples(bytes([0xF8])) == 960  # CELT fullband 20 ms
+    assert opus_packet_samples(bytes([0x79])) == 1920  # code 1: two 20 ms frames
+    assert opus_packet_samples(bytes([0x7B, 0x03])) == 2880  # code 3: three frames
+    assert opus_packet_samples(bytes([0x7B])) is None  # code 3 without its count byte
+    assert opus_packet_samples(bytes([0x7B, 0x3F])) is None  # 63 x 20 ms: longer than Opus allows
+    assert opus_packet_samples(b"") is None
+
+
+# -- catching up ------------------------------------------------------------------------------------------
+
+
+def test_a_stalled_tick_is_caught_up_by_dropping_silent_frames_first() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    payloads = [DTX if i % 3 == 0 else numbered(i) for i in range(300)]  # a silent frame in every three
+    packets = [sender.packet(i, sender.sent_at(i) + 0.040, payloads[i]) for i in range(300)]
+    ticks = play(buffer, packets, 300, skip=range(100, 110))  # the playout clock stalls for 200 ms
+    settled = ticks[80].delay
+    assert (
+        ticks[100].delay > settled + 0.150
+    )  # the first tick after the stall: 10 frames more than the target
+    recovered = next(i for i, t in enumerate(ticks[100:]) if t.delay < settled + FRAME)
+    assert recovered <= 25  # back near the target within half a second, silence arriving every 3rd tick
+    stats = buffer.statistics()
+    assert stats.frames_dropped >= 9
+    assert stats.frames_silent_dropped == stats.frames_dropped  # only silence was dropped
+    assert ticks[-1].delay == pytest.approx(settled, abs=FRAME)
+
+
+def test_speech_is_dropped_too_when_there_is_no_silence_to_drop() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    packets = clean(sender, range(300))
+    ticks = play(buffer, packets, 300, skip=range(100, 110))
+    settled = ticks[80].delay
+    recovered = next(i for i, t in enumerate(ticks[100:]) if t.delay < settled + FRAME)
+    assert recovered <= JitterSettings().catch_up_patience_ticks + 15
+    assert buffer.statistics().frames_dropped >= 9
+    sequences = played_sequences(ticks, packets)
+    assert sequences == sorted(sequences)
+
+
+def test_a_long_stalled_tick_resyncs_at_once() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    packets = clean(sender, range(300))
+    ticks = play(buffer, packets, 300, skip=range(100, 150))  # 1 s without a tick: more than max_delay
+    assert ticks[100].delay < ticks[80].delay + FRAME  # the first tick after the stall is back at the target
+    assert buffer.statistics().frames_dropped >= 49
+
+
+def test_a_network_stall_with_a_burst_afterwards_leaves_no_lasting_delay() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    held_until = sender.sent_at(110) + 0.040 + 0.300  # the network holds packets for 300 ms, then delivers
+    arrivals = [sender.sent_at(i) + 0.040 for i in range(600)]
+    packets = [
+        sender.packet(i, max(at, held_until) if i >= 110 else at, numbered(i))
+        for i, at in enumerate(arrivals)
+    ]
+    ticks = play(buffer, packets, 600)
+    settled = ticks[100].delay
+    assert max(t.delay for t in ticks) < JitterSettings().max_delay
+    assert ticks[-1].delay == pytest.approx(settled, abs=0.002)
+    seconds_to_recover = (
+        next(i for i in range(len(ticks) - 1, 0, -1) if ticks[i].delay > settled + FRAME) - 110
+    )
+    assert seconds_to_recover * FRAME < 4.0
+
+
+# -- the long run -------------------------------------------------------------------------------------------
+
+
+def lossy_link(seconds: float, *, seed: int, loss: float, jitter: float) -> list[Packet]:
+    rng = random.Random(seed)
+    sender = Sender(first_sequence=rng.randrange(2**16), first_timestamp=rng.randrange(2**32))
+    frames = int(seconds / FRAME)
+    return [
+        sender.packet(i, sender.sent_at(i) + 0.040 + rng.uniform(0, jitter), numbered(i))
+        for i in range(frames)
+        if rng.random() >= loss
+    ]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_minute_of_three_percent_loss_and_thirty_ms_of_jitter_never_ratchets(seed: int) -> None:
+    packets = lossy_link(60, seed=seed, loss=0.03, jitter=0.030)
+    buffer = JitterBuffer()
+    ticks = play(buffer, packets, 3000)
+    stats = buffer.statistics()
+    last_ten_seconds = [t.delay for t in ticks[-500:]]
+    mean_delay = sum(last_ten_seconds) / len(last_ten_seconds)
+    assert mean_delay <= stats.target_delay_seconds + FRAME  # where the target says, not above it
+    assert max(last_ten_seconds) <= stats.target_delay_seconds + 2 * FRAME
+    assert stats.target_delay_seconds <= 0.035
+    assert 0.02 <= stats.packets_lost / stats.packets_expected <= 0.04
+    heard = stats.frames_played + stats.frames_fec
+    assert heard >= 0.97 * stats.packets_expected  # FEC wins back part of the loss
+    assert stats.packets_late <= 0.01 * stats.packets_expected
+
+
+def test_a_minute_of_a_clean_link_after_a_lossy_one_returns_to_the_clean_delay() -> None:
+    lossy = lossy_link(30, seed=4, loss=0.03, jitter=0.030)
+    sender = Sender(first_sequence=lossy[-1].sequence + 1, first_timestamp=lossy[-1].timestamp + 960)
+    calm = [sender.packet(i, sender.sent_at(i) + 1500 * FRAME + 0.040, numbered(i)) for i in range(500)]
+    buffer = JitterBuffer()
+    ticks = play(buffer, [*lossy, *calm], 2000)
+    assert ticks[-1].delay <= JitterSettings().min_target_delay + FRAME  # the jitter is gone: so is its delay
+
+
+# -- invariants, for any arrival order and loss --------------------------------------------------------------
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> tuple[list[Packet], int]:
+    count = draw(st.integers(1, 120))
+    sender = Sender(
+        first_sequence=draw(st.integers(0, 2**16 - 1)),
+        first_timestamp=draw(st.integers(0, 2**32 - 1)),
+        samples=draw(st.sampled_from([960, 960, 1920, 2880])),
+    )
+    payload = {960: SPEECH[:1], 1920: bytes([0x79]), 2880: SIXTY_MS[:1]}[sender.samples]
+    packets = []
+    for i in range(count):
+        if draw(st.booleans()) and draw(st.integers(0, 9)) == 0:
+            continue  # lost
+        delay = draw(st.floats(0, 0.6))
+        silent = draw(st.integers(0, 5)) == 0
+        packet = sender.packet(
+            i, sender.sent_at(i) + delay, payload if silent else payload + i.to_bytes(2, "big")
+        )
+        packets.append(packet)
+        if draw(st.integers(0, 15)) == 0:
+            packets.append(replace(packet, arrival=packet.arrival + draw(st.floats(0, 0.3))))  # duplicated
+    ticks = count * sender.samples // 960 + draw(st.integers(0, 60))
+    return packets, ticks
+
+
+@settings(max_examples=150, deadline=None)
+@given(networks(), st.lists(st.integers(0, 200), max_size=5))
+def test_every_tick_gets_one_playout_nothing_plays_twice_and_the_delay_stays_bounded(
+    network: tuple[list[Packet], int], stalls: list[int]
+) -> None:
+    packets, count = network
+    buffer = JitterBuffer()
+    ticks = play(buffer, packets, count, skip=stalls)
+    assert len(ticks) == count - len(set(stalls) & set(range(count)))  # exactly one playout per tick
+    audio = [t.playout.payload for t in ticks if t.playout.kind is PlayoutKind.AUDIO]
+    by_payload = {p.payload: p for p in packets}
+    speech = [payload for payload in audio if len(payload) > 1]
+    assert len(speech) == len(set(speech))  # no packet played twice
+    timestamps = [by_payload[payload].timestamp for payload in speech]
+    unwrapped = [timestamps[0] + ((ts - timestamps[0]) % 2**32) for ts in timestamps] if timestamps else []
+    assert unwrapped == sorted(unwrapped)  # played in timestamp order
+    limit = JitterSettings().max_delay
+    assert all(t.delay <= limit for t in ticks)
+    stats = buffer.statistics()
+    assert stats.frames_played == len(audio)
+    assert stats.packets_received + stats.packets_duplicate <= len(packets)  # some may arrive after the end
+    for t in ticks:
+        assert t.playout.samples in (0, 960, 1920, 2880) or t.playout.kind is not PlayoutKind.AUDIO
+        assert (t.playout.payload is None) == (t.playout.kind in (PlayoutKind.CONCEAL, PlayoutKind.SILENCE))

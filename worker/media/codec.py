@@ -31,14 +31,19 @@ class OpusUnavailable(RuntimeError):
 
 @cache
 def libopus() -> ctypes.CDLL:
-    """The libopus shipped inside PyAV's wheel (``av.libs``), else the system's; loaded once."""
+    """The libopus shipped inside PyAV's wheel (``av.libs``), else the system's; loaded once.
+
+    Loaded as a ``PyDLL``: calls keep the GIL. A call takes ~10 us; releasing the GIL around it would let any
+    other thread of the process (aiortc's, FFmpeg's) take the GIL for up to the 5 ms switch interval before
+    the loop gets it back: with ``CDLL`` the loop of a busy worker stalls for tens of milliseconds a tick.
+    """
     here = os.path.dirname(av.__file__)
     candidates = sorted(glob.glob(os.path.join(here, os.pardir, "av.libs", "libopus*.so*")))
     candidates += sorted(glob.glob(os.path.join(here, ".dylibs", "libopus*.dylib")))
     candidates.append("libopus.so.0")
     for path in candidates:
         try:
-            lib = ctypes.CDLL(path)
+            lib = ctypes.PyDLL(path)
         except OSError:
             continue
         _declare(lib)

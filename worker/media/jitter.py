@@ -109,7 +109,7 @@ class JitterSettings:
     retarget_every: int = 5  # packets between recomputations of the quantile (sorting is the cost)
     capacity_packets: int = 64  # packets held at most; the oldest go first
     max_conceal_frames: int = 5  # concealed frames in a row with an empty buffer before SILENCE (a stall)
-    catch_up_patience_ticks: int = 5  # ticks over target before speech (not only silence) is dropped
+    catch_up_patience_ticks: int = 5  # ticks over target without silence to drop before speech is dropped
     max_dropout: int = 3000  # a forward sequence jump beyond this is a new stream (RFC 3550 A.1)
     max_misorder: int = 100  # a packet this far behind the newest is from an old stream, dropped as late
     timeline_jump: float = 2.0  # seconds: a packet this far off the measured timeline restarts timing
@@ -235,34 +235,42 @@ class _DelayWindow:
     """Relative arrival delays over a sliding window: the minimum transit and a quantile above it."""
 
     span: float
-    transits: deque[tuple[float, float]] = field(default_factory=deque)  # (arrival, arrival - ts/rate)
+    arrivals: deque[float] = field(default_factory=deque)
+    transits: deque[float] = field(default_factory=deque)  # arrival - timestamp / clock rate
     minima: deque[tuple[float, float]] = field(default_factory=deque)  # monotonic: the window's minimum
 
     def add(self, arrival: float, transit: float) -> None:
-        self.transits.append((arrival, transit))
-        while self.minima and self.minima[-1][1] >= transit:
-            self.minima.pop()
-        self.minima.append((arrival, transit))
+        self.arrivals.append(arrival)
+        self.transits.append(transit)
+        minima = self.minima
+        while minima and minima[-1][1] >= transit:
+            minima.pop()
+        minima.append((arrival, transit))
         horizon = arrival - self.span
-        while len(self.transits) > 1 and self.transits[0][0] < horizon:
+        while len(self.arrivals) > 1 and self.arrivals[0] < horizon:
+            self.arrivals.popleft()
             self.transits.popleft()
-        while len(self.minima) > 1 and self.minima[0][0] < horizon:
-            self.minima.popleft()
+        while len(minima) > 1 and minima[0][0] < horizon:
+            minima.popleft()
 
     @property
     def minimum(self) -> float | None:
         return self.minima[0][1] if self.minima else None
 
     def quantile(self, q: float) -> float:
+        """The q-quantile of the relative delays (transit above the window's minimum), in seconds."""
         if not self.transits:
             return 0.0
-        floor = self.minima[0][1]
-        relative = sorted(transit - floor for _, transit in self.transits)
-        return relative[min(len(relative) - 1, math.ceil(q * len(relative)) - 1)]
+        ordered = sorted(self.transits)
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] - self.minima[0][1]
 
     def clear(self) -> None:
+        self.arrivals.clear()
         self.transits.clear()
         self.minima.clear()
+
+    def __len__(self) -> int:
+        return len(self.transits)
 
 
 class JitterBuffer:
@@ -271,6 +279,7 @@ class JitterBuffer:
     def __init__(self, settings: JitterSettings = JitterSettings()) -> None:
         self._settings = settings
         self._tick = settings.frame_samples
+        self._tolerance = settings.frame_samples // 2  # timestamps this close continue the timeline
         self._window = _DelayWindow(settings.delay_window)
         self._jitter = InterarrivalJitter(settings.clock_rate)
         self._counts: dict[str, int] = dict.fromkeys(
@@ -300,7 +309,7 @@ class JitterBuffer:
         self._highest_seq: int | None = None
         self._highest_ts: int | None = None
         self._next_seq: int | None = None  # the sequence number the play position is at
-        self._play_ts = 0  # the timestamp the play position is at (PLAYING only)
+        self._play_ts = 0  # the timestamp the play position is at (once _next_seq is set)
         self._played: set[int] = set()
         self._held = 0  # RTP units of the last frame still covering coming ticks
         self._last_samples = self._tick
@@ -346,10 +355,13 @@ class JitterBuffer:
         if minimum is not None and abs(transit - minimum) > self._settings.timeline_jump:
             self._restart()  # the sender's timestamps jumped (or the network held us for seconds)
             sequence, timestamp = packet.sequence, packet.timestamp
-        self._measure(packet, sequence, timestamp, transit)
-        if self._next_seq is not None and sequence < self._next_seq:
-            self._counts["packets_late"] += 1  # its turn has passed: played around (concealed or skipped)
+        out_of_order = self._highest_seq is not None and sequence < self._highest_seq
+        self._measure(packet, sequence, timestamp, transit)  # late packets measure the jitter too
+        if self._next_seq is not None and (sequence < self._next_seq or timestamp < self._play_ts):
+            self._counts["packets_late"] += 1  # its turn has passed: concealed, recovered or skipped
             return
+        if out_of_order:
+            self._counts["packets_reordered"] += 1
         self._store(packet, sequence, timestamp)
 
     def _is_duplicate(self, sequence: int) -> bool:
@@ -364,14 +376,12 @@ class JitterBuffer:
             self._first_seq = sequence
         if self._highest_seq is None or sequence > self._highest_seq:
             self._highest_seq = sequence
-        elif sequence < self._highest_seq and (self._next_seq is None or sequence >= self._next_seq):
-            self._counts["packets_reordered"] += 1
         if self._highest_ts is None or timestamp > self._highest_ts:
             self._highest_ts = timestamp
         self._jitter.update(packet.arrival, timestamp)
         self._window.add(packet.arrival, transit)
         self._since_retarget += 1
-        if self._since_retarget >= self._settings.retarget_every or len(self._window.transits) == 1:
+        if self._since_retarget >= self._settings.retarget_every or len(self._window) == 1:
             self._retarget()
 
     def _retarget(self) -> None:
@@ -382,11 +392,14 @@ class JitterBuffer:
     def _store(self, packet: Packet, sequence: int, timestamp: int) -> None:
         samples = self._duration(packet)
         silent = packet.silent or len(packet.payload) <= SILENT_PAYLOAD_BYTES
-        bisect.insort(
-            self._slots, _Slot(sequence, timestamp, samples, silent, packet), key=lambda slot: slot.sequence
-        )
+        slot = _Slot(sequence, timestamp, samples, silent, packet)
+        if not self._slots or self._slots[-1].sequence < sequence:
+            self._slots.append(slot)  # the common case: in order
+        else:
+            bisect.insort(self._slots, slot, key=lambda slot: slot.sequence)
         while len(self._slots) > self._settings.capacity_packets:
-            self._count_drop(self._slots[0])
+            if not self._slots[0].dropped:
+                self._count_drop(self._slots[0])
             self._skip_front()
 
     def _duration(self, packet: Packet) -> int:
@@ -420,21 +433,26 @@ class JitterBuffer:
 
     def _start(self, now: float) -> Playout:
         """WAITING: play the newest packet that is due, dropping the ones before it (they are too old)."""
+        while self._slots and self._delay(self._slots[0].timestamp, now) > self._settings.max_delay:
+            self._drop_front_unplayed()  # stale: playing it would hold the delay above max_delay
         live = [slot for slot in self._slots if not slot.dropped]
         due = [slot for slot in live if self._delay(slot.timestamp, now) >= self._target]
         if not due:
             return Playout(PlayoutKind.SILENCE, samples=self._tick)
         chosen = due[-1]
         while self._slots[0] is not chosen:
-            if not self._slots[0].dropped:
-                self._count_drop(self._slots[0])
-            self._slots.pop(0)
+            self._drop_front_unplayed()
         self._state = _State.PLAYING
         self._next_seq = chosen.sequence
         self._play_ts = chosen.timestamp
         self._over_target_ticks = 0
         self._last_delay = self._delay(chosen.timestamp, now)
         return self._play_front()
+
+    def _drop_front_unplayed(self) -> None:
+        slot = self._slots.pop(0)
+        if not slot.dropped:  # a dropped one was counted when it was marked
+            self._count_drop(slot)
 
     def _play(self, now: float) -> Playout:
         delay = self._delay(self._play_ts, now)
@@ -443,26 +461,25 @@ class JitterBuffer:
             return self._start(now)
         self._catch_up(delay)
         self._skip_dropped()
-        delay = self._delay(self._play_ts, now)
-        self._last_delay = delay
-        slot = self._slots[0] if self._slots else None
-        assert self._next_seq is not None
-        if slot is not None and slot.sequence == self._next_seq:
-            if slot.timestamp > self._play_ts + self._tick // 2 or slot.packet.marker:
-                self._state = _State.WAITING  # a talkspurt starts: time it afresh
-                return self._start(now)
+        delay = self._last_delay = self._delay(self._play_ts, now)
+        if not self._slots:
+            return self._conceal(self._last_samples, wait=delay < self._target, empty=True)
+        slot = self._slots[0]
+        gap = slot.timestamp - self._play_ts
+        if gap <= self._tolerance and not slot.packet.marker:
             return self._play_front()
+        if slot.sequence == self._next_seq or gap > self._settings.max_conceal_frames * self._tick:
+            # time passes with no packet missing (DTX, a new talkspurt), or a hole longer than PLC covers
+            self._state = _State.WAITING
+            return self._start(now)
         if delay < self._target:
-            return self._conceal(consume=False, slot=slot)  # it may still come: wait for it
-        if slot is not None and slot.sequence == self._next_seq + 1 and not slot.silent:
-            gap = slot.timestamp - self._play_ts
-            if 0 < gap <= OPUS_MAX_SAMPLES_48K * self._settings.clock_rate // 48000:
-                return self._recover(slot, gap)
-        return self._conceal(consume=True, slot=slot)
+            return self._conceal(self._tick, wait=True)  # it may still come: wait for it
+        if gap <= max(slot.samples, self._tick) + self._tolerance and not slot.silent:
+            return self._recover(slot, gap)
+        return self._conceal(min(gap, self._last_samples), wait=False)
 
     def _play_front(self) -> Playout:
         slot = self._slots.pop(0)
-        assert self._next_seq is not None
         self._next_seq = slot.sequence + 1
         self._play_ts = slot.timestamp + slot.samples
         self._played.add(slot.sequence)
@@ -475,35 +492,29 @@ class JitterBuffer:
 
     def _recover(self, slot: _Slot, gap: int) -> Playout:
         """The frame before `slot` is lost: Opus in-band FEC in `slot` carries it."""
-        self._next_seq = slot.sequence
         self._play_ts = slot.timestamp
         self._concealed_in_row = 0
         self._counts["frames_fec"] += 1
         return self._emit(PlayoutKind.FEC, slot.packet.payload, gap)
 
-    def _conceal(self, *, consume: bool, slot: _Slot | None) -> Playout:
-        assert self._next_seq is not None
-        if slot is None:
+    def _conceal(self, samples: int, *, wait: bool, empty: bool = False) -> Playout:
+        """PLC for a missing frame: `wait` keeps its slot (it may still come), else its time is used up."""
+        if empty:
             self._concealed_in_row += 1
             if self._concealed_in_row > self._settings.max_conceal_frames:
                 self._state = _State.WAITING  # a stall: silence until packets come back, no PLC forever
                 return Playout(PlayoutKind.SILENCE, samples=self._tick)
-        samples = self._last_samples
-        if consume:
-            if slot is not None:
-                missing = slot.sequence - self._next_seq
-                samples = max(self._tick, (slot.timestamp - self._play_ts) // missing)
-            self._next_seq += 1
-            self._play_ts += samples
-        else:
+        if wait:
             samples = self._tick
+        else:
+            self._play_ts += samples
         self._counts["frames_concealed"] += 1
         if self._last_kind is not PlayoutKind.CONCEAL:
             self._counts["concealment_runs"] += 1
         return self._emit(PlayoutKind.CONCEAL, None, samples)
 
     def _emit(self, kind: PlayoutKind, payload: bytes | None, samples: int) -> Playout:
-        samples = min(samples, OPUS_MAX_SAMPLES_48K * self._settings.clock_rate // 48000)
+        samples = max(1, min(samples, OPUS_MAX_SAMPLES_48K * self._settings.clock_rate // 48000))
         self._last_samples = samples
         self._last_kind = kind
         self._held = samples - self._tick
@@ -518,7 +529,7 @@ class JitterBuffer:
         if excess < tick_seconds:
             self._over_target_ticks = 0
             return
-        self._over_target_ticks += 1
+        self._over_target_ticks += 1  # ticks over the target since silence was last dropped
         rate = self._settings.clock_rate
         pending = sum(slot.samples for slot in self._slots if slot.dropped) / rate
         for slot in self._slots:
@@ -528,12 +539,16 @@ class JitterBuffer:
                 slot.dropped = True
                 pending += slot.samples / rate
                 self._count_drop(slot)
+                self._over_target_ticks = 0
         if self._over_target_ticks < self._settings.catch_up_patience_ticks:
-            return
+            return  # silence keeps coming: wait for it rather than cut speech
         self._skip_dropped()
-        if len(self._slots) > 1 and self._slots[0].sequence == self._next_seq:
+        if len(self._slots) > 1 and self._continues(self._slots[0]):
             self._count_drop(self._slots[0])
             self._skip_front()
+
+    def _continues(self, slot: _Slot) -> bool:
+        return slot.timestamp - self._play_ts <= self._tolerance
 
     def _count_drop(self, slot: _Slot) -> None:
         self._counts["frames_dropped"] += 1
@@ -541,12 +556,12 @@ class JitterBuffer:
             self._counts["frames_silent_dropped"] += 1
 
     def _skip_dropped(self) -> None:
-        while self._slots and self._slots[0].dropped and self._slots[0].sequence == self._next_seq:
+        while self._slots and self._slots[0].dropped and self._continues(self._slots[0]):
             self._skip_front()
 
     def _skip_front(self) -> None:
         slot = self._slots.pop(0)
-        if self._next_seq is not None and slot.sequence >= self._next_seq:
+        if self._next_seq is not None and slot.timestamp >= self._play_ts - self._tolerance:
             self._next_seq = slot.sequence + 1
             self._play_ts = slot.timestamp + slot.samples
 

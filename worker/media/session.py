@@ -60,6 +60,7 @@ from worker.errors import CallhookError
 from worker.media.codec import OPUS_RATES, OpusDecoder
 from worker.media.jitter import JitterBuffer, JitterSettings, Packet, Playout, PlayoutKind
 from worker.media.playout import PlayoutClock, shared_clock
+from worker.media.quality import CallQuality
 from worker.media.seam import ReceiveSeam, round_trip_seconds
 from worker.metrics import WorkerMetrics
 
@@ -153,29 +154,19 @@ class MediaStatistics:
     mean_buffer_delay_seconds: float = 0.0  # ... averaged over the call's played frames
     round_trip_seconds: float | None = None  # from RTCP (the phone's receiver reports), when known
     mos: float | None = None  # simplified E-model estimate (worker/media/quality.py)
+    call_quality: CallQuality | None = None  # the summary the above come from
 
     @property
     def loss_ratio(self) -> float:
         lost = self.packets_lost + self.packets_late
         return min(1.0, lost / self.packets_expected) if self.packets_expected > 0 else 0.0
 
-    def quality_fields(self) -> dict[str, float | int | None]:
-        """The call's media quality as flat fields (the ``call.ended`` event, the final log line)."""
-        return {
-            "media_packets_expected": self.packets_expected,
-            "media_packets_received": self.packets_received,
-            "media_packets_lost": self.packets_lost,
-            "media_packets_late": self.packets_late,
-            "media_frames_concealed": self.frames_concealed,
-            "media_frames_fec": self.frames_fec,
-            "media_loss_ratio": round(self.loss_ratio, 4),
-            "media_jitter_ms": round(self.jitter_seconds * 1000, 1),
-            "media_buffer_delay_ms": round(self.mean_buffer_delay_seconds * 1000, 1),
-            "media_rtt_ms": (
-                None if self.round_trip_seconds is None else round(self.round_trip_seconds * 1000, 1)
-            ),
-            "media_mos": None if self.mos is None else round(self.mos, 2),
-        }
+    def quality(self) -> dict[str, float | int | None] | None:
+        """The call's inbound media quality (:meth:`worker.media.quality.CallQuality.as_fields`), as it goes
+        into ``call.ended`` and the call's final log line; None when no RTP arrived at all."""
+        if self.call_quality is None or self.packets_received == 0:
+            return None
+        return self.call_quality.as_fields()
 
 
 # ------------------------------------------------------------------------------------- outbound audio
@@ -339,9 +330,14 @@ class MediaSession:
     :attr:`on_telephone_event` (None by default): called, synchronously and in arrival order, with every RTP
     packet of the negotiated telephone-event payload type (RFC 4733 DTMF), as a :class:`jitter.Packet`. Those
     packets never enter the audio jitter buffer. Set it before the media connects; it must not block.
+
+    :attr:`drop_inbound` (None by default): fault injection for tests and drills. Called with each inbound
+    RTP packet's sequence number before anything else sees it; True drops the packet as if the network had
+    lost it (aiortc's RTCP statistics still count it as received).
     """
 
     on_telephone_event: Callable[[Packet], None] | None
+    drop_inbound: Callable[[int], bool] | None
 
     def __init__(
         self,
@@ -368,6 +364,7 @@ class MediaSession:
         self._subscriptions: set[_Subscription] = set()
         self._send_resamplers: dict[int, audio.Resampler] = {}
         self.on_telephone_event = None
+        self.drop_inbound = None
         self._telephone_event_pt: int | None = None
         # None once connected, or why the media ended first.
         self._connect_outcome: asyncio.Future[EndReason | None] = self._loop.create_future()
@@ -551,6 +548,8 @@ class MediaSession:
 
     def _on_packet(self, rtp: RtpPacket, arrival: float) -> None:
         """Every RTP packet of the call, from the seam (aiortc's DTLS receive task), before any buffering."""
+        if self.drop_inbound is not None and self.drop_inbound(rtp.sequence_number):
+            return
         self._last_arrival = arrival
         packet = Packet(
             sequence=rtp.sequence_number,
@@ -586,6 +585,8 @@ class MediaSession:
         if self._final is not None:
             return self._final
         buffer = self._jitter.statistics()
+        round_trip = self._round_trip_seconds()
+        quality = CallQuality.from_statistics(buffer, round_trip)
         return MediaStatistics(
             connection_state=self._pc.connectionState,
             sending=self._outbound.started,
@@ -604,8 +605,9 @@ class MediaSession:
             jitter_seconds=buffer.interarrival_jitter_seconds,
             buffer_delay_seconds=buffer.buffer_delay_seconds,
             mean_buffer_delay_seconds=buffer.mean_buffer_delay_seconds,
-            round_trip_seconds=self._round_trip_seconds(),
-            mos=None,
+            round_trip_seconds=round_trip,
+            mos=quality.mos,
+            call_quality=quality,
         )
 
     async def close(self) -> None:
