@@ -3,7 +3,9 @@
 Starts RabbitMQ if it is installed but not running, gives the demo a fresh virtual host, starts the ingress
 and two workers as real processes, and plays Meta with the simulator: users call the business (the workers
 answer with the echo app, so each caller hears itself back), and the business calls a user back. It prints
-what happened to every call, from Meta's side and from the workers' metrics, and where to look next.
+what happened to every call, from Meta's side and from the workers' metrics, and where to look next. Then one
+caller dials a keypad menu (a worker running the ``ivr`` app), presses 2 (a melody) and 9 (goodbye: the
+business hangs up), and the demo prints what the worker counted and did.
 """
 
 from __future__ import annotations
@@ -97,8 +99,35 @@ async def run(args: argparse.Namespace) -> int:
                 "\nrunning until Ctrl-C (try: callhook sim --help to drive more calls at the ingress above)"
             )
             await asyncio.Event().wait()
+    ivr_ok = await _keypad_call(amqp_url, config, log_dir / "ivr")
     failed = [line for line in lines if line.outcome != "completed" or not line.heard.startswith("yes")]
-    return 1 if failed else 0
+    return 1 if failed or not ivr_ok else 0
+
+
+async def _keypad_call(amqp_url: str, config: SimulatorConfig, log_dir: Path) -> bool:
+    """One caller on the ``ivr`` app: 2 plays a melody and the menu again, 9 says goodbye and hangs up."""
+    print("\nkeypad: one more caller dials an IVR (a worker with CALLHOOK_APP=ivr) and presses keys")
+    graph_port = free_port()
+    system = System(
+        amqp_url, f"http://127.0.0.1:{graph_port}", log_dir, workers=1, worker_env={"CALLHOOK_APP": "ivr"}
+    )
+    async with system, Simulator(config, ingress_url=system.webhook_url, graph_port=graph_port) as sim:
+        call = await sim.place_call(from_="15550108888", name="Keypad caller")
+        await call.wait_state("accepted", timeout=20)
+        await asyncio.sleep(1.0)  # the caller hears the menu's beeps
+        await call.phone.press("2")
+        print("  pressed 2: the app plays a melody, then the menu again")
+        await asyncio.sleep(3.0)
+        await call.phone.press("9")
+        pressed_at = asyncio.get_running_loop().time()
+        print("  pressed 9: the app says goodbye (three falling beeps) and hangs up")
+        await call.wait_ended(timeout=20)
+        after = asyncio.get_running_loop().time() - pressed_at
+        async with aiohttp.ClientSession() as http:
+            digits = (await scrape(http, system.worker_processes[0])).get("callhook_dtmf_digits_total", 0.0)
+        print(f"  the call ended {after:.1f} s after the 9: {_outcome(call)} ({call.end_reason}); "
+              f"the worker counted {digits:g} digits (callhook_dtmf_digits_total)")  # fmt: skip
+        return call.end_reason == "business_hangup" and digits == 2
 
 
 async def _incoming_calls(sim: Simulator, count: int, hold: float) -> list[CallLine]:

@@ -31,6 +31,8 @@ from worker.handoff.transfer import Fallback, Handoff
 from worker.handoff.wire import TransferRequest
 from worker.lifecycle import MediaQuality
 from worker.media import EndReason, MediaError, MediaSession, MediaSettings, MediaStatistics
+from worker.media.dtmf import Digit
+from worker.media.keypad import Keypad
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, ClaimLost, MailboxItem, Reservation
 
@@ -118,6 +120,7 @@ class CallSession:
         remaining = self._received_at + settings.answer_deadline_seconds - time.time()
         self._answer_deadline = time.monotonic() + max(1.0, remaining)
         self._media: MediaSession | None = None
+        self._keypad: Keypad | None = None  # the caller's key presses, for the app (made with the media)
         self._app_task: asyncio.Task[None] | None = None
         self._answered_at: float | None = None
         self._remote_error: int | None = None
@@ -149,6 +152,8 @@ class CallSession:
         self._media = MediaSession(
             self._deps.media_settings, metrics=self._deps.metrics, on_ended=self._on_media_end
         )
+        self._keypad = Keypad(on_digit=self._count_digit)
+        self._media.on_telephone_event = self._keypad.feed
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -165,6 +170,7 @@ class CallSession:
                         task.cancel()
         finally:
             await self._media.close()
+            self._keypad.close()
             if self._prepared is not None:
                 await self._prepared.aclose()  # a no-op once it ran; closes what an unanswered call opened
             if self._reservation is not None:
@@ -337,8 +343,11 @@ class CallSession:
         assert self._media is not None
         self._media.start_sending()
         self._answered_at = time.monotonic()
-        call = MediaCall(self.info, self._media, self._app_hangup, transfer=self._transferring)
-        self._app_task = self._spawn("app", self._run_app(call))
+        self._app_task = self._spawn("app", self._run_app(self._media_call()))
+
+    def _media_call(self) -> MediaCall:
+        assert self._media is not None
+        return MediaCall(self.info, self._media, self._app_hangup, self._keypad, transfer=self._transferring)
 
     def _transferring(self, request: TransferRequest) -> None:
         self._transfer = request  # served when the app returns (worker/handoff: the call goes on)
@@ -375,8 +384,7 @@ class CallSession:
         if handoff is None:
             return False
         if await handoff.serve(self.info, self._media, request) is Fallback.APP:
-            self._app_task = self._spawn("app", self._run_app(MediaCall(
-                self.info, self._media, self._app_hangup, transfer=self._transferring)))  # fmt: skip
+            self._app_task = self._spawn("app", self._run_app(self._media_call()))
             return True
         return False
 
@@ -394,7 +402,12 @@ class CallSession:
         except TimeoutError:
             log.warning("app ignored cancellation; the call's task group waits for it")
 
+    def _count_digit(self, digit: Digit) -> None:
+        self._deps.metrics.dtmf_digits.inc()  # the digit itself is never exported nor logged: it may be a PIN
+
     def _on_media_end(self, reason: EndReason) -> None:
+        if self._keypad is not None:
+            self._keypad.close()  # the app's dtmf() ends with the media, as frames() does
         if reason is EndReason.CLOSED:
             return
         lost = machine.MediaLost(f"media ended: {reason.value}")

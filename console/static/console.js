@@ -154,8 +154,8 @@ function renderQuality(message) {
   const rows = [];
   const leg = (name, q) => {
     if (!q) return;
-    rows.push([`${name} MOS`, q.media_mos ?? "–"], [`${name} loss`, `${((q.media_loss_ratio || 0) * 100).toFixed(1)} %`],
-              [`${name} jitter`, `${q.media_jitter_ms ?? 0} ms`], [`${name} round trip`, q.media_rtt_ms == null ? "–" : `${q.media_rtt_ms} ms`]);
+    rows.push([`${name} MOS`, q.mos ?? "–"], [`${name} loss`, `${q.loss_percent ?? 0} %`],
+              [`${name} jitter`, `${q.jitter_ms ?? 0} ms`], [`${name} round trip`, q.rtt_ms == null ? "–" : `${q.rtt_ms} ms`]);
   };
   leg("Caller", message.caller);
   leg("Your line", message.agent_leg);

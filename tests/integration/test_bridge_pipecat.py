@@ -13,6 +13,7 @@ errors). Pipecat also logs through loguru at import and when building a pipeline
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
@@ -30,8 +31,10 @@ from tests.integration.test_bridge import (
     tone_seconds,
     wait_phone_quiet,
 )
+from tests.support.dtmf_packets import press
 from tests.support.voice_agent import VoiceAgent
 from worker import audio
+from worker.media.keypad import Keypad
 
 PIPELINE_RATE = 16000  # the bot's own audio rate; Twilio's side is 8 kHz µ-law
 
@@ -47,8 +50,14 @@ def _loopback_only() -> Iterator[None]:
 def pipecat() -> SimpleNamespace:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="'audioop' is deprecated", category=DeprecationWarning)
+        from pipecat.audio.dtmf.types import KeypadEntry
         from pipecat.clocks.system_clock import SystemClock
-        from pipecat.frames.frames import InputAudioRawFrame, InterruptionFrame, OutputAudioRawFrame
+        from pipecat.frames.frames import (
+            InputAudioRawFrame,
+            InputDTMFFrame,
+            InterruptionFrame,
+            OutputAudioRawFrame,
+        )
         from pipecat.pipeline.pipeline import Pipeline
         from pipecat.pipeline.worker import PipelineWorker
         from pipecat.processors.frame_processor import FrameProcessorSetup
@@ -58,6 +67,8 @@ def pipecat() -> SimpleNamespace:
     return SimpleNamespace(
         SystemClock=SystemClock,
         InputAudioRawFrame=InputAudioRawFrame,
+        InputDTMFFrame=InputDTMFFrame,
+        KeypadEntry=KeypadEntry,
         InterruptionFrame=InterruptionFrame,
         OutputAudioRawFrame=OutputAudioRawFrame,
         Pipeline=Pipeline,
@@ -125,6 +136,26 @@ async def test_pipecat_reads_the_bridges_stream(pipecat: SimpleNamespace) -> Non
     assert audio.duration_seconds(decoded, PIPELINE_RATE) > 1.0
     last_second = decoded[-audio.frame_bytes(PIPELINE_RATE, 1.0) :]
     assert audio.dominant_frequency(last_second, PIPELINE_RATE) == pytest.approx(440, abs=10)
+
+
+async def test_pipecat_reads_the_callers_key_presses(pipecat: SimpleNamespace) -> None:
+    keypad = Keypad()
+    async with VoiceAgent("twilio") as agent, phone_call(tone_hz=440.0, keypad=keypad) as pc:
+        async with running(bridge_of(agent)(pc.call)):
+            session = await agent.next_session()
+            await session.wait_heard(440.0)
+            now = asyncio.get_running_loop().time()
+            for n, code in enumerate((1, 11, 10, 0)):  # 1 # * 0
+                for packet in press(code, 8000 * (n + 1), at=now):
+                    keypad.feed(packet)
+            await session.wait_for(lambda: len(session.digits()) == 4)
+        texts = list(session.texts)
+
+    serializer = await serializer_for(pipecat, session.stream_sid)
+    frames = [await serializer.deserialize(text) for text in texts if '"dtmf"' in text]
+    assert all(isinstance(frame, pipecat.InputDTMFFrame) for frame in frames)
+    entry = pipecat.KeypadEntry
+    assert [frame.button for frame in frames] == [entry.ONE, entry.POUND, entry.STAR, entry.ZERO]
 
 
 async def test_the_bridge_plays_and_clears_what_pipecat_sends(pipecat: SimpleNamespace) -> None:

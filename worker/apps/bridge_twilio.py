@@ -86,8 +86,8 @@ class _Dtmf(msgspec.Struct, kw_only=True, rename="camel", tag_field="event", tag
     dtmf: _DtmfBody
 
 
-# The keys Twilio reports; a flash has no Twilio message and is not sent.
-TWILIO_DIGITS = frozenset("0123456789*#ABCD")
+# A phone keypad's keys, all Twilio reports (and Pipecat's KeypadEntry knows): A-D and flash are not sent.
+TWILIO_DIGITS = frozenset("0123456789*#")
 
 
 class _StopBody(msgspec.Struct, kw_only=True, rename="camel"):

@@ -146,8 +146,7 @@ async def ask(call: Call, prompt: Sound, no_input_seconds: float) -> str:
     finally:
         speaking.cancel()
         call.clear()  # barge-in: the key stops the menu
-        with contextlib.suppress(asyncio.CancelledError, CallEnded):
-            await speaking
+        await asyncio.gather(speaking, return_exceptions=True)  # its CallEnded shows in the next send
 
 
 async def play(call: Call, sound: Sound) -> None:

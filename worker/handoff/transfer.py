@@ -352,8 +352,8 @@ class TransferredCall:
                 self._reply_to,
                 wire.Quality(
                     call_id=self._info.call_id,
-                    caller=self._caller.statistics().quality_fields(),
-                    agent_leg=agent.statistics().quality_fields(),
+                    caller=self._caller.statistics().quality() or {},
+                    agent_leg=agent.statistics().quality() or {},
                     on_hold=self._on_hold,
                     agent=self._agent,
                 ),

@@ -409,6 +409,9 @@ class MediaSession:
         self._check_open()
         await self._pc.setLocalDescription(await self._pc.createOffer())
         self._offer_sdp = sdp.prepare_offer(self._pc.localDescription.sdp)
+        # The telephone-event payload type we offer (sdp.prepare_offer adds it) is routed to us even when the
+        # callee's answer leaves it out: a phone may send its key presses anyway (decode leniently).
+        self._route_telephone_events(self._offer_sdp)
         return self._offer_sdp
 
     async def apply_answer(self, answer_sdp: str) -> None:
