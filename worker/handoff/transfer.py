@@ -176,7 +176,7 @@ class TransferredCall:
                 await self._relay()
             return Fallback.HANG_UP
         finally:
-            was_waiting = self._state in ("waiting", "connecting")
+            was_waiting = self._state in ("waiting", "connecting", "timeout")
             self._state = "over"
             for task in list(self._tasks):
                 task.cancel()
@@ -237,7 +237,8 @@ class TransferredCall:
         settings = self._h.hub.settings
         announce = settings.announce_position
         last_announced = -1e9
-        while True:
+        # send() and wait_played() return at once once the media ended: stop then, or this never yields.
+        while self._caller.ended_reason is None:
             now = time.monotonic()
             if announce and now - last_announced >= settings.announce_every_seconds:
                 position = self._h.hub.position(self._info.call_id)
@@ -341,7 +342,7 @@ class TransferredCall:
                 self._caller.clear()
 
     async def _loop_hold(self) -> None:
-        while True:
+        while self._caller.ended_reason is None:
             await self._caller.send(self._h.hold, RATE)
             await self._caller.wait_played()
 
