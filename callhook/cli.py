@@ -15,9 +15,14 @@ from typing import Any
 
 from callhook.env import ConfigError
 
-COMPONENT_CLIS = ("ingress.cli", "worker.cli", "simulator.cli", "simulator.demo")
+COMPONENT_CLIS = ("ingress.cli", "worker.cli", "simulator.cli", "simulator.demo", "console.cli")
 # component name -> module with ``load(env) -> frozen settings``
-CONFIG_MODULES = {"ingress": "ingress.config", "worker": "worker.config", "sim": "simulator.config"}
+CONFIG_MODULES = {
+    "ingress": "ingress.config",
+    "worker": "worker.config",
+    "sim": "simulator.config",
+    "console": "console.config",
+}
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from callhook.env import EnvReader
 from worker.apps import bridge_config
 from worker.apps.bridge_config import BridgeSettings
+from worker.handoff import config as handoff_config
+from worker.handoff.config import HandoffSettings
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -41,6 +43,7 @@ class WorkerConfig:
     # the voice-agent bridge (CALLHOOK_APP=ws://...), CALLHOOK_BRIDGE_*
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
     uvloop: bool = True  # CALLHOOK_UVLOOP: run on uvloop (callhook/loop.py)
+    handoff: HandoffSettings = field(default_factory=HandoffSettings)  # CALLHOOK_HANDOFF_* (docs/handoff.md)
 
 
 def load(env: Mapping[str, str]) -> WorkerConfig:
@@ -73,6 +76,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         metrics_port=r.int("CALLHOOK_METRICS_PORT", 9100, minimum=0, maximum=65535),
         bridge=bridge_config.read(r),
         uvloop=r.bool("CALLHOOK_UVLOOP", True),
+        handoff=handoff_config.read(r),
     )
     for server in config.ice_servers:
         if not server.startswith(("stun:", "turn:", "turns:")):

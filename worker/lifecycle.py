@@ -61,6 +61,10 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     error_code: int | None = None  # Meta's code from the terminate webhook or the refused request
     duration_seconds: float | None = None
     media: MediaQuality | None = None  # ended: the caller's audio as the worker received it
+    # handoff (docs/handoff.md): transferred | queued | agent_answered | abandoned_in_queue
+    queue: str | None = None
+    agent: str | None = None
+    wait_seconds: float | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -33,6 +33,9 @@ from worker.dials import Ack, DialIntake
 from worker.errors import GraphError
 from worker.events import CallConnect, CallEvent, DialRequest
 from worker.graph import GraphClient, GraphSettings
+from worker.handoff.hub import HandoffHub
+from worker.handoff.metrics import HandoffMetrics
+from worker.handoff.transfer import Handoff
 from worker.health import HealthServer, watch_loop_lag
 from worker.lifecycle import LifecyclePublisher
 from worker.media import MediaSettings, MediaStatistics
@@ -97,17 +100,22 @@ class WorkerService:
                     ),
                 )
             )
+            lifecycle = LifecyclePublisher(self._link, self.metrics)
+            media_settings = MediaSettings(
+                ice_servers=config.ice_servers,
+                turn_username=config.turn_username,
+                turn_credential=config.turn_credential,
+                silence_timeout_seconds=config.media_silence_timeout_seconds,
+            )
+            hub = await stack.enter_async_context(HandoffHub(self._link, config.handoff))
+            handoff = Handoff(hub, HandoffMetrics(self.registry), media_settings, lifecycle.call_event)
             self._deps = SessionDeps(
                 graph=self._graph,
                 metrics=self.metrics,
-                lifecycle=LifecyclePublisher(self._link, self.metrics),
+                lifecycle=lifecycle,
                 claimer=self._ownership,
-                media_settings=MediaSettings(
-                    ice_servers=config.ice_servers,
-                    turn_username=config.turn_username,
-                    turn_credential=config.turn_credential,
-                    silence_timeout_seconds=config.media_silence_timeout_seconds,
-                ),
+                media_settings=media_settings,
+                handoff=handoff,
             )
             # The router gets a connection of its own: a broker that blocks publishers (memory alarm) must not
             # also stall claims and mailboxes.

@@ -27,6 +27,8 @@ from worker.apps.api import App, CallEnded, CallInfo, MediaCall
 from worker.errors import CallhookError, GraphError
 from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest
 from worker.graph import GraphClient
+from worker.handoff.transfer import Fallback, Handoff
+from worker.handoff.wire import TransferRequest
 from worker.lifecycle import MediaQuality
 from worker.media import EndReason, MediaError, MediaSession, MediaSettings, MediaStatistics
 from worker.media.dtmf import Digit
@@ -89,6 +91,7 @@ class SessionDeps:
     lifecycle: Lifecycle
     claimer: Claimer
     media_settings: MediaSettings
+    handoff: Handoff | None = None  # hands calls to people (worker/handoff); None: transfer is refused
 
 
 class CallSession:
@@ -129,6 +132,7 @@ class CallSession:
         self._preparing: asyncio.Task[None] | None = None
         self._prepared: Prepared | None = None
         self.outcome: machine.Outcome | None = None
+        self._transfer: TransferRequest | None = None
 
     # ------------------------------------------------------------------------------------- public API
     @property
@@ -339,8 +343,14 @@ class CallSession:
         assert self._media is not None
         self._media.start_sending()
         self._answered_at = time.monotonic()
-        call = MediaCall(self.info, self._media, self._app_hangup, self._keypad)
-        self._app_task = self._spawn("app", self._run_app(call))
+        self._app_task = self._spawn("app", self._run_app(self._media_call()))
+
+    def _media_call(self) -> MediaCall:
+        assert self._media is not None
+        return MediaCall(self.info, self._media, self._app_hangup, self._keypad, transfer=self._transferring)
+
+    def _transferring(self, request: TransferRequest) -> None:
+        self._transfer = request  # served when the app returns (worker/handoff: the call goes on)
 
     async def _run_app(self, call: MediaCall) -> None:
         if self._preparing is not None and not await self._app_ready(time.monotonic() + 30.0):
@@ -355,6 +365,8 @@ class CallSession:
             log.exception("app failed")
             self._post(machine.AppFinished(error=repr(exc)))
             return
+        if self._transfer is not None and await self._handed_off(call):
+            return
         finished = machine.AppFinished()
         if self._media is not None and self._media.ended_reason is EndReason.REMOTE_ENDED:
             # The app returned because the caller's audio ended with a hang-up: as in _on_media_end.
@@ -362,6 +374,19 @@ class CallSession:
             self._spawn("remote-end-grace", self._post_later(finished, grace))
         else:
             self._post(finished)
+
+    async def _handed_off(self, call: MediaCall) -> bool:
+        """The app transferred the call: wait for an agent (worker/handoff). True when the app runs again."""
+        request, self._transfer = self._transfer, None
+        handoff = self._deps.handoff
+        assert request is not None
+        assert self._media is not None
+        if handoff is None:
+            return False
+        if await handoff.serve(self.info, self._media, request) is Fallback.APP:
+            self._app_task = self._spawn("app", self._run_app(self._media_call()))
+            return True
+        return False
 
     async def _app_hangup(self) -> None:
         self._post(machine.HangupRequested("app hung up"))

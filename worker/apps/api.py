@@ -21,12 +21,13 @@ pressed while a menu plays is there when the app asks; each digit is read once, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from worker.errors import CallhookError
 from worker.events import CallConnect
+from worker.handoff.wire import TransferRequest
 from worker.media.dtmf import Digit
 
 __all__ = [
@@ -122,6 +123,12 @@ class Call(Protocol):
         """End the call. Idempotent; the app may keep running until it returns or is cancelled."""
         ...
 
+    async def transfer(
+        self, queue: str, *, reason: str = "", context: Mapping[str, str] | None = None
+    ) -> None:
+        """Hand the call to a person waiting in ``queue``; the app returns after it (docs/handoff.md)."""
+        ...
+
 
 App = Callable[[Call], Awaitable[None]]
 
@@ -200,12 +207,15 @@ class MediaCall:
         media: AudioPort,
         hangup: Callable[[], Awaitable[None]],
         keypad: DigitSource | None = None,
+        transfer: Callable[[TransferRequest], None] | None = None,
     ) -> None:
         self._info = info
         self._media = media
         self._hangup = hangup
         self._keypad = keypad  # None: the call has no keypad (no digits ever come)
         self._hung_up = False
+        self._transfer = transfer  # None: this worker cannot hand calls to people
+        self._digits_read: list[str] = []
 
     @property
     def info(self) -> CallInfo:
@@ -238,7 +248,35 @@ class MediaCall:
         return await collect_digits(self._next_digit, max, end, timeout)
 
     async def _next_digit(self) -> Digit | None:
-        return None if self._keypad is None else await self._keypad.next_digit()
+        digit = None if self._keypad is None else await self._keypad.next_digit()
+        if digit is not None and digit.digit != "flash":
+            self._digits_read.append(digit.digit)
+        return digit
+
+    async def transfer(
+        self, queue: str, *, reason: str = "", context: Mapping[str, str] | None = None
+    ) -> None:
+        """Hand the call to a person: the caller waits in ``queue`` (hearing hold audio) for an agent.
+
+        The app's part of the call is over: return from the app after this (later sends raise
+        :class:`CallEnded`, a hang-up is ignored). ``reason`` and ``context`` are shown to the agent, with
+        the keys the app read. docs/handoff.md."""
+        if self._transfer is None:
+            raise CallhookError("transfer is not available: the worker has no handoff (docs/handoff.md)")
+        if not queue:
+            raise ValueError("transfer needs a queue name")
+        if self._hung_up:
+            raise CallEnded(f"call {self._info.call_id} has ended")
+        self._hung_up = True  # the app may not speak or hang up any more
+        self._media.clear()
+        self._transfer(
+            TransferRequest(
+                queue=queue,
+                reason=reason,
+                context=dict(context or {}),
+                digits="".join(self._digits_read),
+            )
+        )
 
     async def hangup(self) -> None:
         if self._hung_up:

@@ -5,7 +5,8 @@ The caller hears the menu (a WAV file, or three rising beeps) and presses a key,
 
 * ``echo``: the caller hears themself until they hang up (the echo app);
 * ``play:<wav file>`` (or ``play`` alone: a short generated melody): the file is played, then the menu again;
-* ``hangup``: a falling goodbye tone, then the call ends.
+* ``hangup``: a falling goodbye tone, then the call ends;
+* ``transfer:<queue>``: the caller waits in ``queue`` for a person (worker/handoff, docs/handoff.md).
 
 A key with no route, or no key within ``NO_INPUT_SECONDS`` after the menu, gets a low buzz and the menu
 again; after ``ATTEMPTS`` menus without a route the call ends.
@@ -72,8 +73,9 @@ MELODY = Sound.beeps(523.0, 659.0, 784.0, 1047.0, 784.0, 659.0, 523.0, seconds=0
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    action: str  # "echo" | "play" | "hangup"
+    action: str  # "echo" | "play" | "hangup" | "transfer"
     sound: Sound | None = None  # what "play" plays
+    queue: str = ""  # where "transfer" sends the caller (worker/handoff)
 
 
 DEFAULT_ROUTES = {"1": Route("echo"), "2": Route("play", MELODY), "9": Route("hangup")}
@@ -109,7 +111,9 @@ def _route(text: str) -> Route:
         return Route("play", _sound(argument) if argument else MELODY)
     if action in ("echo", "hangup") and not argument:
         return Route(action)
-    raise IvrSpecError(f"ivr: route {text!r} is not echo, play, play:<wav file> or hangup")
+    if action == "transfer" and argument:
+        return Route("transfer", queue=argument)
+    raise IvrSpecError(f"ivr: route {text!r} is not echo, play, play:<wav file>, transfer:<queue> or hangup")
 
 
 def _sound(path: str) -> Sound:
@@ -133,6 +137,9 @@ async def ivr(call: Call, menu: Menu) -> None:
                 return
             elif route.action == "play" and route.sound is not None:
                 await play(call, route.sound)
+            elif route.action == "transfer":
+                await call.transfer(route.queue, reason="pressed " + key, context={"menu": "ivr"})
+                return
             else:
                 break
         await play(call, GOODBYE)

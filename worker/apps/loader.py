@@ -5,6 +5,7 @@
 * ``record:<existing writable directory>``
 * ``ivr`` or ``ivr:<key>=<route>,...`` - a keypad menu (:mod:`worker.apps.ivr`): ``ivr`` alone is
   ``1=echo,2=play,9=hangup`` with a generated menu; ``menu=<wav file>`` and ``play:<wav file>`` routes
+* ``transfer:<queue>`` - every call waits in ``queue`` for a person (:mod:`worker.handoff`, docs/handoff.md)
 * ``ws://host[:port]/path`` or ``wss://…`` - the voice-agent bridge (:mod:`worker.apps.bridge`), configured by
   ``CALLHOOK_BRIDGE_*`` (:mod:`worker.apps.bridge_config`); ``ws:wss://…`` is the same with an explicit prefix
 * ``package.module:function`` - a user's ``async def function(call: Call) -> None``
@@ -31,6 +32,7 @@ from worker.apps.echo import echo
 from worker.apps.ivr import IvrSpecError, Menu, ivr
 from worker.apps.play import UnplayableFile, check_wav, play
 from worker.apps.record import record
+from worker.apps.transfer import transfer
 from worker.errors import CallhookError
 
 
@@ -61,6 +63,8 @@ def load_app(spec: str, *, bridge_settings: BridgeSettings | None = None) -> App
         return _play(Path(argument))
     if kind == "record":
         return _record(Path(argument))
+    if kind == "transfer":
+        return functools.partial(transfer, queue=argument)
     return _user_app(kind, argument)
 
 

@@ -1,0 +1,1 @@
+"""``callhook console``: the agents' web console (aiohttp, stateless). docs/handoff.md."""

@@ -1,0 +1,201 @@
+// The agent console: plain DOM, one WebSocket, one RTCPeerConnection per call. docs/handoff.md.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { token: "", agent: "", ws: null, board: [], pc: null, callId: null, stream: null,
+                muted: false, held: false, iceServers: [], analyser: null };
+// What tests (and the curious) can read: the caller's audio as the page hears it.
+window.callhook = { callerLevel: 0, callerFrequency: 0, events: [] };
+
+function say(text) { $("call-state").textContent = text; window.callhook.events.push(text); }
+
+$("signin-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("signin-error").textContent = "";
+  const token = $("token").value;
+  const response = await fetch("/api/session", { method: "POST", body: JSON.stringify({ token }),
+                                                  headers: { "Content-Type": "application/json" } });
+  if (!response.ok) { $("signin-error").textContent = "That token is not known."; return; }
+  state.token = token;
+  connect();
+});
+
+function connect() {
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  state.ws = ws;
+  ws.addEventListener("open", () => ws.send(JSON.stringify({ type: "hello", token: state.token })));
+  ws.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
+  ws.addEventListener("close", () => {
+    if (state.agent) { $("who").textContent = `${state.agent}: disconnected, reconnecting…`; setTimeout(connect, 1000); }
+  });
+}
+
+function onMessage(message) {
+  switch (message.type) {
+    case "welcome":
+      state.agent = message.agent;
+      state.iceServers = (message.ice_servers || []).map((url) => ({ urls: url }));
+      $("who").textContent = `Signed in as ${message.agent} (queues: ${message.queues === "*" ? "all" : message.queues.join(", ")})`;
+      $("signin").hidden = true;
+      $("queues").hidden = false;
+      break;
+    case "board": state.board = message.calls; renderBoard(); break;
+    case "answer": state.pc && state.pc.setRemoteDescription({ type: "answer", sdp: message.sdp }); say("Connecting…"); break;
+    case "refused": endCall(message.reason === "taken" ? "Another agent took this call." : `Could not take the call (${message.reason}).`); break;
+    case "ended": endCall(`Call ended: ${message.reason}.`); break;
+    case "quality": renderQuality(message); break;
+  }
+}
+
+function since(seconds) {
+  const s = Math.max(0, Math.round(Date.now() / 1000 - seconds));
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+}
+
+function renderBoard() {
+  const rows = $("waiting-rows");
+  rows.replaceChildren();
+  $("queues-empty").hidden = state.board.length > 0;
+  for (const call of state.board) {
+    const row = document.createElement("tr");
+    row.dataset.callId = call.call_id;
+    const who = call.user_name ? `${call.user_name} (+${call.user})` : `+${call.user}`;
+    const context = Object.entries(call.context || {}).map(([k, v]) => `${k}: ${v}`).join("; ");
+    const collected = [call.digits ? `digits: ${call.digits}` : "", context].filter(Boolean).join("; ");
+    for (const text of [who, call.queue, null, call.reason || "", collected]) {
+      const cell = document.createElement("td");
+      if (text === null) { cell.className = "since"; cell.dataset.since = call.enqueued_at; cell.textContent = since(call.enqueued_at); }
+      else cell.textContent = text;
+      row.append(cell);
+    }
+    const action = document.createElement("td");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Answer";
+    button.className = "answer";
+    button.setAttribute("aria-label", `Answer the call from ${who}`);
+    button.disabled = state.callId !== null;
+    button.addEventListener("click", () => take(call));
+    action.append(button);
+    row.append(action);
+    rows.append(row);
+  }
+}
+setInterval(() => document.querySelectorAll("td.since").forEach((cell) => { cell.textContent = since(Number(cell.dataset.since)); }), 1000);
+
+async function take(call) {
+  if (state.callId) return;
+  state.callId = call.call_id;
+  renderBoard();
+  $("call").hidden = false;
+  $("call-with").textContent = `${call.user_name || ""} +${call.user}, queue ${call.queue}${call.reason ? `, ${call.reason}` : ""}`;
+  say("Taking the call…");
+  try {
+    state.stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (error) {
+    endCall(`No microphone: ${error.message}`);
+    return;
+  }
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers });
+  state.pc = pc;
+  for (const track of state.stream.getAudioTracks()) pc.addTrack(track, state.stream);
+  pc.addEventListener("track", (event) => listen(event.streams[0] || new MediaStream([event.track])));
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc.connectionState === "connected") { say("Connected: you are talking to the caller."); $("hangup").focus(); }
+    if (pc.connectionState === "failed" && state.pc === pc) {
+      state.ws.send(JSON.stringify({ type: "hangup", call_id: state.callId }));
+      endCall("The call's audio connection failed.");
+    }
+  });
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc);
+  state.ws.send(JSON.stringify({ type: "take", call_id: call.call_id, sdp: pc.localDescription.sdp }));
+}
+
+function gathered(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") { pc.removeEventListener("icegatheringstatechange", done); resolve(); } };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, 3000);  // a candidate that never completes must not hold the call
+  });
+}
+
+function listen(stream) {
+  $("remote-audio").srcObject = stream;
+  const context = new AudioContext();
+  const source = context.createMediaStreamSource(stream);
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 4096;
+  source.connect(analyser);
+  state.analyser = analyser;
+  const bins = new Float32Array(analyser.frequencyBinCount);
+  const wave = new Float32Array(analyser.fftSize);
+  const step = () => {
+    if (state.analyser !== analyser) { context.close(); return; }
+    analyser.getFloatTimeDomainData(wave);
+    let sum = 0;
+    for (const v of wave) sum += v * v;
+    const rms = Math.sqrt(sum / wave.length);
+    analyser.getFloatFrequencyData(bins);
+    let best = 1;
+    for (let i = 2; i < bins.length; i++) if (bins[i] > bins[best]) best = i;
+    window.callhook.callerLevel = rms;
+    if (rms > 0.01) window.callhook.callerFrequency = best * context.sampleRate / analyser.fftSize;
+    $("caller-level").value = Math.min(1, rms * 4);
+    requestAnimationFrame(step);
+  };
+  requestAnimationFrame(step);
+  // requestAnimationFrame does not run in a hidden tab: sample on a timer too.
+  setInterval(() => { if (state.analyser === analyser) step(); }, 250);
+}
+
+function renderQuality(message) {
+  const rows = [];
+  const leg = (name, q) => {
+    if (!q) return;
+    rows.push([`${name} MOS`, q.mos ?? "–"], [`${name} loss`, `${q.loss_percent ?? 0} %`],
+              [`${name} jitter`, `${q.jitter_ms ?? 0} ms`], [`${name} round trip`, q.rtt_ms == null ? "–" : `${q.rtt_ms} ms`]);
+  };
+  leg("Caller", message.caller);
+  leg("Your line", message.agent_leg);
+  const list = $("quality");
+  list.replaceChildren();
+  for (const [k, v] of rows) {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = String(v);
+    list.append(dt, dd);
+  }
+}
+
+function hangUp() {
+  if (state.callId && state.ws) state.ws.send(JSON.stringify({ type: "hangup", call_id: state.callId }));
+  endCall("You hung up.");
+}
+
+function endCall(text) {
+  say(text);
+  if (state.pc) state.pc.close();
+  if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
+  state.pc = null; state.stream = null; state.callId = null; state.analyser = null;
+  state.muted = false; state.held = false;
+  $("mute").setAttribute("aria-pressed", "false");
+  $("hold").setAttribute("aria-pressed", "false");
+  renderBoard();
+}
+
+$("hangup").addEventListener("click", hangUp);
+$("mute").addEventListener("click", () => {
+  if (!state.stream) return;
+  state.muted = !state.muted;
+  state.stream.getAudioTracks().forEach((t) => { t.enabled = !state.muted; });
+  $("mute").setAttribute("aria-pressed", String(state.muted));
+  say(state.muted ? "Your microphone is muted." : "Your microphone is on.");
+});
+$("hold").addEventListener("click", () => {
+  if (!state.callId) return;
+  state.held = !state.held;
+  state.ws.send(JSON.stringify({ type: "hold", call_id: state.callId, on: state.held }));
+  $("hold").setAttribute("aria-pressed", String(state.held));
+  say(state.held ? "The caller is on hold." : "Back with the caller.");
+});
