@@ -292,15 +292,8 @@ class Claim:
             return
         if self._lost.is_set() or self._released:
             raise ClaimLost(f"claim on {self.call_id} lost before it was fenced")
-        record = aio_pika.Message(b"answering", delivery_mode=DeliveryMode.PERSISTENT)
-        marker = contract.answer_marker_queue(self.call_id)
         try:
-            await publish(
-                self._channel.default_exchange,
-                record,
-                marker,
-                confirm_timeout_seconds=self._owner._settings.rpc_timeout_seconds,
-            )
+            await self._write_marker()
         except TransientError as exc:
             raise ClaimLost(f"claim on {self.call_id} lost while fencing: {exc}") from exc
         # The confirm arrived on this channel after any close the broker sent on it: still not lost means the
@@ -308,6 +301,19 @@ class Claim:
         if self._lost.is_set():
             raise ClaimLost(f"claim on {self.call_id} lost while fencing")
         self._fenced = True
+
+    async def _write_marker(self) -> None:
+        """Declare the answer marker (it exists unless a broker node lost it) and publish one record into it,
+        confirmed. Raises :class:`TransientError`."""
+        timeout = self._owner._settings.rpc_timeout_seconds
+        marker = contract.answer_marker_queue(self.call_id)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._channel.declare_queue(marker, arguments=self._owner._arguments)
+        except AMQP_FAILURES as exc:
+            raise TransientError(f"cannot declare {marker}: {exc!r}") from exc
+        record = aio_pika.Message(b"answering", delivery_mode=DeliveryMode.PERSISTENT)
+        await publish(self._channel.default_exchange, record, marker, confirm_timeout_seconds=timeout)
 
     async def settle(self) -> None:
         """Ack the unclaimed connect this claim was made for (idempotent; nothing for other claims). Until
@@ -548,6 +554,11 @@ class Ownership(Supervised):
             lost._released = True
             self._calls[claim.call_id] = claim
             self.metrics.claims.labels(outcome="reclaimed").inc()
+            if claim.fenced:  # the marker may have gone with a broker node: write the record again
+                try:
+                    await claim._write_marker()
+                except TransientError as exc:  # the claim holds: the connection will tell if it is lost
+                    log.warning("could not rewrite an answer marker", extra={"error": str(exc)})
         return claim
 
     def statistics(self) -> OwnershipStatistics:
