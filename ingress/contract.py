@@ -173,6 +173,12 @@ def _escape(char: str) -> str:
     return "".join(f":{byte:02X}" for byte in char.encode())
 
 
+def broker_urls(setting: str) -> tuple[str, ...]:
+    """The brokers of ``CALLHOOK_AMQP_URL``: one URL, or several separated by commas (the nodes of a cluster
+    without a load balancer in front), tried in turn on every (re)connect."""
+    return tuple(url.strip() for url in setting.split(",") if url.strip())
+
+
 def message_id(body: bytes) -> str:
     """Meta's retries of one delivery carry the same bytes, so they share this id."""
     return hashlib.sha256(body).hexdigest()
