@@ -153,13 +153,24 @@ class ProxyGroup:
     """One TCP proxy per broker node in front of one process: cutting or slowing the group is that process
     losing (or crawling to) the broker, whichever node it is on."""
 
-    def __init__(self, ports: Sequence[int]) -> None:
+    def __init__(self, ports: Sequence[int], blocked: set[int] | None = None) -> None:
+        self.targets = list(ports)
         self.proxies = [TcpProxy(rabbit.BROKER_HOST, port) for port in ports]
+        self._blocked = blocked if blocked is not None else set()  # shared: the node ports now refused
 
     async def __aenter__(self) -> ProxyGroup:
         for proxy in self.proxies:
             await proxy.__aenter__()
+        for port in self._blocked:
+            await self.block(port)
         return self
+
+    async def block(self, port: int) -> None:
+        """Refuse (and reset) this process's connections to the node on ``port``."""
+        await self.proxies[self.targets.index(port)].cut()
+
+    def unblock(self, port: int) -> None:
+        self.proxies[self.targets.index(port)].restore()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -176,8 +187,9 @@ class ProxyGroup:
         await asyncio.gather(*(proxy.cut() for proxy in self.proxies))
 
     def restore(self) -> None:
-        for proxy in self.proxies:
-            proxy.restore()
+        for port, proxy in zip(self.targets, self.proxies, strict=True):
+            if port not in self._blocked:
+                proxy.restore()
 
     def set_delay(self, seconds: float) -> None:
         for proxy in self.proxies:
@@ -232,6 +244,11 @@ class Drill:
         self._proxies: list[ProxyGroup] = []
         self._nodes_down: set[str] = set()  # --cluster: nodes killed, not started yet
         self._partitioned: set[str] = set()
+        # Node ports every process is kept off while the node is down or paused, and until the firehose is on
+        # there again: a node accepts clients before its firehose can be turned on, and what they published
+        # in that gap would be invisible to the audit (reported as lost).
+        self._blocked: set[int] = set()
+        self._reviving = asyncio.Lock()
         self._load_over = False
         self._broker_down = False
         self.cpu = CpuSampler()
@@ -248,7 +265,7 @@ class Drill:
                     ctl=broker.ctl, trace_ctl=broker.trace_ctl,
                 )
             )  # fmt: skip
-            self.ingress_proxy = await stack.enter_async_context(ProxyGroup(broker.ports))
+            self.ingress_proxy = await stack.enter_async_context(ProxyGroup(broker.ports, self._blocked))
             stack.push_async_callback(self._close_worker_proxies)  # once the processes have stopped
             graph_port = free_port()
             self.system = System(
@@ -357,7 +374,7 @@ class Drill:
 
     # -------------------------------------------------------------------------------------- processes
     async def start_worker(self) -> str:
-        proxy = await ProxyGroup(self.s.broker.ports).__aenter__()
+        proxy = await ProxyGroup(self.s.broker.ports, self._blocked).__aenter__()
         self._proxies.append(proxy)
         process = self.system.start_worker(CALLHOOK_AMQP_URL=self.s.broker.url(self.vhost, proxy.ports))
         log = self.processes[process.name] = ProcessLog(process.name, time.time())
@@ -491,6 +508,7 @@ class Drill:
             raise ValueError(f"{log.window.kind} needs --cluster")
         node = await cluster("leader", contract.WEBHOOKS_QUEUE, self.vhost)
         log.target = f"node {node}"
+        await self._block(self.s.broker.ports[int(node) - 1])
         if log.window.kind == "node_kill":
             self._nodes_down.add(node)
             await cluster("kill", node)
@@ -505,17 +523,36 @@ class Drill:
 
         return end
 
+    async def _block(self, port: int) -> None:
+        self._blocked.add(port)
+        for group in [self.ingress_proxy, *self._proxies]:
+            await group.block(port)
+
     async def _revive_nodes(self) -> None:
+        async with self._reviving:  # one at a time: a node started twice at once would fail
+            await self._revive_nodes_now()
+
+    async def _revive_nodes_now(self) -> None:
+        revived = []
         for node in sorted(self._partitioned):
             await cluster("heal", node)
             self._partitioned.discard(node)
+            revived.append(node)
         for node in sorted(self._nodes_down):
             await cluster("start-node", node)
             self._nodes_down.discard(node)
-        if self.s.broker.cluster:
+            revived.append(node)
+        for node in revived:
             with contextlib.suppress(RuntimeError):
-                await cluster("ctl-node", "1", "await_startup", timeout_seconds=120)
+                await cluster("ctl-node", node, "await_startup", timeout_seconds=120)
+        if revived:
+            with contextlib.suppress(RuntimeError):
                 await self.audit.trace_on()
+        for node in revived:
+            port = self.s.broker.ports[int(node) - 1]
+            self._blocked.discard(port)
+            for group in [self.ingress_proxy, *self._proxies]:
+                group.unblock(port)
 
     async def _restart_broker_if_down(self) -> None:
         if self._broker_down:

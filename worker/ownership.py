@@ -99,6 +99,10 @@ class OwnershipSettings:
     # x-expires of mailboxes and markers: every process of one broker must use the same value (tests shorten
     # it in a vhost of their own).
     mailbox_expires_ms: int = contract.MAILBOX_EXPIRES_MS
+    # A taken-over mailbox whose marker holds a record: its previous owner may only be cut off and come back
+    # (its reconnect backs off up to 5 s). The connect is put back (delayed, RETRY_DELAY_MS each) this many
+    # times before the call is given up as abandoned: about 10 s.
+    abandon_grace_attempts: int = 40
 
 
 class ClaimLost(TransientError):
@@ -309,7 +313,7 @@ class Claim:
         marker = contract.answer_marker_queue(self.call_id)
         try:
             async with asyncio.timeout(timeout):
-                await self._channel.declare_queue(marker, arguments=self._owner._arguments)
+                await self._channel.declare_queue(marker, durable=True, arguments=self._owner._arguments)
         except AMQP_FAILURES as exc:
             raise TransientError(f"cannot declare {marker}: {exc!r}") from exc
         record = aio_pika.Message(b"answering", delivery_mode=DeliveryMode.PERSISTENT)
@@ -374,6 +378,17 @@ class Claim:
         self._seen_connect = lost._seen_connect
         self._fenced = lost._fenced
         self._connect, lost._connect = lost._connect, None
+
+    async def _let_go(self) -> None:
+        """Stop consuming the mailbox (its channel closes) and forget this claim, leaving the mailbox as it
+        is: for its previous owner to come back to, or for a later look."""
+        self._released = True
+        self._wakeup.set()
+        self._free_slot()
+        self._owner._forget(self)
+        if self._live.claims.get(self.call_id) is self:
+            del self._live.claims[self.call_id]
+        await close_quietly(self._channel)
 
     def _free_slot(self) -> None:
         if self._holds_slot:
@@ -699,6 +714,12 @@ class Ownership(Supervised):
         except TransientError as exc:
             log.warning("unowned event requeued", extra={"error": str(exc), "call_id": event.call_id})
             ack = False
+            if verdict is Verdict.ANSWER:  # e.g. its marker's node is down: not in a hot loop, later
+                try:
+                    await self._requeue_later(live, message, attempt)
+                    ack = True
+                except TransientError:
+                    pass
         if ack is not None:
             await settle(message, ack=ack, requeue=True)
 
@@ -757,7 +778,14 @@ class Ownership(Supervised):
             return True
         crash_point("after_claim")
         if claim.answered_before:
-            # Its owner lost its connection after fencing: it may have answered; never answer twice.
+            # Its owner lost its connection after fencing: it may have answered; never answer twice. It may
+            # also be only cut off: give it time to come back and consume its mailbox again first.
+            attempt = header_int(message.headers or {}, contract.HEADER_ATTEMPT)
+            if attempt < self._settings.abandon_grace_attempts:
+                await claim._let_go()
+                self.metrics.claims.labels(outcome="owner_awaited").inc()
+                await self._requeue_later(live, message, attempt + 1)
+                return True
             await self._bury_taken_over(claim)
             await self._call_handler("on_abandoned", self._handler.on_abandoned(event))
             return True
@@ -861,7 +889,7 @@ class Ownership(Supervised):
                 await queue.consume(claim._on_message, exclusive=True)
                 if check_marker:
                     marker = await channel.declare_queue(
-                        contract.answer_marker_queue(call_id), arguments=self._arguments
+                        contract.answer_marker_queue(call_id), durable=True, arguments=self._arguments
                     )
                     claim.answered_before = (marker.declaration_result.message_count or 0) > 0
         except ChannelAccessRefused:
@@ -930,6 +958,25 @@ class Ownership(Supervised):
         else:
             exchange, key = await live.intake.get_exchange(contract.CALLS_EXCHANGE, ensure=False), call_id
         await publish(exchange, out, key, confirm_timeout_seconds=live.session.rpc_timeout_seconds)
+
+    async def _requeue_later(self, live: _Live, message: AbstractIncomingMessage, attempt: int) -> None:
+        """Put an unclaimed message back into ``callhook.calls.unclaimed`` after the retry delay: published to
+        the delay queue with no CC, it dead-letters into ``callhook.calls`` under the delay queue's own name,
+        which nothing binds, so the alternate exchange takes it to the unclaimed queue."""
+        headers = {k: v for k, v in (message.headers or {}).items() if k not in _BROKER_HEADERS}
+        headers[contract.HEADER_ATTEMPT] = attempt
+        out = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            delivery_mode=DeliveryMode.PERSISTENT,
+        )
+        await publish(
+            live.intake.default_exchange,
+            out,
+            contract.RETRY_QUEUE,
+            confirm_timeout_seconds=live.session.rpc_timeout_seconds,
+        )
 
     async def _dead_letter(self, live: _Live, message: AbstractIncomingMessage, reason: str) -> None:
         headers = dict(message.headers or {})

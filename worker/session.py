@@ -109,6 +109,7 @@ class CallSession:
         self._deps, self._settings, self._app = deps, settings, app
         self._claim, self._reservation = claim, reservation
         self._claim_changed = asyncio.Event()  # set when a lost claim was reclaimed or given up
+        self._fenced = False  # an answer marker record was written for this call
         self._call = machine.incoming() if info.direction == "incoming" else machine.outgoing()
         self._inbox: asyncio.Queue[tuple[machine.Event, Ack | None]] = asyncio.Queue()
         self._received_at = received_at or time.time()
@@ -265,14 +266,15 @@ class CallSession:
         will answer it (:meth:`Claim.fence`). A claim lost before that is reclaimed first (waiting, within the
         answer deadline, for the mailbox reader to do it); if the mailbox was taken over meanwhile, another
         worker has the call, and this one ends it without a word to Meta. False then."""
-        if self.info.direction != "incoming":
-            return True
+        if self.info.direction != "incoming" or self._fenced:
+            return True  # once fenced, no other worker will answer: ending the call is always safe
         crash_point("after_answer_sdp")
         try:
             async with asyncio.timeout_at(self._answer_deadline):
                 while (claim := self._claim) is not None:
                     try:
                         await claim.fence()
+                        self._fenced = True
                     except ClaimLost:
                         self._claim_changed.clear()
                         if self._claim is claim:

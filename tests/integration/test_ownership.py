@@ -613,8 +613,32 @@ async def test_an_owner_cut_before_its_fence_leaves_the_call_to_another_worker(
 async def test_a_takeover_after_the_fence_ends_the_call_instead_of_answering_it(
     workers: Callable[..., Awaitable[Worker]], bus: aio_pika.abc.AbstractChannel, amqp_url: str
 ) -> None:
-    """Cut after the fence (pre_accept may have gone out) but before the connect was settled: the worker
-    that gets the redelivered connect finds the answer marker and hands the call to ``on_abandoned``."""
+    """Cut after the fence (pre_accept may have gone out) but before the connect was settled, for good: the
+    worker that gets the redelivered connect finds the answer marker, waits its grace for the owner to come
+    back, then hands the call to ``on_abandoned``."""
+    async with TcpProxy("127.0.0.1", 5672) as proxy:
+        a = await workers(str(URL(amqp_url).with_port(proxy.port)))
+        call_id = new_id()
+        await send(bus, connect_event(call_id))
+        claim, _, _ = await asyncio.wait_for(a.recorder.incoming.get(), WAIT)
+        await claim.fence()
+        b = await workers(abandon_grace_attempts=2)
+        await proxy.cut()
+        abandoned = await asyncio.wait_for(b.recorder.abandoned.get(), WAIT)
+        assert abandoned.call_id == call_id
+        assert b.recorder.incoming.empty()
+        assert b.count("callhook_call_claims_total", outcome="owner_awaited") == 2
+        assert b.count("callhook_call_claims_total", outcome="abandoned") == 1
+        assert b.ownership.room == 10  # a call given up holds no capacity
+        assert await b.ownership.claim(call_id) is None  # kept as a tombstone
+
+
+async def test_a_fenced_owner_back_within_the_grace_keeps_its_call(
+    workers: Callable[..., Awaitable[Worker]], bus: aio_pika.abc.AbstractChannel, amqp_url: str
+) -> None:
+    """Cut after the fence, before the settle, and back soon: the worker with the redelivered connect finds
+    the marker and waits; the owner consumes its mailbox again; the copy then meets a refused claim and is
+    dropped. Nobody but the owner does anything with the call."""
     async with TcpProxy("127.0.0.1", 5672) as proxy:
         a = await workers(str(URL(amqp_url).with_port(proxy.port)))
         call_id = new_id()
@@ -623,12 +647,17 @@ async def test_a_takeover_after_the_fence_ends_the_call_instead_of_answering_it(
         await claim.fence()
         b = await workers()
         await proxy.cut()
-        abandoned = await asyncio.wait_for(b.recorder.abandoned.get(), WAIT)
-        assert abandoned.call_id == call_id
-        assert b.recorder.incoming.empty()
-        assert b.count("callhook_call_claims_total", outcome="abandoned") == 1
-        assert b.ownership.room == 10  # a call given up holds no capacity
-        assert await b.ownership.claim(call_id) is None  # kept as a tombstone
+        await wait_until(lambda: b.count("callhook_call_claims_total", outcome="owner_awaited") >= 1)
+        proxy.restore()
+        async with asyncio.timeout(WAIT):
+            await a.ownership.wait_ready()
+        again = await a.ownership.reclaim(claim)
+        assert again is not None
+        await wait_until(lambda: b.count("callhook_call_events_dropped_total", reason="duplicate") >= 1)
+        assert took_nothing(b)
+        await send(bus, terminate_event(call_id))
+        assert isinstance(await next_item(again), CallTerminate)
+        await again.release()
 
 
 async def test_the_mailbox_of_an_owner_gone_for_good_expires(
