@@ -23,6 +23,12 @@ when every invariant holds.
 
     ./run bench drill --minutes 10                       # the full drill (restarts the REAL broker once)
     ./run bench drill --minutes 3 --no-restart-broker    # while others use the broker
+    ./run bench drill --minutes 10 --cluster             # the local 3-node cluster (scripts/rabbitmq-cluster)
+                                                         # loses nodes: never touches the broker on 5672
+
+With ``--cluster`` every process gets the three nodes as a list (``CALLHOOK_AMQP_URL``), each through a TCP
+proxy of its own per node, and the faults are a node killed with SIGKILL (the leader of ``callhook.webhooks``)
+and started again, twice, a node partitioned off and healed, a worker killed and a worker cut off.
     uv run --frozen python bench/drill.py --minutes 2 --no-restart-broker --faults graph_5xx,sigkill
 
 docs/reliability.md has the design, the measures and the figures.
@@ -43,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,9 +61,9 @@ sys.path.insert(0, str(REPO))  # the repository's packages first (bench/ingress.
 import aiohttp  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.drill_audit import BrokerAudit, queue_depths, rabbitmqctl  # noqa: E402
+from bench.drill_audit import LOCAL_CTL, BrokerAudit, queue_depths, rabbitmqctl  # noqa: E402
 from bench.drill_load import junk_stream, message_stream  # noqa: E402
-from bench.drill_plan import FULL_SEQUENCE, FaultWindow, schedule  # noqa: E402
+from bench.drill_plan import CLUSTER_SEQUENCE, FULL_SEQUENCE, FaultWindow, schedule  # noqa: E402
 from bench.drill_report import (  # noqa: E402
     Answer,
     DrillData,
@@ -95,6 +101,31 @@ WORKER_ENV = {"CALLHOOK_DRAIN_TIMEOUT_SECONDS": "30"}
 DRILL_TIMING = CallTiming(start_silence_seconds=10.0, midcall_silence_seconds=10.0)
 
 
+CLUSTER_SCRIPT = str(REPO / "scripts" / "rabbitmq-cluster")
+
+
+@dataclass(frozen=True)
+class BrokerSetup:
+    """Where the drill's processes find RabbitMQ, and how it is administered."""
+
+    ports: tuple[int, ...] = (rabbit.BROKER_PORT,)
+    ctl: tuple[str, ...] = LOCAL_CTL
+    trace_ctl: tuple[str, ...] = LOCAL_CTL  # the firehose is per node
+    cluster: bool = False
+
+    def url(self, vhost: str, ports: Sequence[int] | None = None) -> str:
+        """``CALLHOOK_AMQP_URL``: one URL per node, comma-separated."""
+        return ",".join(rabbit.amqp_url(vhost, port=p) for p in (ports or self.ports))
+
+
+CLUSTER = BrokerSetup(
+    ports=(5681, 5682, 5683),
+    ctl=(CLUSTER_SCRIPT, "ctl"),
+    trace_ctl=(CLUSTER_SCRIPT, "ctl-all"),
+    cluster=True,
+)
+
+
 @dataclass(frozen=True)
 class DrillSettings:
     load_seconds: float = 600.0
@@ -115,6 +146,70 @@ class DrillSettings:
     record_seconds: float = 3.0  # audio each phone keeps for its echo check
     settle_timeout_seconds: float = 150.0
     log: Callable[[str], None] = print
+    broker: BrokerSetup = field(default_factory=BrokerSetup)
+
+
+class ProxyGroup:
+    """One TCP proxy per broker node in front of one process: cutting or slowing the group is that process
+    losing (or crawling to) the broker, whichever node it is on."""
+
+    def __init__(self, ports: Sequence[int], blocked: set[int] | None = None) -> None:
+        self.targets = list(ports)
+        self.proxies = [TcpProxy(rabbit.BROKER_HOST, port) for port in ports]
+        self._blocked = blocked if blocked is not None else set()  # shared: the node ports now refused
+
+    async def __aenter__(self) -> ProxyGroup:
+        for proxy in self.proxies:
+            await proxy.__aenter__()
+        for port in self._blocked:
+            await self.block(port)
+        return self
+
+    async def block(self, port: int) -> None:
+        """Refuse (and reset) this process's connections to the node on ``port``."""
+        await self.proxies[self.targets.index(port)].cut()
+
+    def unblock(self, port: int) -> None:
+        self.proxies[self.targets.index(port)].restore()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def ports(self) -> list[int]:
+        return [proxy.port for proxy in self.proxies]
+
+    @property
+    def upstream_ports(self) -> set[int]:
+        return set().union(*(proxy.upstream_ports for proxy in self.proxies))
+
+    async def cut(self) -> None:
+        await asyncio.gather(*(proxy.cut() for proxy in self.proxies))
+
+    def restore(self) -> None:
+        for port, proxy in zip(self.targets, self.proxies, strict=True):
+            if port not in self._blocked:
+                proxy.restore()
+
+    def set_delay(self, seconds: float) -> None:
+        for proxy in self.proxies:
+            proxy.set_delay(seconds)
+
+    async def close(self) -> None:
+        for proxy in self.proxies:
+            await proxy.close()
+
+
+async def cluster(*args: str, timeout_seconds: float = 180.0) -> str:
+    """Run ``scripts/rabbitmq-cluster ARGS``; its output, or RuntimeError with its stderr."""
+    process = await asyncio.create_subprocess_exec(
+        CLUSTER_SCRIPT, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(timeout_seconds):
+        out, err = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"rabbitmq-cluster {' '.join(args)}: {err.decode(errors='replace').strip()}")
+    return out.decode(errors="replace").strip()
 
 
 class DrillSimulator(Simulator):
@@ -140,13 +235,20 @@ class Drill:
         self.vhost = vhost
         self.run_id = secrets.token_hex(4)
         self.processes: dict[str, ProcessLog] = {}
-        self.workers: dict[str, tuple[Process, TcpProxy]] = {}
+        self.workers: dict[str, tuple[Process, ProxyGroup]] = {}
         self.windows = [WindowLog(w) for w in settings.faults]
         self.loop_lag: list[float] = []
         self.t0 = 0.0
         self._stack = AsyncExitStack()
         self._exits: set[asyncio.Task[None]] = set()
-        self._proxies: list[TcpProxy] = []
+        self._proxies: list[ProxyGroup] = []
+        self._nodes_down: set[str] = set()  # --cluster: nodes killed, not started yet
+        self._partitioned: set[str] = set()
+        # Node ports every process is kept off while the node is down or paused, and until the firehose is on
+        # there again: a node accepts clients before its firehose can be turned on, and what they published
+        # in that gap would be invisible to the audit (reported as lost).
+        self._blocked: set[int] = set()
+        self._reviving = asyncio.Lock()
         self._load_over = False
         self._broker_down = False
         self.cpu = CpuSampler()
@@ -156,21 +258,23 @@ class Drill:
         s = self.s
         async with self._stack as stack:
             self.http = await stack.enter_async_context(aiohttp.ClientSession())
+            broker = s.broker
             self.audit = await stack.enter_async_context(
-                BrokerAudit(rabbit.amqp_url(self.vhost), self.vhost, self.attribute)
-            )
-            self.ingress_proxy = await stack.enter_async_context(
-                TcpProxy(rabbit.BROKER_HOST, rabbit.BROKER_PORT)
-            )
+                BrokerAudit(
+                    rabbit.amqp_url(self.vhost, port=broker.ports[0]), self.vhost, self.attribute,
+                    ctl=broker.ctl, trace_ctl=broker.trace_ctl,
+                )
+            )  # fmt: skip
+            self.ingress_proxy = await stack.enter_async_context(ProxyGroup(broker.ports, self._blocked))
             stack.push_async_callback(self._close_worker_proxies)  # once the processes have stopped
             graph_port = free_port()
             self.system = System(
-                amqp_url=rabbit.amqp_url(self.vhost),
+                amqp_url=broker.url(self.vhost),
                 graph_url=f"http://127.0.0.1:{graph_port}",
                 log_dir=s.log_dir,
                 workers=0,
                 worker_env=dict(s.worker_env),
-                ingress_env={"CALLHOOK_AMQP_URL": rabbit.amqp_url(self.vhost, port=self.ingress_proxy.port)},
+                ingress_env={"CALLHOOK_AMQP_URL": broker.url(self.vhost, self.ingress_proxy.ports)},
             )
             ingress = self.system.start_ingress()
             self.processes[ingress.name] = ProcessLog(ingress.name, time.time())
@@ -181,6 +285,7 @@ class Drill:
             await stack.enter_async_context(self.sim)
             stack.push_async_callback(self.system.stop)  # before the simulator closes: workers drain first
             stack.push_async_callback(self._restart_broker_if_down)  # never leave the shared broker stopped
+            stack.push_async_callback(self._revive_nodes)  # nor a cluster node down or partitioned
             for _ in range(s.workers):
                 await self.start_worker()
             await self.system.wait_ready()
@@ -219,7 +324,7 @@ class Drill:
         settle_seconds = time.monotonic() - settled_at
         await self.audit.wait_drained()
         dead = await self.audit.dead_letters()
-        depths = await queue_depths(self.vhost)
+        depths = await queue_depths(self.vhost, self.s.broker.ctl)
         await self._scrape_once()
         data = DrillData(
             run_id=self.run_id,
@@ -269,10 +374,9 @@ class Drill:
 
     # -------------------------------------------------------------------------------------- processes
     async def start_worker(self) -> str:
-        proxy = TcpProxy(rabbit.BROKER_HOST, rabbit.BROKER_PORT)
-        await proxy.__aenter__()
+        proxy = await ProxyGroup(self.s.broker.ports, self._blocked).__aenter__()
         self._proxies.append(proxy)
-        process = self.system.start_worker(CALLHOOK_AMQP_URL=rabbit.amqp_url(self.vhost, port=proxy.port))
+        process = self.system.start_worker(CALLHOOK_AMQP_URL=self.s.broker.url(self.vhost, proxy.ports))
         log = self.processes[process.name] = ProcessLog(process.name, time.time())
         self.workers[process.name] = (process, proxy)
         self.cpu.watch(process.name, process.popen.pid)
@@ -383,6 +487,8 @@ class Drill:
                 proxy.set_delay(0.0)
 
             return unslow
+        if kind in ("node_kill", "partition"):
+            return await self._node_fault(log)
         if kind == "broker_restart":
             log.target = "rabbitmq"
             self._broker_down = True
@@ -394,6 +500,59 @@ class Drill:
 
             return start
         raise ValueError(f"unknown fault kind {kind}")
+
+    async def _node_fault(self, log: WindowLog) -> Callable[[], Any]:
+        """--cluster: kill -9 (or partition off) the node leading ``callhook.webhooks``; the coroutine
+        function returned starts it again (or heals it) and turns the firehose on there again."""
+        if not self.s.broker.cluster:
+            raise ValueError(f"{log.window.kind} needs --cluster")
+        node = await cluster("leader", contract.WEBHOOKS_QUEUE, self.vhost)
+        log.target = f"node {node}"
+        await self._block(self.s.broker.ports[int(node) - 1])
+        if log.window.kind == "node_kill":
+            self._nodes_down.add(node)
+            await cluster("kill", node)
+        else:
+            self._partitioned.add(node)
+            await cluster("partition", node)
+
+        async def end() -> None:
+            await self._revive_nodes()
+            leader = await cluster("leader", contract.WEBHOOKS_QUEUE, self.vhost)
+            log.note = f"webhooks leader now node {leader}"
+
+        return end
+
+    async def _block(self, port: int) -> None:
+        self._blocked.add(port)
+        for group in [self.ingress_proxy, *self._proxies]:
+            await group.block(port)
+
+    async def _revive_nodes(self) -> None:
+        async with self._reviving:  # one at a time: a node started twice at once would fail
+            await self._revive_nodes_now()
+
+    async def _revive_nodes_now(self) -> None:
+        revived = []
+        for node in sorted(self._partitioned):
+            await cluster("heal", node)
+            self._partitioned.discard(node)
+            revived.append(node)
+        for node in sorted(self._nodes_down):
+            await cluster("start-node", node)
+            self._nodes_down.discard(node)
+            revived.append(node)
+        for node in revived:
+            with contextlib.suppress(RuntimeError):
+                await cluster("ctl-node", node, "await_startup", timeout_seconds=120)
+        if revived:
+            with contextlib.suppress(RuntimeError):
+                await self.audit.trace_on()
+        for node in revived:
+            port = self.s.broker.ports[int(node) - 1]
+            self._blocked.discard(port)
+            for group in [self.ingress_proxy, *self._proxies]:
+                group.unblock(port)
 
     async def _restart_broker_if_down(self) -> None:
         if self._broker_down:
@@ -435,7 +594,7 @@ class Drill:
             )
         active = 0.0
         while time.monotonic() < deadline:
-            depths = await queue_depths(self.vhost)
+            depths = await queue_depths(self.vhost, self.s.broker.ctl)
             busy = [q for q in QUIET_QUEUES if q in depths and depths[q].messages]
             await self._scrape_once()
             active = sum(
@@ -553,6 +712,12 @@ def main(argv: list[str] | None = None) -> int:
         help="restart the REAL RabbitMQ once (rabbitmqctl stop_app/start_app): everyone's connections drop",
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run against the local 3-node cluster (scripts/rabbitmq-cluster, started if needed) and kill, "
+        "restart and partition its nodes; the broker on 5672 is not touched",
+    )
+    parser.add_argument(
         "--faults", default="", help=f"only these, comma-separated ({', '.join(k for k, _ in FULL_SEQUENCE)})"
     )
     parser.add_argument("--seed", type=int, default=None)
@@ -563,6 +728,11 @@ def main(argv: list[str] | None = None) -> int:
 
     load_seconds = args.minutes * 60.0
     only = frozenset(k for k in args.faults.split(",") if k) or None
+    broker = CLUSTER if args.cluster else BrokerSetup()
+    if args.cluster:
+        faults = schedule(load_seconds, CLUSTER_SEQUENCE, restart_broker=False, only=only)
+    else:
+        faults = schedule(load_seconds, restart_broker=args.restart_broker, only=only)
     settings = DrillSettings(
         load_seconds=load_seconds,
         workers=args.workers,
@@ -570,17 +740,28 @@ def main(argv: list[str] | None = None) -> int:
         hold_seconds=args.hold,
         message_rate=args.message_rate,
         junk_rate=args.junk_rate,
-        faults=tuple(schedule(load_seconds, restart_broker=args.restart_broker, only=only)),
+        faults=tuple(faults),
         log_dir=args.log_dir or Path(tempfile.mkdtemp(prefix="callhook-drill-")),
         seed=args.seed,
+        broker=broker,
     )
-    rabbit.ensure_broker()
-    vhost = rabbit.create_vhost("callhook-drill")
+    if args.cluster:
+        subprocess.run([CLUSTER_SCRIPT, "start"], check=True)
+        vhost = f"callhook-drill-{secrets.token_hex(4)}"
+        subprocess.run([*broker.ctl, "-q", "add_vhost", vhost], check=True)
+        grant = ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
+        subprocess.run([*broker.ctl, "-q", *grant], check=True)
+    else:
+        rabbit.ensure_broker()
+        vhost = rabbit.create_vhost("callhook-drill")
     try:
         report = asyncio.run(run_drill(settings, vhost))
     finally:
         with contextlib.suppress(Exception):
-            rabbit.delete_vhost(vhost)
+            if args.cluster:
+                subprocess.run([*broker.ctl, "-q", "delete_vhost", vhost], check=True)
+            else:
+                rabbit.delete_vhost(vhost)
     print()
     print(f"command: ./run bench drill {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(report.format())

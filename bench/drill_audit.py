@@ -35,7 +35,7 @@ import json
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,10 +62,16 @@ _PORT = re.compile(r":(\d+) ->")
 _TAGS: dict[type, str] = {CallConnect: "connect", CallTerminate: "terminate", CallStatus: "status"}
 
 
-async def rabbitmqctl(*args: str, timeout_seconds: float = 60.0) -> str:
-    """Run ``rabbitmqctl -q ARGS`` (the local broker); its output, or RuntimeError with its stderr."""
+# How to run rabbitmqctl: the local broker's, or the local cluster's (``scripts/rabbitmq-cluster ctl``; its
+# ``ctl-all`` for what is per node, as the firehose is).
+LOCAL_CTL: tuple[str, ...] = ("rabbitmqctl",)
+
+
+async def rabbitmqctl(*args: str, timeout_seconds: float = 60.0, ctl: Sequence[str] = LOCAL_CTL) -> str:
+    """Run ``rabbitmqctl -q ARGS`` (the local broker, or ``ctl``); its output, or RuntimeError with its
+    stderr."""
     process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *ctl, "-q", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     async with asyncio.timeout(timeout_seconds):
         out, err = await process.communicate()
@@ -82,10 +88,10 @@ class QueueDepth:
     consumers: int
 
 
-async def queue_depths(vhost: str) -> dict[str, QueueDepth]:
+async def queue_depths(vhost: str, ctl: Sequence[str] = LOCAL_CTL) -> dict[str, QueueDepth]:
     out = await rabbitmqctl(
         "list_queues", "-p", vhost, "--no-table-headers",
-        "name", "messages", "messages_ready", "messages_unacknowledged", "consumers",
+        "name", "messages", "messages_ready", "messages_unacknowledged", "consumers", ctl=ctl,
     )  # fmt: skip
     depths: dict[str, QueueDepth] = {}
     for line in out.splitlines():
@@ -129,7 +135,17 @@ class AuditRecords:
 class BrokerAudit:
     """``async with BrokerAudit(url, vhost, attribute) as audit:`` records into ``audit.records``."""
 
-    def __init__(self, amqp_url: str, vhost: str, attribute: Callable[[int], str]) -> None:
+    def __init__(
+        self,
+        amqp_url: str,
+        vhost: str,
+        attribute: Callable[[int], str],
+        *,
+        ctl: Sequence[str] = LOCAL_CTL,
+        trace_ctl: Sequence[str] = LOCAL_CTL,
+    ) -> None:
+        self._ctl = tuple(ctl)
+        self._trace_ctl = tuple(trace_ctl)  # the firehose is per node: a cluster turns it on on each
         self._url = amqp_url
         self._vhost = vhost
         self._attribute = attribute
@@ -159,17 +175,17 @@ class BrokerAudit:
             with contextlib.suppress(Exception):
                 await self._connection.close()
         with contextlib.suppress(RuntimeError):
-            await rabbitmqctl("trace_off", "-p", self._vhost)
+            await rabbitmqctl("trace_off", "-p", self._vhost, ctl=self._trace_ctl)
 
     async def trace_on(self) -> None:
         """Turn the firehose on for the vhost (again after a broker restart: idempotent)."""
-        await rabbitmqctl("trace_on", "-p", self._vhost)
+        await rabbitmqctl("trace_on", "-p", self._vhost, ctl=self._trace_ctl)
 
     async def wait_drained(self, timeout_seconds: float = 60.0) -> None:
         """Until both audit queues are empty (everything the broker traced so far has been recorded)."""
         async with asyncio.timeout(timeout_seconds):
             while True:
-                depths = await queue_depths(self._vhost)
+                depths = await queue_depths(self._vhost, self._ctl)
                 if all(
                     depths.get(q, QueueDepth(0, 0, 0, 0)).messages == 0 for q in (TRACE_QUEUE, EVENTS_QUEUE)
                 ):

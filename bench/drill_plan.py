@@ -20,6 +20,10 @@ Kinds:
 ``slow_worker``     every byte between a worker and the broker is delayed by ``delay_seconds``
 ``slow_ingress``    the same for the ingress
 ``broker_restart``  the real RabbitMQ: ``rabbitmqctl stop_app``, ``duration`` seconds down, ``start_app``
+``node_kill``       (``--cluster``) kill -9 of the cluster node leading ``callhook.webhooks``; it is started
+                    again after ``duration`` (and rejoins by itself)
+``partition``       (``--cluster``) that node is cut off from the other two for ``duration``
+                    (``scripts/rabbitmq-cluster partition``; pause_minority pauses it), then healed
 ==================  ========================================================================================
 """
 
@@ -38,6 +42,8 @@ KINDS = (
     "slow_worker",
     "slow_ingress",
     "broker_restart",
+    "node_kill",
+    "partition",
 )
 # The full drill, in this order, each in a slot of its own after a warm-up; durations in seconds.
 FULL_SEQUENCE: tuple[tuple[str, float], ...] = (
@@ -51,6 +57,15 @@ FULL_SEQUENCE: tuple[tuple[str, float], ...] = (
     ("cut_ingress", 8.0),
     ("broker_restart", 5.0),
     ("slow_worker", 15.0),
+)
+# ``--cluster``: the local 3-node cluster loses a node (the leader of callhook.webhooks) twice, a worker is
+# killed between, one node is partitioned off, then a worker cut off from the broker.
+CLUSTER_SEQUENCE: tuple[tuple[str, float], ...] = (
+    ("node_kill", 15.0),
+    ("sigkill", 5.0),
+    ("node_kill", 15.0),
+    ("partition", 15.0),
+    ("cut_worker", 6.0),
 )
 # The test suite's variant (tests/e2e/test_drill.py): short windows, no broker restart.
 SHORT_SEQUENCE: tuple[tuple[str, float], ...] = (

@@ -15,6 +15,9 @@ Invariants (each must be 0):
   (unless the only worker that took the connect was SIGKILLed before it could: shown apart as excused).
 - **answered twice**: calls whose pre_accept/accept requests carried more than one answer SDP (each owner
   makes its own, so two SDPs mean two owners).
+- **answered by a second worker**: calls for which a second owner *tried* to answer (a pre_accept or accept
+  with a second SDP, even one Meta refused). Our simulator refuses such a request; nothing says Meta does, so
+  the attempt itself counts (docs/routing.md: the mailbox that outlives its owner and the answer marker).
 - **half-open**: calls Meta's side did not end; calls a worker touched (pre_accept sent) that neither the
   business ended (reject/terminate sent) nor Meta did (terminate webhook delivered); calls whose every
   reject/terminate failed (the business gave up while Meta still had the call); calls still active in a live
@@ -137,7 +140,7 @@ class Report:
     lost: list[str]
     excused: list[str]
     answered_twice: list[str]
-    second_owner: list[str]  # a second owner tried to answer (Meta refused it): reported, see reliability.md
+    second_owner: list[str]  # a second owner tried to answer (even if Meta refused it): an invariant
     half_open: list[str]
     unsigned_published: list[str]
     dropped: list[str]  # answered calls the business hung up: in the drill only the phones hang up
@@ -152,6 +155,7 @@ class Report:
         return {
             "lost": len(self.lost),
             "answered_twice": len(self.answered_twice),
+            "answered_by_second_worker": len(self.second_owner),
             "half_open": len(self.half_open),
             "unsigned_published": len(self.unsigned_published),
             "dropped": len(self.dropped),
@@ -439,6 +443,11 @@ def format_report(report: Report) -> str:
                     "firehose + events audit + dead letters + journal",
                 ],
                 ["calls answered twice", inv["answered_twice"], "answer SDPs of accepts at the Graph API"],
+                [
+                    "calls answered by a second worker",
+                    inv["answered_by_second_worker"],
+                    "answer SDPs of pre_accepts/accepts",
+                ],
                 ["calls left half-open", inv["half_open"], "journal + calls_active of live workers"],
                 [
                     "unsigned bodies published",
@@ -447,7 +456,6 @@ def format_report(report: Report) -> str:
                 ],
                 ["answered calls dropped by callhook", inv["dropped"], "journal: terminate of a live call"],
                 ["(excused: connect taken by a SIGKILLed worker)", len(report.excused), ""],
-                ["(a second owner tried to answer, Meta refused)", len(report.second_owner), ""],
             ],
         )
     )
@@ -475,7 +483,7 @@ def format_report(report: Report) -> str:
         ("UNSIGNED PUBLISHED", report.unsigned_published),
         ("DROPPED", report.dropped),
         ("excused", report.excused),
-        ("second owner tried", report.second_owner),
+        ("ANSWERED BY A SECOND WORKER", report.second_owner),
     ):
         if lines:
             parts += ["", f"{title} ({len(lines)}):", *(f"  {line}" for line in lines[:30])]
@@ -555,7 +563,7 @@ def _faults_table(report: Report, t0: float) -> str:
     logs = sorted(data.windows, key=lambda w: w.started_at or math.inf)
     for index, log in enumerate(logs):
         if log.started_at is None or log.ended_at is None:
-            rows.append([log.window.kind, log.target, "not run", "", "", "", "", "", log.note])
+            rows.append([log.window.kind, log.target, "not run", "", "", "", "", "", "", log.note])
             continue
         following = logs[index + 1].started_at if index + 1 < len(logs) else None
         until = following if following is not None else t0 + data.load_seconds + 60.0
@@ -573,6 +581,7 @@ def _faults_table(report: Report, t0: float) -> str:
                 _ms(after),
                 f"{placed}/{unanswered}",
                 "-" if recovery is None else f"{recovery:.1f}",
+                _unavailable(data, log, until),
                 log.note,
             ]
         )
@@ -585,9 +594,25 @@ def _faults_table(report: Report, t0: float) -> str:
         "after",
         "placed/unans.",
         "recovery s",
+        "503s",
         "note",
     ]
     return table(headers, rows)
+
+
+def _unavailable(data: DrillData, log: WindowLog, until: float) -> str:
+    """Webhooks the ingress answered 503 (broker unavailable) from the fault's start until the next one: how
+    many, and the span from the first to the last (``n / s``), ``0`` if none."""
+    assert log.started_at is not None
+    times = sorted(
+        a.sent_at
+        for d in data.journal.deliveries
+        for a in d.attempts
+        if a.http_status == 503 and log.started_at <= a.sent_at < until
+    )
+    if not times:
+        return "0"
+    return f"{len(times)} / {times[-1] - times[0]:.1f}"
 
 
 def _processes_table(report: Report, t0: float) -> str:

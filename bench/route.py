@@ -90,6 +90,9 @@ class NoCalls:
     async def on_orphan(self, event: CallEvent) -> None:
         pass
 
+    async def on_abandoned(self, event: CallConnect) -> None:
+        pass
+
 
 async def paced(rate: float, count: int, send: Callable[[int], Coroutine[Any, Any, None]]) -> None:
     """Start ``send(i)`` at ``rate`` per second (a pacing timer; each send waits for its own confirm)."""

@@ -117,6 +117,21 @@ class EnvReader:
             self.problems.append(f"{name} must be a {'/'.join(schemes)} URL with a host")
         return raw
 
+    def url_list(
+        self, name: builtins.str, default: builtins.str, *, schemes: tuple[builtins.str, ...]
+    ) -> builtins.str:
+        """One URL or several separated by commas (each checked), returned as given."""
+        raw = self._raw(name) or default
+        urls = [u.strip() for u in raw.split(",")]
+        for url in urls:
+            parsed = URL(url)
+            if parsed.scheme not in schemes or not parsed.host:
+                self.problems.append(
+                    f"{name} must be a {'/'.join(schemes)} URL with a host, or several separated by commas"
+                )
+                break
+        return raw
+
     def ip_list(self, name: builtins.str) -> tuple[builtins.str, ...]:
         items = self.list(name)
         for item in items:

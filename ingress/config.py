@@ -46,7 +46,9 @@ class IngressConfig:
 
     @property
     def amqp_url_redacted(self) -> str:
-        return str(URL(self.amqp_url).with_password(None).with_user(None))
+        return ",".join(
+            str(URL(url.strip()).with_password(None).with_user(None)) for url in self.amqp_url.split(",")
+        )
 
 
 def load(env: Mapping[str, str]) -> IngressConfig:
@@ -55,7 +57,7 @@ def load(env: Mapping[str, str]) -> IngressConfig:
     config = IngressConfig(
         app_secrets=r.required_list("CALLHOOK_APP_SECRETS"),
         verify_token=r.required_str("CALLHOOK_VERIFY_TOKEN", secret=True),
-        amqp_url=r.url("CALLHOOK_AMQP_URL", DEFAULT_AMQP_URL, schemes=("amqp", "amqps")),
+        amqp_url=r.url_list("CALLHOOK_AMQP_URL", DEFAULT_AMQP_URL, schemes=("amqp", "amqps")),
         host=r.str("CALLHOOK_INGRESS_HOST", "0.0.0.0"),
         port=r.int("CALLHOOK_INGRESS_PORT", 8080, minimum=0, maximum=65535),
         max_body_bytes=r.int("CALLHOOK_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1, maximum=2**30),

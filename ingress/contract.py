@@ -39,6 +39,7 @@ EXPIRED_QUEUE: Final = "callhook.calls.expired"
 RETRY_QUEUE: Final = "callhook.calls.retry"
 DIALS_QUEUE: Final = "callhook.dials"
 MAILBOX_PREFIX: Final = "callhook.call."
+ANSWER_MARKER_PREFIX: Final = "callhook.answer."
 
 # Message headers (AMQP header table keys)
 HEADER_RECEIVED_AT: Final = "x-callhook-received-at"  # float unix seconds at the ingress
@@ -57,6 +58,10 @@ UNCLAIMED_TTL_MS: Final = 20_000
 # Events of a call whose owner has not claimed it yet (outgoing call: webhook before the connect response).
 RETRY_DELAY_MS: Final = 250
 RETRY_MAX_ATTEMPTS: Final = 8
+# A call's mailbox (and its answer marker) outlives its owner's connection: it is deleted by the broker only
+# after it went this long without a consumer (``x-expires``), well after Meta's longest ring (60 s) and any
+# broker cut a call can ride out. A live owner consumes it, so it never expires under a running call.
+MAILBOX_EXPIRES_MS: Final = 600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,22 +141,42 @@ _QUEUE_NAME_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 _MAX_QUEUE_NAME_BYTES = 255
 
 
+def mailbox_arguments(expires_ms: int = MAILBOX_EXPIRES_MS) -> Arguments:
+    """Arguments of a call's mailbox and answer marker: classic, deleted once unused for ``expires_ms``."""
+    return {"x-queue-type": "classic", "x-expires": expires_ms}
+
+
+def answer_marker_queue(call_id: str) -> str:
+    """Name of the queue whose messages say "this call may have been answered" (see docs/routing.md)."""
+    return _per_call_name(ANSWER_MARKER_PREFIX, call_id)
+
+
 def mailbox_queue(call_id: str) -> str:
-    """Name of the exclusive queue that is both the claim on a call and its owner's mailbox.
+    """Name of the queue that is a call's mailbox; owning the call is consuming it exclusively.
 
     Meta's call ids are base64 (``wacid.HBgL...AA==``) and AMQP clients accept only ``[A-Za-z0-9-_.:]`` in
     queue names, so every other character (and ``:`` itself) is written ``:XX`` (its UTF-8 bytes in hex): a
     one-to-one mapping, readable for the ids Meta really sends. Ids too long for a queue name are hashed.
     """
+    return _per_call_name(MAILBOX_PREFIX, call_id)
+
+
+def _per_call_name(prefix: str, call_id: str) -> str:
     escaped = "".join(c if c in _QUEUE_NAME_SAFE else _escape(c) for c in call_id)
-    name = MAILBOX_PREFIX + escaped
+    name = prefix + escaped
     if len(name) > _MAX_QUEUE_NAME_BYTES:
-        name = MAILBOX_PREFIX + "sha256:" + hashlib.sha256(call_id.encode()).hexdigest()
+        name = prefix + "sha256:" + hashlib.sha256(call_id.encode()).hexdigest()
     return name
 
 
 def _escape(char: str) -> str:
     return "".join(f":{byte:02X}" for byte in char.encode())
+
+
+def broker_urls(setting: str) -> tuple[str, ...]:
+    """The brokers of ``CALLHOOK_AMQP_URL``: one URL, or several separated by commas (the nodes of a cluster
+    without a load balancer in front), tried in turn on every (re)connect."""
+    return tuple(url.strip() for url in setting.split(",") if url.strip())
 
 
 def message_id(body: bytes) -> str:

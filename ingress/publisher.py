@@ -209,7 +209,8 @@ class Publisher:
         on_connection_change: Callable[[bool], None] | None = None,
         connection_name: str = "callhook-ingress",
     ) -> None:
-        self._url = amqp_url
+        self._urls = contract.broker_urls(amqp_url) or (amqp_url,)
+        self._url_index = 0  # the broker tried next; several are tried in turn (CALLHOOK_AMQP_URL)
         self._confirm_timeout = confirm_timeout_seconds
         self._connect_timeout = connect_timeout_seconds
         self._reconnect_initial = reconnect_initial_seconds
@@ -358,8 +359,13 @@ class Publisher:
                 raise
             raise BrokerUnavailable("broker connection closed") from None
 
+    @property
+    def _url(self) -> str:
+        return self._urls[self._url_index]
+
     async def _supervise(self, stopping: asyncio.Future[None]) -> None:
         delay = self._reconnect_initial
+        failed = 0  # brokers that failed since the last backoff
         while not stopping.done():
             try:
                 await self._run_connection(stopping)
@@ -368,8 +374,15 @@ class Publisher:
                     "broker connection failed",
                     extra={"broker": _redacted(self._url), "error": _describe(exc, self._url)},
                 )
+                failed += 1
             else:
                 delay = self._reconnect_initial  # we were connected: start backing off afresh
+                failed = 0
+            # The next broker of the list: the one that just failed (or served and went) is tried last.
+            self._url_index = (self._url_index + 1) % len(self._urls)
+            if 0 < failed < len(self._urls):
+                continue  # another broker at once; back off only when each failed once
+            failed = 0
             await asyncio.wait([stopping], timeout=delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self._reconnect_max)
 

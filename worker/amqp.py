@@ -22,6 +22,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
+from ingress import contract
 from ingress.broker import declare_topology
 from worker.errors import TransientError
 from worker.supervised import Supervised
@@ -100,6 +101,9 @@ class Session:
 class AmqpLink(Supervised):
     """Keeps one connection to ``url`` open, reconnecting with capped exponential backoff.
 
+    ``url`` may list several brokers separated by commas (``CALLHOOK_AMQP_URL``, the nodes of a cluster): each
+    connect tries them in turn, starting after the one that served last, and backs off only when all failed.
+
     ``async with AmqpLink(url, name="router") as link:`` starts connecting at once; users call
     :meth:`wait_session` and, when that session is lost, call it again with ``after=`` the old one.
     ``prepare`` runs on every new connection before it is handed out (default: declare the topology).
@@ -117,7 +121,8 @@ class AmqpLink(Supervised):
         prepare: Prepare | None = declare_contract_topology,
     ) -> None:
         super().__init__(f"amqp-link-{name}")
-        self._url = url
+        self._urls = contract.broker_urls(url) or (url,)
+        self._next_url = 0
         self._name = name
         self._connect_timeout_seconds = connect_timeout_seconds
         self._rpc_timeout_seconds = rpc_timeout_seconds
@@ -170,14 +175,25 @@ class AmqpLink(Supervised):
                 await self._publish(None)
                 await _close_connection(session.connection, self._rpc_timeout_seconds)
 
-    async def _connect_once(self) -> Session | None:
-        try:
-            async with asyncio.timeout(self._connect_timeout_seconds):
-                connection = await aio_pika.connect(
-                    self._url, client_properties={"connection_name": f"callhook-{self._name}"}
+    async def _connect_any(self) -> AbstractConnection | None:
+        """A connection to the first broker of the list, in turn, that accepts one; None if none did."""
+        for _ in self._urls:
+            url, index = self._urls[self._next_url], self._next_url
+            self._next_url = (index + 1) % len(self._urls)  # whichever serves, the next connect starts after
+            try:
+                async with asyncio.timeout(self._connect_timeout_seconds):
+                    return await aio_pika.connect(
+                        url, client_properties={"connection_name": f"callhook-{self._name}"}
+                    )
+            except AMQP_FAILURES as exc:
+                log.warning(
+                    "amqp connect failed", extra={"link": self._name, "broker": index, "error": repr(exc)}
                 )
-        except AMQP_FAILURES as exc:
-            log.warning("amqp connect failed", extra={"link": self._name, "error": repr(exc)})
+        return None
+
+    async def _connect_once(self) -> Session | None:
+        connection = await self._connect_any()
+        if connection is None:
             return None
         self._generation += 1
         session = Session(connection, self._generation, self._rpc_timeout_seconds)

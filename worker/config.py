@@ -50,7 +50,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     """Parse the worker's settings; raises :class:`callhook.env.ConfigError` listing every problem."""
     r = EnvReader(env)
     config = WorkerConfig(
-        amqp_url=r.url("CALLHOOK_AMQP_URL", DEFAULT_AMQP_URL, schemes=("amqp", "amqps")),
+        amqp_url=r.url_list("CALLHOOK_AMQP_URL", DEFAULT_AMQP_URL, schemes=("amqp", "amqps")),
         log_level=r.choice("CALLHOOK_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         log_format=r.choice("CALLHOOK_LOG_FORMAT", "json", ("json", "console")),
         max_calls=r.int("CALLHOOK_MAX_CALLS", 40, minimum=1, maximum=10_000),

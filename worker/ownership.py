@@ -2,11 +2,21 @@
 
 Theory of operation (docs/routing.md has the why):
 
-- **A claim is an exclusive queue.** Claiming call ``X`` declares the exclusive classic queue
-  ``callhook.call.X`` bound to ``callhook.calls`` with key ``X``, and consumes it as X's mailbox. Another
-  connection declaring it gets RESOURCE_LOCKED (someone owns X), and the broker deletes the queue when its
-  owner's connection dies, so a dead worker cannot hold a call. A failed declare closes its channel, so claim
-  attempts run on a small pool of throw-away channels, never on a channel that consumes anything.
+- **A mailbox outlives its owner's connection; owning is consuming it exclusively.** Claiming call ``X``
+  declares the classic queue ``callhook.call.X`` (not exclusive; ``x-expires``: the broker deletes it only
+  after it went unused for :data:`ingress.contract.MAILBOX_EXPIRES_MS`), binds it to ``callhook.calls`` with
+  key ``X`` and consumes it with ``exclusive=True`` on a channel of the claim's own. A second worker's consume
+  is refused (ACCESS_REFUSED, which closes only that worker's claim channel): the broker is the lock. When the
+  owner's connection dies its consumer goes, but the queue and its binding stay: the call's events wait there,
+  and the owner consumes the mailbox again when it reconnects (:meth:`Ownership.reclaim`).
+- **The answer marker** ``callhook.answer.X`` fences a takeover. Before the owner sends Meta anything that
+  answers or refuses an incoming call (``pre_accept``, ``reject``), it publishes, with a confirm, a record
+  into the marker (:meth:`Claim.fence`). A worker that takes a mailbox over (its owner lost its connection
+  before settling the connect, so the connect was redelivered) declares the marker after its exclusive consume
+  succeeded: a record there means the call may have been answered, so it is ended (``on_abandoned``), never
+  answered twice; no record means nothing was sent to Meta, so it is answered.
+- **A connect is settled (acked) only once the call is safely answered or refused** (:meth:`Claim.settle`,
+  called after ``accept``, or at release): a worker that dies before leaves the connect to another worker.
 - **Unowned events** reach ``callhook.calls.unclaimed`` through the alternate exchange. A worker consumes it
   only while it has room (``capacity``): the consumer is cancelled when the last slot is taken and started
   again when one frees, with a prefetch no larger than the room. The pure :func:`judge` decides per event:
@@ -23,10 +33,11 @@ Theory of operation (docs/routing.md has the why):
 - ``callhook.calls.expired`` (unclaimed events nobody had room for in time) is consumed always: an incoming
   connect there is claimed as a tombstone and handed to ``on_overflow`` (reject at once); other events are
   judged as above (none of them needs room).
-- **Tombstones** are claims that hold no capacity; their mailbox drops (and counts) whatever arrives; they
-  are deleted after ``tombstone_seconds``. A call's claim turns into one on :meth:`Claim.release`.
-- **A lost connection loses every claim**: each :class:`Claim` iterator raises :class:`ClaimLost` and
-  :meth:`Claim.wait_lost` returns; the link reconnects and consuming resumes on the new connection.
+- **Tombstones** are claims that hold no capacity; their consumer drops (and counts) whatever arrives; they
+  are deleted after ``tombstone_seconds`` (or by ``x-expires`` if their worker is gone). A call's claim turns
+  into one on :meth:`Claim.release`.
+- **A lost connection loses every claim** (the consumers, not the mailboxes): each :class:`Claim` iterator
+  raises :class:`ClaimLost` and :meth:`Claim.wait_lost` returns; the service calls :meth:`Ownership.reclaim`.
 """
 
 from __future__ import annotations
@@ -44,10 +55,20 @@ from typing import Any, Literal, Protocol, Self
 import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, DeliveryMode
-from aiormq.exceptions import ChannelLockedResource, ChannelPreconditionFailed
+from aiormq.exceptions import ChannelAccessRefused, ChannelInvalidStateError, ChannelPreconditionFailed
 
 from ingress import contract
-from worker.amqp import AMQP_FAILURES, AmqpLink, Session, header_float, header_int, publish, settle
+from worker.amqp import (
+    AMQP_FAILURES,
+    AmqpLink,
+    Session,
+    close_quietly,
+    header_float,
+    header_int,
+    publish,
+    settle,
+)
+from worker.crashpoints import crash_point
 from worker.errors import TransientError
 from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest, call_event_decoder
 from worker.metrics import WorkerMetrics
@@ -74,21 +95,29 @@ class OwnershipSettings:
     unclaimed_prefetch: int = 8
     expired_prefetch: int = 8
     mailbox_prefetch: int = 32
-    claim_channels: int = 4
     rpc_timeout_seconds: float = 10.0
+    # x-expires of mailboxes and markers: every process of one broker must use the same value (tests shorten
+    # it in a vhost of their own).
+    mailbox_expires_ms: int = contract.MAILBOX_EXPIRES_MS
+    # A taken-over mailbox whose marker holds a record: its previous owner may only be cut off and come back
+    # (its reconnect backs off up to 5 s). The connect is put back (delayed, RETRY_DELAY_MS each) this many
+    # times before the call is given up as abandoned: about 10 s.
+    abandon_grace_attempts: int = 40
 
 
 class ClaimLost(TransientError):
-    """The claim's connection died: the mailbox queue is gone and another worker may claim the call."""
+    """The claim's connection (or channel) died: the mailbox waits, but another worker may take it over."""
 
 
 class CallHandler(Protocol):
     """What the worker's service does with calls. Each method should return promptly (spawn long work): the
-    event that caused it is acked when it returns, and it holds one of the intake's few prefetch slots."""
+    event that caused it is acked when it returns (an incoming connect: when the claim is settled), and it
+    holds one of the intake's few prefetch slots."""
 
     async def on_incoming(self, claim: Claim, event: CallConnect, received_at: float) -> None:
         """A fresh incoming call is now owned through ``claim``: answer it. ``received_at`` is the ingress's
-        receipt time of the connect (unix seconds, 0.0 if unknown)."""
+        receipt time of the connect (unix seconds, 0.0 if unknown). Call :meth:`Claim.fence` before sending
+        Meta ``pre_accept`` or ``reject``, and :meth:`Claim.settle` once the call is accepted."""
 
     async def on_stale(self, event: CallConnect) -> None:
         """An incoming call too old to answer in time, which Meta may still ring: reject it (Graph API)."""
@@ -98,6 +127,10 @@ class CallHandler(Protocol):
 
     async def on_orphan(self, event: CallEvent) -> None:
         """An event no owner claimed after its retries (e.g. an outgoing call's answer: terminate it)."""
+
+    async def on_abandoned(self, event: CallConnect) -> None:
+        """An incoming call whose owner lost its connection after it may have answered it (the mailbox was
+        taken over and its answer marker holds a record): end it (Graph API ``terminate``), never answer."""
 
 
 class Verdict(enum.Enum):
@@ -184,14 +217,23 @@ class Claim:
     """
 
     def __init__(
-        self, owner: Ownership, live: _Live, call_id: str, kind: Literal["call", "tombstone"]
+        self,
+        owner: Ownership,
+        live: _Live,
+        call_id: str,
+        kind: Literal["call", "tombstone"],
+        channel: AbstractChannel,
     ) -> None:
         self.call_id = call_id
         self._owner = owner
         self._live = live
         self._kind = kind
+        self._channel = channel
         self._holds_slot = kind == "call"
         self._seen_connect = False
+        self._connect: AbstractIncomingMessage | None = None  # the unclaimed connect, acked by settle()
+        self._fenced = False
+        self.answered_before = False  # the answer marker held a record when this claim was made
         self._items: deque[MailboxItem] = deque()
         self._wakeup = asyncio.Event()
         self._lost = asyncio.Event()
@@ -213,6 +255,11 @@ class Claim:
     @property
     def is_released(self) -> bool:
         return self._released
+
+    @property
+    def fenced(self) -> bool:
+        """True once :meth:`fence` succeeded (on this claim or the one it was reclaimed from)."""
+        return self._fenced
 
     async def wait_lost(self) -> None:
         await self._lost.wait()
@@ -239,16 +286,58 @@ class Claim:
             self._wakeup.clear()
             await self._wakeup.wait()
 
+    async def fence(self) -> None:
+        """Record in the call's answer marker, confirmed by the broker, that this worker may answer or refuse
+        the call from now on. Call it before the first Graph request that answers or refuses an incoming
+        call: a worker that takes the mailbox over later finds the record and never answers the call again.
+        Raises :class:`ClaimLost` when the claim is lost: another worker may be answering the call then, so
+        send Meta nothing (or :meth:`Ownership.reclaim` first and fence the new claim). Idempotent."""
+        if self._fenced:
+            return
+        if self._lost.is_set() or self._released:
+            raise ClaimLost(f"claim on {self.call_id} lost before it was fenced")
+        try:
+            await self._write_marker()
+        except TransientError as exc:
+            raise ClaimLost(f"claim on {self.call_id} lost while fencing: {exc}") from exc
+        # The confirm arrived on this channel after any close the broker sent on it: still not lost means the
+        # record was written while this worker held the mailbox.
+        if self._lost.is_set():
+            raise ClaimLost(f"claim on {self.call_id} lost while fencing")
+        self._fenced = True
+
+    async def _write_marker(self) -> None:
+        """Declare the answer marker (it exists unless a broker node lost it) and publish one record into it,
+        confirmed. Raises :class:`TransientError`."""
+        timeout = self._owner._settings.rpc_timeout_seconds
+        marker = contract.answer_marker_queue(self.call_id)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._channel.declare_queue(marker, durable=True, arguments=self._owner._arguments)
+        except AMQP_FAILURES as exc:
+            raise TransientError(f"cannot declare {marker}: {exc!r}") from exc
+        record = aio_pika.Message(b"answering", delivery_mode=DeliveryMode.PERSISTENT)
+        await publish(self._channel.default_exchange, record, marker, confirm_timeout_seconds=timeout)
+
+    async def settle(self) -> None:
+        """Ack the unclaimed connect this claim was made for (idempotent; nothing for other claims). Until
+        then a worker that dies leaves the connect to another worker."""
+        message, self._connect = self._connect, None
+        if message is not None:
+            await settle(message, ack=True)
+
     async def release(self, *, tombstone: bool = True) -> None:
         """End the call's ownership (idempotent) and free its capacity at once. With ``tombstone`` (the
         default, for a call that ended) the mailbox stays for ``tombstone_seconds`` and drops what arrives, so
-        a retried connect is never answered; without it the queue is deleted now."""
+        a retried connect is never answered; without it the queues are deleted now."""
         async with self._release_lock:
             if self._released:
                 return
             self._released = True
             self._wakeup.set()
             self._free_slot()
+            self._owner._forget(self)
+            await self.settle()
             if self._lost.is_set():
                 return
             pending = list(self._items)
@@ -266,14 +355,50 @@ class Claim:
     def _expect_connect(self) -> None:
         self._seen_connect = True
 
+    def _adopt_connect(self, message: AbstractIncomingMessage) -> bool:
+        """A redelivery of the connect this call was claimed for (its first delivery died with a connection):
+        keep it unsettled in place of the dead one. False when there is nothing to settle any more."""
+        held = self._connect
+        if self._released or held is None or not self._connect_lost():
+            return False  # settled, or a second copy while the first is still held: a duplicate
+        self._connect = message
+        return True
+
+    def _connect_lost(self) -> bool:
+        if self._connect is None:
+            return True
+        try:
+            return self._connect.channel.is_closed
+        except ChannelInvalidStateError:  # aio-pika's way of saying "closed"
+            return True
+
+    def _take_over(self, lost: Claim) -> None:
+        """Carry a lost claim's state over to this one (made on a new connection by ``Ownership.reclaim``)."""
+        self._holds_slot, lost._holds_slot = lost._holds_slot, False
+        self._seen_connect = lost._seen_connect
+        self._fenced = lost._fenced
+        self._connect, lost._connect = lost._connect, None
+
+    async def _let_go(self) -> None:
+        """Stop consuming the mailbox (its channel closes) and forget this claim, leaving the mailbox as it
+        is: for its previous owner to come back to, or for a later look."""
+        self._released = True
+        self._wakeup.set()
+        self._free_slot()
+        self._owner._forget(self)
+        if self._live.claims.get(self.call_id) is self:
+            del self._live.claims[self.call_id]
+        await close_quietly(self._channel)
+
     def _free_slot(self) -> None:
         if self._holds_slot:
             self._holds_slot = False
             self._owner._adjust(-1)
 
     def _lose(self) -> None:
-        self._lost.set()
-        self._wakeup.set()
+        if not self._released:
+            self._lost.set()
+            self._wakeup.set()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         metrics = self._owner.metrics
@@ -321,15 +446,10 @@ class _Live:
         self.tg = tg
         self.claims: dict[str, Claim] = {}
         self.claiming: set[str] = set()
-        self.claim_channels: asyncio.Queue[AbstractChannel] = asyncio.Queue()
-        self.mailbox: AbstractChannel
         self.intake: AbstractChannel
 
     async def open(self, settings: OwnershipSettings) -> None:
-        self.mailbox = await self.session.channel(prefetch=settings.mailbox_prefetch)
         self.intake = await self.session.channel(prefetch=settings.expired_prefetch)
-        for _ in range(settings.claim_channels):
-            self.claim_channels.put_nowait(await self.session.channel(critical=False))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` under this session's TaskGroup; dropped when the session is over (its deliveries are
@@ -347,7 +467,8 @@ class Ownership(Supervised):
     """Claims calls for this worker. ``async with Ownership(link, handler, metrics, settings) as ownership:``
 
     Consumes ``callhook.calls.unclaimed`` (while there is room) and ``callhook.calls.expired`` (always), and
-    offers :meth:`claim` for outgoing calls. Sets the ``calls_active`` and ``calls_capacity`` gauges.
+    offers :meth:`claim` for outgoing calls and :meth:`reclaim` after a lost connection. Sets the
+    ``calls_active`` and ``calls_capacity`` gauges.
     """
 
     def __init__(
@@ -373,6 +494,10 @@ class Ownership(Supervised):
         self._shut_gate = asyncio.Event()
         self._consuming_unclaimed = False
         self._room_listeners: list[Callable[[], None]] = []
+        # Call claims of this process until released, across connections (lost ones too): a redelivered
+        # connect of a call held here is never claimed again, not even after the connection changed.
+        self._calls: dict[str, Claim] = {}
+        self._arguments: dict[str, Any] = dict(contract.mailbox_arguments(settings.mailbox_expires_ms))
         metrics.calls_capacity.set(settings.capacity)
         self._adjust(0)
 
@@ -412,16 +537,44 @@ class Ownership(Supervised):
     async def claim(self, call_id: str, *, reservation: Reservation | None = None) -> Claim | None:
         """Own ``call_id`` (an outgoing call, right after ``connect`` returned its id): events that arrived
         before are in the retry loop and reach the new mailbox. None if it is owned (or tombstoned) elsewhere
-        or here. Takes over ``reservation``'s unit, else takes one even beyond capacity. Raises
-        :class:`TransientError` when the broker cannot be reached within ``rpc_timeout_seconds``."""
-        try:
-            async with asyncio.timeout(self._settings.rpc_timeout_seconds):
-                live = await self._wait_live()
-        except TimeoutError as exc:
-            raise TransientError("no broker connection to claim a call on") from exc
+        or here, or its answer marker holds a record. Takes over ``reservation``'s unit, else takes one even
+        beyond capacity. Raises :class:`TransientError` when the broker cannot be reached within
+        ``rpc_timeout_seconds``."""
+        live = await self._wait_live_bounded()
         if reservation is None or not reservation._transfer():
             self._adjust(+1)
-        return await self._claim_call(live, call_id)
+        claim = await self._claim_call(live, call_id, check_marker=True)
+        if claim is not None and claim.answered_before:
+            await self._bury_taken_over(claim)
+            return None
+        return claim
+
+    async def reclaim(self, lost: Claim) -> Claim | None:
+        """Consume a lost claim's mailbox again on the current connection: the events that arrived while this
+        worker was cut off are delivered now. The new claim keeps the lost one's capacity unit, fence and
+        unsettled connect. None when another worker took the mailbox over meanwhile (the lost claim is then
+        released here). Raises :class:`TransientError` when no connection comes within the RPC timeout."""
+        if lost.is_released or not lost.is_lost:
+            raise ValueError("only a lost, unreleased claim can be reclaimed")
+        live = await self._wait_live_bounded()
+        claim: Claim | None = None
+        try:
+            claim = await self._claim(live, lost.call_id, "call", reclaim=True)
+        finally:
+            if claim is None:
+                await lost.release()
+        assert claim is not None or lost.is_released
+        if claim is not None:
+            claim._take_over(lost)
+            lost._released = True
+            self._calls[claim.call_id] = claim
+            self.metrics.claims.labels(outcome="reclaimed").inc()
+            if claim.fenced:  # the marker may have gone with a broker node: write the record again
+                try:
+                    await claim._write_marker()
+                except TransientError as exc:  # the claim holds: the connection will tell if it is lost
+                    log.warning("could not rewrite an answer marker", extra={"error": str(exc)})
+        return claim
 
     def statistics(self) -> OwnershipStatistics:
         live = self._live
@@ -457,6 +610,10 @@ class Ownership(Supervised):
         self._adjust(+1)
         return True
 
+    def _forget(self, claim: Claim) -> None:
+        if self._calls.get(claim.call_id) is claim:
+            del self._calls[claim.call_id]
+
     # -- sessions --
 
     async def _wait_live(self) -> _Live:
@@ -464,6 +621,13 @@ class Ownership(Supervised):
             await self._link.wait_session(after=None)
             await self._ready.wait()
         return self._live
+
+    async def _wait_live_bounded(self) -> _Live:
+        try:
+            async with asyncio.timeout(self._settings.rpc_timeout_seconds):
+                return await self._wait_live()
+        except TimeoutError as exc:
+            raise TransientError("no broker connection to claim a call on") from exc
 
     async def _run(self) -> None:
         session: Session | None = None
@@ -550,12 +714,20 @@ class Ownership(Supervised):
         except TransientError as exc:
             log.warning("unowned event requeued", extra={"error": str(exc), "call_id": event.call_id})
             ack = False
-        await settle(message, ack=ack, requeue=True)
+            if verdict is Verdict.ANSWER:  # e.g. its marker's node is down: not in a hot loop, later
+                try:
+                    await self._requeue_later(live, message, attempt)
+                    ack = True
+                except TransientError:
+                    pass
+        if ack is not None:
+            await settle(message, ack=ack, requeue=True)
 
     async def _apply(
         self, live: _Live, verdict: Verdict, event: CallEvent, message: AbstractIncomingMessage, attempt: int
-    ) -> bool:
-        """Carry out a verdict; False means "not now": the message goes back to the queue."""
+    ) -> bool | None:
+        """Carry out a verdict; False means "not now": the message goes back to the queue; None means a claim
+        holds the message and settles it (an incoming connect, once its call is answered or refused)."""
         m = self.metrics
         match verdict:
             case Verdict.ANSWER:
@@ -565,7 +737,10 @@ class Ownership(Supervised):
                 m.dropped_events.labels(reason="stale").inc()
             case Verdict.REJECT_STALE | Verdict.OVERFLOW:
                 assert isinstance(event, CallConnect)
-                if await self._claim(live, event.call_id, "tombstone") is None:
+                if (
+                    event.call_id in self._calls
+                    or await self._claim(live, event.call_id, "tombstone") is None
+                ):
                     m.dropped_events.labels(reason="duplicate").inc()
                 elif verdict is Verdict.OVERFLOW:
                     m.overflow.inc()
@@ -587,18 +762,43 @@ class Ownership(Supervised):
                 await self._orphan(event)
         return True
 
-    async def _answer(self, live: _Live, event: CallConnect, message: AbstractIncomingMessage) -> bool:
+    async def _answer(self, live: _Live, event: CallConnect, message: AbstractIncomingMessage) -> bool | None:
+        held = self._calls.get(event.call_id)
+        if held is not None:  # ours already: a redelivery after a lost connection, or Meta's copy
+            if held._adopt_connect(message):
+                return None
+            self.metrics.dropped_events.labels(reason="duplicate").inc()
+            return True
         if not self._take_slot():
             return False  # the room went while this was in flight: back to the queue for someone else
         # The claim holds this connect already: a duplicate consumed before _claim_call returns is dropped.
-        claim = await self._claim_call(live, event.call_id, seen_connect=True)
+        claim = await self._claim_call(live, event.call_id, seen_connect=True, check_marker=True)
         if claim is None:
             self.metrics.dropped_events.labels(reason="duplicate").inc()
             return True
+        crash_point("after_claim")
+        if claim.answered_before:
+            # Its owner lost its connection after fencing: it may have answered; never answer twice. It may
+            # also be only cut off: give it time to come back and consume its mailbox again first.
+            attempt = header_int(message.headers or {}, contract.HEADER_ATTEMPT)
+            if attempt < self._settings.abandon_grace_attempts:
+                await claim._let_go()
+                self.metrics.claims.labels(outcome="owner_awaited").inc()
+                await self._requeue_later(live, message, attempt + 1)
+                return True
+            await self._bury_taken_over(claim)
+            await self._call_handler("on_abandoned", self._handler.on_abandoned(event))
+            return True
+        claim._connect = message
         received_at = header_float(message.headers or {}, contract.HEADER_RECEIVED_AT) or 0.0
         if not await self._call_handler("on_incoming", self._handler.on_incoming(claim, event, received_at)):
-            await claim.release()
-        return True
+            await claim.release()  # settles the connect: a failing handler would fail again elsewhere
+        return None
+
+    async def _bury_taken_over(self, claim: Claim) -> None:
+        """A mailbox taken over whose marker holds a record: keep it as a tombstone, hold no capacity."""
+        self.metrics.claims.labels(outcome="abandoned").inc()
+        await claim.release()
 
     async def _orphan(self, event: CallEvent) -> None:
         self.metrics.orphans.labels(kind=event_kind(event)).inc()
@@ -615,85 +815,99 @@ class Ownership(Supervised):
 
     # -- claims --
 
-    async def _claim_call(self, live: _Live, call_id: str, *, seen_connect: bool = False) -> Claim | None:
+    async def _claim_call(
+        self, live: _Live, call_id: str, *, seen_connect: bool = False, check_marker: bool = False
+    ) -> Claim | None:
         """Claim a call with the capacity unit the caller already took (given back if no claim holds it)."""
         claim: Claim | None = None
         try:
-            claim = await self._claim(live, call_id, "call", seen_connect=seen_connect)
+            if call_id not in self._calls:
+                claim = await self._claim(
+                    live, call_id, "call", seen_connect=seen_connect, check_marker=check_marker
+                )
+            else:
+                self.metrics.claims.labels(outcome="duplicate").inc()
         finally:
             if claim is None:
                 self._adjust(-1)
+        if claim is not None:
+            self._calls[call_id] = claim
         return claim
 
     async def _claim(
-        self, live: _Live, call_id: str, kind: Literal["call", "tombstone"], *, seen_connect: bool = False
+        self,
+        live: _Live,
+        call_id: str,
+        kind: Literal["call", "tombstone"],
+        *,
+        seen_connect: bool = False,
+        check_marker: bool = False,
+        reclaim: bool = False,
     ) -> Claim | None:
         if call_id in live.claims or call_id in live.claiming:
             self.metrics.claims.labels(outcome="duplicate" if kind == "call" else "busy").inc()
             return None
         live.claiming.add(call_id)
         try:
-            claim = await self._declare(live, call_id, kind, seen_connect=seen_connect)
+            claim = await self._declare(
+                live, call_id, kind, seen_connect=seen_connect, check_marker=check_marker
+            )
         finally:
             live.claiming.discard(call_id)
-        outcome = (
-            ("claimed" if kind == "call" else "tombstone")
-            if claim
-            else ("duplicate" if kind == "call" else "busy")
-        )
-        self.metrics.claims.labels(outcome=outcome).inc()
+        if not reclaim:
+            outcome = (
+                ("claimed" if kind == "call" else "tombstone")
+                if claim
+                else ("duplicate" if kind == "call" else "busy")
+            )
+            self.metrics.claims.labels(outcome=outcome).inc()
         if claim is not None and kind == "tombstone":
             self._bury_later(claim)
         return claim
 
     async def _declare(
-        self, live: _Live, call_id: str, kind: Literal["call", "tombstone"], *, seen_connect: bool = False
+        self,
+        live: _Live,
+        call_id: str,
+        kind: Literal["call", "tombstone"],
+        *,
+        seen_connect: bool,
+        check_marker: bool,
     ) -> Claim | None:
-        timeout = live.session.rpc_timeout_seconds
-        try:
-            async with asyncio.timeout(timeout):
-                channel = await live.claim_channels.get()
-        except TimeoutError as exc:
-            raise TransientError("no claim channel free") from exc
-        try:
-            async with asyncio.timeout(timeout):
-                queue = await channel.declare_queue(
-                    contract.mailbox_queue(call_id), exclusive=True, arguments={"x-queue-type": "classic"}
-                )
-        except (ChannelLockedResource, ChannelPreconditionFailed) as exc:
-            if isinstance(exc, ChannelPreconditionFailed):
-                log.warning("mailbox queue exists with other arguments", extra={"call_id": call_id})
-            await self._replace_claim_channel(live, channel)
-            return None
-        except AMQP_FAILURES as exc:
-            await self._replace_claim_channel(live, channel)
-            raise TransientError(f"claim of {call_id} failed: {exc!r}") from exc
-        claim = Claim(self, live, call_id, kind)
+        """Declare and bind the mailbox, then consume it exclusively on a channel of its own (a refusal
+        closes that channel only). None: another consumer holds it (another worker owns the call)."""
+        session = live.session
+        channel = await session.channel(prefetch=self._settings.mailbox_prefetch, critical=False)
+        claim = Claim(self, live, call_id, kind, channel)
         if seen_connect:  # before consuming: a duplicate already queued must meet the filter
             claim._expect_connect()
-        live.claims[call_id] = claim
+        name = contract.mailbox_queue(call_id)
         try:
-            mailbox = await live.mailbox.get_queue(queue.name, ensure=False)
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(
-                    queue.bind(contract.CALLS_EXCHANGE, routing_key=call_id),
-                    mailbox.consume(claim._on_message),
-                )
+            async with asyncio.timeout(session.rpc_timeout_seconds):
+                queue = await channel.declare_queue(name, arguments=self._arguments)
+                await queue.bind(contract.CALLS_EXCHANGE, routing_key=call_id)
+                await queue.consume(claim._on_message, exclusive=True)
+                if check_marker:
+                    marker = await channel.declare_queue(
+                        contract.answer_marker_queue(call_id), durable=True, arguments=self._arguments
+                    )
+                    claim.answered_before = (marker.declaration_result.message_count or 0) > 0
+        except ChannelAccessRefused:
+            await session.close_channel(channel)
+            return None
+        except ChannelPreconditionFailed:
+            log.warning("mailbox queue exists with other arguments", extra={"call_id": call_id})
+            await session.close_channel(channel)
+            return None
         except AMQP_FAILURES as exc:
-            live.claims.pop(call_id, None)
-            claim._lose()
+            await session.close_channel(channel)
             raise TransientError(f"claim of {call_id} failed: {exc!r}") from exc
-        finally:
-            live.claim_channels.put_nowait(channel)
+        channel.close_callbacks.add(lambda *_: claim._lose())
+        if session.is_lost:  # the connection went while this claim was being made
+            claim._lose()
+        else:
+            live.claims[call_id] = claim
         return claim
-
-    async def _replace_claim_channel(self, live: _Live, channel: AbstractChannel) -> None:
-        await live.session.close_channel(channel)
-        try:
-            live.claim_channels.put_nowait(await live.session.channel(critical=False))
-        except TransientError as exc:
-            live.session.abort(f"cannot open a claim channel: {exc}")
-            raise
 
     def _bury_later(self, claim: Claim) -> None:
         claim._live.spawn(self._bury(claim))
@@ -703,17 +917,20 @@ class Ownership(Supervised):
         await self._delete(claim)
 
     async def _delete(self, claim: Claim) -> None:
-        """Delete a claim's queue (its consumer goes with it) and forget the claim."""
+        """Delete a claim's mailbox and marker (its consumer goes with them) and forget the claim."""
         live = claim._live
         if live.claims.get(claim.call_id) is claim:
             del live.claims[claim.call_id]
         if live.session.is_lost:
             return
+        channel = claim._channel
         try:
             async with asyncio.timeout(live.session.rpc_timeout_seconds):
-                await live.mailbox.queue_delete(claim.queue_name)
+                await channel.queue_delete(claim.queue_name)
+                await channel.queue_delete(contract.answer_marker_queue(claim.call_id))
         except AMQP_FAILURES as exc:
-            live.session.abort(f"cannot delete {claim.queue_name}: {exc!r}")
+            log.warning("could not delete a mailbox", extra={"call_id": claim.call_id, "error": repr(exc)})
+        await close_quietly(channel)
 
     # -- publishing --
 
@@ -741,6 +958,25 @@ class Ownership(Supervised):
         else:
             exchange, key = await live.intake.get_exchange(contract.CALLS_EXCHANGE, ensure=False), call_id
         await publish(exchange, out, key, confirm_timeout_seconds=live.session.rpc_timeout_seconds)
+
+    async def _requeue_later(self, live: _Live, message: AbstractIncomingMessage, attempt: int) -> None:
+        """Put an unclaimed message back into ``callhook.calls.unclaimed`` after the retry delay: published to
+        the delay queue with no CC, it dead-letters into ``callhook.calls`` under the delay queue's own name,
+        which nothing binds, so the alternate exchange takes it to the unclaimed queue."""
+        headers = {k: v for k, v in (message.headers or {}).items() if k not in _BROKER_HEADERS}
+        headers[contract.HEADER_ATTEMPT] = attempt
+        out = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            delivery_mode=DeliveryMode.PERSISTENT,
+        )
+        await publish(
+            live.intake.default_exchange,
+            out,
+            contract.RETRY_QUEUE,
+            confirm_timeout_seconds=live.session.rpc_timeout_seconds,
+        )
 
     async def _dead_letter(self, live: _Live, message: AbstractIncomingMessage, reason: str) -> None:
         headers = dict(message.headers or {})

@@ -200,6 +200,10 @@ class WorkerService:
     async def on_overflow(self, event: CallConnect) -> None:
         self._reject_unowned(event, "overflow: no worker had room in time")
 
+    async def on_abandoned(self, event: CallConnect) -> None:
+        # Its owner lost the broker after it may have answered: end it, a second answer would be worse.
+        self._side_tasks.create_task(self._end_unowned(event, "terminate", "owner lost while answering"))
+
     async def on_orphan(self, event: CallEvent) -> None:
         if isinstance(event, CallConnect) and event.direction == "outgoing":
             # An answer to a call nobody owns (its worker died): end it, or the user hears silence.

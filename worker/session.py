@@ -24,6 +24,7 @@ import msgspec
 from callhook.logs import call_id_var
 from worker import call as machine
 from worker.apps.api import App, CallEnded, CallInfo, MediaCall
+from worker.crashpoints import crash_point
 from worker.errors import CallhookError, GraphError
 from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest
 from worker.graph import GraphClient
@@ -55,6 +56,8 @@ class Claimer(Protocol):
     """The part of :class:`worker.ownership.Ownership` a session needs."""
 
     async def claim(self, call_id: str, *, reservation: Reservation | None = None) -> Claim | None: ...
+
+    async def reclaim(self, lost: Claim) -> Claim | None: ...
 
 
 class Prepared(Protocol):
@@ -113,6 +116,8 @@ class CallSession:
         self._before_connect = before_connect
         self._deps, self._settings, self._app = deps, settings, app
         self._claim, self._reservation = claim, reservation
+        self._claim_changed = asyncio.Event()  # set when a lost claim was reclaimed or given up
+        self._fenced = False  # an answer marker record was written for this call
         self._call = machine.incoming() if info.direction == "incoming" else machine.outgoing()
         self._inbox: asyncio.Queue[tuple[machine.Event, Ack | None]] = asyncio.Queue()
         self._received_at = received_at or time.time()
@@ -242,10 +247,13 @@ class CallSession:
         if action == "connect":
             await self._connect(request.sdp or "")
             return
+        if action in ("pre_accept", "reject") and not await self._fence():
+            return
         try:
             self._observe_setup(action)
             if action == "pre_accept":
                 await graph.pre_accept(pid, call_id, request.sdp or "", deadline=self._answer_deadline)
+                crash_point("after_pre_accept")
             elif action == "accept":
                 if not await self._app_ready(self._answer_deadline):
                     self._post(machine.GraphFailed("accept", "app not ready: accept not sent"))
@@ -257,6 +265,9 @@ class CallSession:
                     deadline=self._answer_deadline,
                     biz_opaque_callback_data=self.info.biz_opaque_callback_data,
                 )
+                crash_point("after_accept")
+                if self._claim is not None:  # answered: the connect may leave its queue now
+                    self._spawn("settle", self._claim.settle())
             elif action == "reject":
                 await graph.reject(pid, call_id, deadline=self._hangup_deadline(self._answer_deadline))
             else:
@@ -266,6 +277,32 @@ class CallSession:
             self._post(machine.GraphFailed(action, f"graph {action}: {exc}", code=exc.code))
         else:
             self._post(machine.GraphDone(action))
+
+    async def _fence(self) -> bool:
+        """Before the first Graph request that answers or refuses an incoming call: make sure no other worker
+        will answer it (:meth:`Claim.fence`). A claim lost before that is reclaimed first (waiting, within the
+        answer deadline, for the mailbox reader to do it); if the mailbox was taken over meanwhile, another
+        worker has the call, and this one ends it without a word to Meta. False then."""
+        if self.info.direction != "incoming" or self._fenced:
+            return True  # once fenced, no other worker will answer: ending the call is always safe
+        crash_point("after_answer_sdp")
+        try:
+            async with asyncio.timeout_at(self._answer_deadline):
+                while (claim := self._claim) is not None:
+                    try:
+                        await claim.fence()
+                        self._fenced = True
+                    except ClaimLost:
+                        self._claim_changed.clear()
+                        if self._claim is claim:
+                            await self._claim_changed.wait()
+                    else:
+                        return True
+        except TimeoutError:
+            pass
+        log.warning("claim lost before answering: another worker may answer the call; sending Meta nothing")
+        self._post(machine.RemoteTerminated("owner_lost"))
+        return False
 
     async def _connect(self, offer: str) -> None:
         """Place the outgoing call, then own it: its events may already be waiting in the retry loop."""
@@ -492,32 +529,36 @@ class CallSession:
         self._post(event, item.ack)
 
     async def _reclaim(self, lost: Claim) -> Claim | None:
-        """The broker connection died with our claim. Claim the call again on the next connection.
+        """The broker connection died under our claim; the mailbox outlives it. Consume it again on the next
+        connection: the events that arrived meanwhile waited there.
 
-        If someone else holds the call's id now, either a terminate that arrived meanwhile made it a
-        tombstone (the call is over) or another worker took a copy of the connect (Meta delivers at least
-        once) and found the call answered already. The two look the same from here, and hanging up would end a
-        live call in the second case, so a call with media carries on without a mailbox: the media tells when
-        it is over (the peer closing, the silence watchdog, the media connect timeout). Only an outgoing call
-        still ringing, which has no media to tell it anything, is ended."""
-        await lost.release()
-        while self._call.state is not machine.CallState.ENDED:
-            try:
-                claim = await self._deps.claimer.claim(self.info.call_id)
-            except CallhookError:
-                continue  # no connection within the claim timeout: keep trying while the call lives
-            if claim is None:
-                if self._call.state is machine.CallState.RINGING:
+        Refused means another worker took the mailbox over (this worker's connect was redelivered to it). An
+        incoming call not yet fenced is that worker's now: end it here without a word to Meta. After the fence
+        the other worker found our answer marker and ends the call at Meta; a call with media carries on
+        until the media tells it is over, and only an outgoing call still ringing is ended from here."""
+        try:
+            while self._call.state is not machine.CallState.ENDED:
+                try:
+                    claim = await self._deps.claimer.reclaim(lost)
+                except CallhookError:
+                    continue  # no connection within the claim timeout: keep trying while the call lives
+                self._claim = claim
+                if claim is not None:
+                    log.info("call reclaimed after a broker reconnect")
+                    return claim
+                if self.info.direction == "incoming" and not lost.fenced:
+                    log.warning("call taken over by another worker before it was answered: leaving it")
+                    self._post(machine.RemoteTerminated("owner_lost"))
+                elif self._call.state is machine.CallState.RINGING:
                     self.hang_up("claim taken over while the broker connection was down")
                 else:
                     log.warning(
                         "claim taken over while the broker connection was down: going on without a mailbox"
                     )
                 return None
-            self._claim = claim
-            log.info("call reclaimed after a broker reconnect")
-            return claim
-        return None
+            return None
+        finally:
+            self._claim_changed.set()
 
 
 def _machine_event(event: CallEvent, direction: str) -> machine.Event | None:

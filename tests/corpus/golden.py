@@ -2,8 +2,9 @@
 
 Each ``tests/corpus/<name>.json`` is a webhook body (exact bytes, some deliberately not JSON) with a sibling
 ``<name>.expected.json``: ``{"events": [...]}`` or ``{"poison": "<reason>"}``. Every case of the peer
-project's fixtures (``../shared/fixtures/pywa/<file>.json``, an object of case name -> body) has its expected
-output in ``tests/corpus/pywa/<file>.<case>.expected.json``.
+project's fixtures (``tests/corpus/pywa_fixtures/<file>.json``, an object of case name -> body, copied
+from pywa with its licence beside them) has its expected output in
+``tests/corpus/pywa/<file>.<case>.expected.json``.
 
 Regenerate after an intended change, then review the diff by hand (``git diff tests/corpus``)::
 
@@ -25,7 +26,7 @@ from worker.events import Event
 
 CORPUS = Path(__file__).parent
 PYWA_EXPECTED = CORPUS / "pywa"
-PYWA_FIXTURES = CORPUS.parents[2] / "shared" / "fixtures" / "pywa"
+PYWA_FIXTURES = CORPUS / "pywa_fixtures"
 EXPECTED_SUFFIX = ".expected.json"
 
 
@@ -92,7 +93,5 @@ def regenerate() -> list[Path]:
 
 
 if __name__ == "__main__":
-    if not PYWA_FIXTURES.is_dir():
-        print(f"note: {PYWA_FIXTURES} not found, pywa expected files left as they are")
     for path in regenerate():
         print("updated", path.relative_to(CORPUS.parents[1]))

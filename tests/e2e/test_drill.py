@@ -17,11 +17,13 @@ import json
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import aio_pika
 import aiohttp
 import pytest
 
 from bench.drill import DrillSettings, run_drill
 from bench.drill_plan import SHORT_SEQUENCE, schedule
+from ingress import contract
 from simulator import payloads
 from simulator.calls import CallState
 from simulator.config import CallTiming, SimulatorConfig
@@ -62,6 +64,7 @@ async def test_short_drill_loses_nothing_answers_once_and_leaves_nothing_half_op
     assert report.invariants() == {
         "lost": 0,
         "answered_twice": 0,
+        "answered_by_second_worker": 0,
         "half_open": 0,
         "unsigned_published": 0,
         "dropped": 0,
@@ -95,12 +98,13 @@ def log_lines(process: Process, call_id: str) -> list[dict[str, object]]:
 
 
 @pytest.mark.timeout(120)
-async def test_a_copy_of_the_connect_while_the_owner_is_cut_off_does_not_end_the_call(
+async def test_a_cut_owner_keeps_its_call_and_no_other_worker_touches_it(
     amqp_url: str, tmp_path: Path
 ) -> None:
-    """Found by the drill: the owner's broker link drops (its claim goes with it), Meta delivers the call's
-    connect once more, another worker claims the copy and tries to answer it (Meta refuses: the call has an
-    answer); when the owner is back its re-claim is refused, and it used to hang up the live call."""
+    """Found by the drill: the owner's broker link drops and Meta delivers the call's connect once more. The
+    call's mailbox outlives the owner's connection, so the copy waits there: the other worker (with room)
+    never sees it and sends Meta nothing; the owner reclaims its mailbox when it is back and the call goes on
+    (the phone's hang-up then reaches it as usual)."""
     vhost = unquote(urlparse(amqp_url).path.removeprefix("/"))
     graph_port = free_port()
     config = SimulatorConfig(
@@ -111,7 +115,11 @@ async def test_a_copy_of_the_connect_while_the_owner_is_cut_off_does_not_end_the
     )
     ACTIVE.append(system)
     try:
-        async with TcpProxy(rabbit.BROKER_HOST, rabbit.BROKER_PORT) as link, aiohttp.ClientSession() as http:
+        async with (
+            TcpProxy(rabbit.BROKER_HOST, rabbit.BROKER_PORT) as link,
+            aiohttp.ClientSession() as http,
+            await aio_pika.connect(amqp_url) as looker,
+        ):
             system.start_ingress()
             owner = system.start_worker(CALLHOOK_AMQP_URL=rabbit.amqp_url(vhost, port=link.port))
             await system.wait_ready()
@@ -128,24 +136,34 @@ async def test_a_copy_of_the_connect_while_the_owner_is_cut_off_does_not_end_the
                     headers = {"X-Hub-Signature-256": payloads.signature(connect.body, APP_SECRET)}
                     async with http.post(system.webhook_url, data=connect.body, headers=headers) as response:
                         assert response.status == 200  # Meta's copy, stored
-                    # The other worker took the copy: Meta refused its answer (the call has one).
-                    await sim.journal.changes.wait_for(
-                        lambda: len(sim.journal.graph_requests("pre_accept", call.call_id)) == 2, 20
-                    )
+                    channel = await looker.channel()
+
+                    async def waiting_in_the_mailbox() -> int:
+                        name = contract.mailbox_queue(call.call_id)
+                        queue = await channel.declare_queue(name, passive=True)
+                        return queue.declaration_result.message_count or 0
+
+                    await poll(waiting_in_the_mailbox, lambda count: count == 1)
                     link.restore()
                     async with asyncio.timeout(30):
                         await wait_ready(http, owner)
                     await poll(
-                        lambda: asyncio.sleep(0, log_lines(owner, call.call_id)),
-                        lambda lines: call.ended or any("taken over" in str(r.get("msg")) for r in lines),
+                        lambda: scrape(http, owner),
+                        lambda m: m.get('callhook_call_claims_total{outcome="reclaimed"}', 0) == 1,
                     )
+                    await poll(waiting_in_the_mailbox, lambda count: count == 0)  # read by the owner
 
-                    assert call.state is CallState.ACCEPTED, (call.end_reason, log_lines(owner, call.call_id))
+                    assert call.state is CallState.ACCEPTED, call.end_reason
                     await call.wait_heard(call.phone.seconds_heard + 1.0, timeout=10)  # the echo goes on
                     await call.hangup()
                     await poll(lambda: scrape(http, owner), lambda m: m["callhook_calls_active"] == 0)
-                    ends = sim.journal.graph_requests("terminate", call.call_id)
-                    assert all(not r.ok for r in ends), "the business never ended the live call"
+                    assert len(sim.journal.graph_requests("pre_accept", call.call_id)) == 1
+                    assert len(sim.journal.graph_requests("accept", call.call_id)) == 1
+                    others = await scrape(http, other)
+                    assert others.get('callhook_call_claims_total{outcome="claimed"}', 0) == 0
+                    count = "callhook_graph_request_duration_seconds_count"
+                    sent = [k for k in others if k.startswith(count)]
+                    assert sum(others[k] for k in sent) == 0  # not one Graph request from the other worker
                 finally:
                     await system.stop()
     finally:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import unquote
 
 import aio_pika
 import msgspec
@@ -50,6 +52,7 @@ class Recorder:
         self.stale: asyncio.Queue[CallConnect] = asyncio.Queue()
         self.overflow: asyncio.Queue[CallConnect] = asyncio.Queue()
         self.orphans: asyncio.Queue[CallEvent] = asyncio.Queue()
+        self.abandoned: asyncio.Queue[CallConnect] = asyncio.Queue()
 
     async def on_incoming(self, claim: Claim, event: CallConnect, received_at: float) -> None:
         self.incoming.put_nowait((claim, event, received_at))
@@ -62,6 +65,9 @@ class Recorder:
 
     async def on_orphan(self, event: CallEvent) -> None:
         self.orphans.put_nowait(event)
+
+    async def on_abandoned(self, event: CallConnect) -> None:
+        self.abandoned.put_nowait(event)
 
 
 class Worker:
@@ -308,9 +314,10 @@ async def test_full_worker_takes_no_unclaimed_work_until_room_frees(
     unclaimed = await bus.get_queue(contract.UNCLAIMED_QUEUE)
 
     async def parked() -> bool:
+        # Ready, not delivered. (The quorum queue still lists the cancelled consumer while the first connect,
+        # held unacked until its call is settled, is outstanding: the consumer count says nothing here.)
         declared = await bus.declare_queue(contract.UNCLAIMED_QUEUE, passive=True)
-        result = declared.declaration_result
-        return result.message_count == 1 and result.consumer_count == 0
+        return declared.declaration_result.message_count == 1
 
     await wait_until(parked)  # nobody consumes: the connect waits in the queue
     assert a.recorder.incoming.empty()
@@ -512,3 +519,174 @@ async def test_lost_connection_loses_claims_and_ownership_recovers(
         assert again is not None
         await send(bus, status_event(again.call_id))
         assert isinstance(await next_item(again), CallStatus)
+
+
+# --- the mailbox outlives its owner's connection ------------------------------------------------------
+
+
+async def mailbox_depth(bus: aio_pika.abc.AbstractChannel, call_id: str) -> tuple[int, int]:
+    """(ready messages, consumers) of a call's mailbox, as the broker sees them."""
+    queue = await bus.declare_queue(contract.mailbox_queue(call_id), passive=True)
+    result = queue.declaration_result
+    return result.message_count or 0, result.consumer_count or 0
+
+
+def took_nothing(worker: Worker) -> bool:
+    """No hook of ``worker`` was called: it would have sent Meta a Graph request for any of them."""
+    r = worker.recorder
+    return all(q.empty() for q in (r.incoming, r.stale, r.overflow, r.orphans, r.abandoned))
+
+
+async def test_a_cut_owner_keeps_its_call_and_finds_what_arrived_meanwhile(
+    workers: Callable[..., Awaitable[Worker]], bus: aio_pika.abc.AbstractChannel, amqp_url: str
+) -> None:
+    """An answered call's owner is cut off: Meta's retried connect and the call's later events wait in the
+    mailbox; the other worker, with room, gets none of them; the owner reclaims and reads them."""
+    async with TcpProxy("127.0.0.1", 5672) as proxy:
+        a = await workers(str(URL(amqp_url).with_port(proxy.port)))
+        call_id = new_id()
+        await send(bus, connect_event(call_id))
+        claim, _, _ = await asyncio.wait_for(a.recorder.incoming.get(), WAIT)
+        await claim.fence()  # as the service does before pre_accept ...
+        await claim.settle()  # ... and after accept
+        b = await workers()  # another worker with room, consuming unclaimed work
+        await proxy.cut()
+        async with asyncio.timeout(WAIT):
+            await claim.wait_lost()
+        await send(bus, connect_event(call_id))  # Meta's retry of the connect
+        await send(bus, status_event(call_id, "ringing"))
+        await send(bus, terminate_event(call_id))
+
+        async def waiting() -> bool:
+            return (await mailbox_depth(bus, call_id)) == (3, 0)
+
+        await wait_until(waiting)
+        unclaimed = await bus.declare_queue(contract.UNCLAIMED_QUEUE, passive=True)
+        assert unclaimed.declaration_result.message_count == 0
+        assert took_nothing(b)
+        assert b.count("callhook_call_claims_total", outcome="claimed") == 0
+
+        proxy.restore()
+        async with asyncio.timeout(WAIT):
+            await a.ownership.wait_ready()
+        again = await a.ownership.reclaim(claim)
+        assert again is not None
+        assert again.fenced
+        assert isinstance(await next_item(again), CallStatus)
+        assert isinstance(await next_item(again), CallTerminate)  # the retried connect was dropped
+        assert a.count("callhook_call_events_dropped_total", reason="duplicate") == 1
+        assert a.ownership.room == 9
+        await again.release()
+        assert a.ownership.room == 10
+        assert took_nothing(b)
+
+
+async def test_an_owner_cut_before_its_fence_leaves_the_call_to_another_worker(
+    workers: Callable[..., Awaitable[Worker]], bus: aio_pika.abc.AbstractChannel, amqp_url: str
+) -> None:
+    """Cut after the claim, before anything was sent to Meta: the connect (not settled) is redelivered, the
+    other worker takes the mailbox over and answers; the cut owner can neither fence nor reclaim."""
+    async with TcpProxy("127.0.0.1", 5672) as proxy:
+        a = await workers(str(URL(amqp_url).with_port(proxy.port)))
+        b = await workers(capacity=0)  # no room yet: the connect is surely A's first
+        call_id = new_id()
+        await send(bus, connect_event(call_id))
+        claim, _, _ = await asyncio.wait_for(a.recorder.incoming.get(), WAIT)
+        b = await workers()
+        await proxy.cut()
+        with pytest.raises(ClaimLost):
+            await claim.fence()
+        taken, event, _ = await asyncio.wait_for(b.recorder.incoming.get(), WAIT)
+        assert (taken.call_id, event.call_id) == (call_id, call_id)
+        assert not taken.answered_before
+        await taken.fence()
+        await taken.settle()
+        proxy.restore()
+        async with asyncio.timeout(WAIT):
+            await a.ownership.wait_ready()
+        assert await a.ownership.reclaim(claim) is None  # B holds the mailbox now
+        assert a.ownership.room == 10
+        assert b.recorder.abandoned.empty()
+        await taken.release()
+
+
+async def test_a_takeover_after_the_fence_ends_the_call_instead_of_answering_it(
+    workers: Callable[..., Awaitable[Worker]], bus: aio_pika.abc.AbstractChannel, amqp_url: str
+) -> None:
+    """Cut after the fence (pre_accept may have gone out) but before the connect was settled, for good: the
+    worker that gets the redelivered connect finds the answer marker, waits its grace for the owner to come
+    back, then hands the call to ``on_abandoned``."""
+    async with TcpProxy("127.0.0.1", 5672) as proxy:
+        a = await workers(str(URL(amqp_url).with_port(proxy.port)))
+        call_id = new_id()
+        await send(bus, connect_event(call_id))
+        claim, _, _ = await asyncio.wait_for(a.recorder.incoming.get(), WAIT)
+        await claim.fence()
+        b = await workers(abandon_grace_attempts=2)
+        await proxy.cut()
+        abandoned = await asyncio.wait_for(b.recorder.abandoned.get(), WAIT)
+        assert abandoned.call_id == call_id
+        assert b.recorder.incoming.empty()
+        assert b.count("callhook_call_claims_total", outcome="owner_awaited") == 2
+        assert b.count("callhook_call_claims_total", outcome="abandoned") == 1
+        assert b.ownership.room == 10  # a call given up holds no capacity
+        assert await b.ownership.claim(call_id) is None  # kept as a tombstone
+
+
+async def test_a_fenced_owner_back_within_the_grace_keeps_its_call(
+    workers: Callable[..., Awaitable[Worker]], bus: aio_pika.abc.AbstractChannel, amqp_url: str
+) -> None:
+    """Cut after the fence, before the settle, and back soon: the worker with the redelivered connect finds
+    the marker and waits; the owner consumes its mailbox again; the copy then meets a refused claim and is
+    dropped. Nobody but the owner does anything with the call."""
+    async with TcpProxy("127.0.0.1", 5672) as proxy:
+        a = await workers(str(URL(amqp_url).with_port(proxy.port)))
+        call_id = new_id()
+        await send(bus, connect_event(call_id))
+        claim, _, _ = await asyncio.wait_for(a.recorder.incoming.get(), WAIT)
+        await claim.fence()
+        b = await workers()
+        await proxy.cut()
+        await wait_until(lambda: b.count("callhook_call_claims_total", outcome="owner_awaited") >= 1)
+        proxy.restore()
+        async with asyncio.timeout(WAIT):
+            await a.ownership.wait_ready()
+        again = await a.ownership.reclaim(claim)
+        assert again is not None
+        await wait_until(lambda: b.count("callhook_call_events_dropped_total", reason="duplicate") >= 1)
+        assert took_nothing(b)
+        await send(bus, terminate_event(call_id))
+        assert isinstance(await next_item(again), CallTerminate)
+        await again.release()
+
+
+async def test_the_mailbox_of_an_owner_gone_for_good_expires(
+    workers: Callable[..., Awaitable[Worker]], bus: aio_pika.abc.AbstractChannel, amqp_url: str
+) -> None:
+    """``x-expires``: consumed, a mailbox lives on; without a consumer for that long, the broker deletes it
+    (and its marker), so a worker that never comes back leaves nothing behind."""
+    async with TcpProxy("127.0.0.1", 5672) as proxy:
+        a = await workers(str(URL(amqp_url).with_port(proxy.port)), mailbox_expires_ms=500)
+        call_id = new_id()
+        claim = await a.ownership.claim(call_id)
+        assert claim is not None
+        await claim.fence()
+        await send(bus, status_event(call_id))
+        assert isinstance(await next_item(claim), CallStatus)
+        await proxy.cut()
+
+        vhost = unquote(URL(amqp_url).path.lstrip("/"))
+
+        async def gone(name: str) -> bool:
+            # Asked of rabbitmqctl: a passive declare would count as a use and renew the queue's lease.
+            listing = await asyncio.to_thread(
+                subprocess.run,
+                ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            return name not in listing.stdout.split()
+
+        await wait_until(lambda: gone(contract.mailbox_queue(call_id)))
+        await wait_until(lambda: gone(contract.answer_marker_queue(call_id)))

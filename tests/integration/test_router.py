@@ -256,9 +256,14 @@ async def test_router_resumes_after_a_lost_connection(
         await proxy.cut()
         await webhooks.publish(channel, webhooks.connect(second))  # waits in callhook.webhooks meanwhile
         proxy.restore()
-        (message,) = await take(mailbox, 1)
-        assert message.routing_key == second
-        assert count(metrics, "callhook_router_webhooks_total", outcome="ok") == 2
+        # At-least-once: the first webhook's ack may have died with the connection, so it can be routed once
+        # more before the second (owners drop such copies). Nothing is lost, nothing else shows up.
+        keys: list[str] = []
+        while second not in keys:
+            keys += [m.routing_key or "" for m in await take(mailbox, 1)]
+        assert set(keys) <= {first, second}
+        assert keys.count(first) <= 1
+        assert count(metrics, "callhook_router_webhooks_total", outcome="ok") == 1 + len(keys)
 
 
 def test_reason_labels_are_short_and_stable() -> None:

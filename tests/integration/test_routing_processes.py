@@ -247,9 +247,12 @@ async def test_a_full_worker_takes_no_unclaimed_work_until_a_call_ends(private_u
         await worker.stop()
 
 
-async def test_a_killed_owner_releases_its_claims(private_url: str) -> None:
+async def test_a_killed_owners_answered_calls_are_never_answered_again(private_url: str) -> None:
+    """SIGKILL after the fence: the mailboxes outlive the victim, and the worker that takes one over finds
+    the answer marker and gives the call up (ends it) instead of answering it a second time."""
     victim = await WorkerProcess.start(private_url, name="victim")
     heir = await WorkerProcess.start(private_url, name="heir", capacity=0)  # routes, takes no unclaimed work
+    abandoned = "callhook_call_claims_total{outcome=abandoned}"
     try:
         connection = await aio_pika.connect(private_url)
         async with connection:
@@ -258,15 +261,19 @@ async def test_a_killed_owner_releases_its_claims(private_url: str) -> None:
             await publish_all(channel, [webhooks.connect(i) for i in ids])
             await until(lambda: set(ids) <= victim.claimed(), victim)
             assert not await heir.claim(ids[0])  # held by the victim
+            assert await total((heir,), abandoned) == 0  # refused: the victim's consumer is there
             await victim.kill()
+            await webhooks.publish(channel, webhooks.status(ids[1], "ACCEPTED"))  # waits in the mailbox
             for call_id in ids:
 
-                async def taken(call_id: str = call_id) -> bool:  # again until the broker saw the death
-                    return await heir.claim(call_id)
+                async def taken_over(call_id: str = call_id) -> bool:  # once the broker saw the death
+                    before = await total((heir,), abandoned)
+                    assert not await heir.claim(call_id)  # never a claim to answer with
+                    return await total((heir,), abandoned) == before + 1
 
-                await poll(taken)
-            await webhooks.publish(channel, webhooks.status(ids[0], "ACCEPTED"))
-            await heir.wait_for(lambda r: r.get("call_id") == ids[0] and r.get("event") == "status")
+                await poll(taken_over)
+            assert heir.events(ids[1]) == []  # a claim given up reads nothing
+            assert not heir.claimed()
     finally:
         await victim.stop()
         await heir.stop()

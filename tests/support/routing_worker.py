@@ -9,7 +9,7 @@ per line to stdout:
     {"claimed": "<call id>", "direction": "incoming", "received_at": 1700000000.1}
     {"event": "status", "call_id": "<call id>", "status": "ringing", "attempt": 0, "delivered_at": ...}
     {"released": "<call id>"}      {"lost": "<call id>"}
-    {"stale": "<call id>"}         {"overflow": "<call id>"}
+    {"stale": "<call id>"}         {"overflow": "<call id>"}      {"abandoned": "<call id>"}
     {"orphan": "status", "call_id": "<call id>"}
     {"reply": "claim", "call_id": "<call id>", "ok": true}          {"reply": "metrics", "metrics": {...}}
 
@@ -48,7 +48,13 @@ class RecordingHandler:
 
     async def on_incoming(self, claim: Any, event: Any, received_at: float) -> None:
         self._emit({"claimed": claim.call_id, "direction": event.direction, "received_at": received_at})
+        # As a worker that answers at once: fence (before pre_accept), then settle the connect (accepted).
+        await claim.fence()
+        await claim.settle()
         self.follow(claim)
+
+    async def on_abandoned(self, event: Any) -> None:
+        self._emit({"abandoned": event.call_id})
 
     async def on_stale(self, event: Any) -> None:
         self._emit({"stale": event.call_id})

@@ -21,6 +21,7 @@ PURE_MODULES = [
     "worker.media.dtmf", "worker.media.jitter", "worker.media.quality",
     "simulator.net", "simulator.heard", "simulator.dtmf",
     "worker.handoff.wire", "worker.handoff.board", "worker.handoff.config",
+    "worker.crashpoints",
 ]  # fmt: skip
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 
