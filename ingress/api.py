@@ -162,14 +162,17 @@ class CallsApi:
         except CommandError as exc:
             return Outcome.BAD_REQUEST, _error(400, str(exc))
         requested_at = time.time()
-        headers = None
+        headers: dict[str, str | int] | None = None
         if key is not None:
             fields: dict[str, object] = {
                 "to": dial.to, "recipient": dial.recipient, "phone_number_id": dial.phone_number_id,
                 "app": dial.app, "data": dial.biz_opaque_callback_data, "permission": dial.permission,
             }  # fmt: skip
             requested_at = await self._claim(key, "dial", fields, dial.request_id, requested_at)
-            headers = {idempotency.HEADER_IDEMPOTENT: "1"}
+            headers = {
+                idempotency.HEADER_IDEMPOTENT: 1,
+                idempotency.HEADER_TTL: self._config.idempotency_ttl_seconds,
+            }
         published = await self._publish(
             dial.encode(requested_at), "", contract.DIALS_QUEUE, dial.request_id, headers
         )
@@ -265,7 +268,7 @@ class CallsApi:
         exchange: str,
         routing_key: str,
         request_id: str,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | int] | None = None,
     ) -> tuple[Outcome, web.Response] | None:
         publisher = self._publisher()
         if publisher is None or not publisher.connected:

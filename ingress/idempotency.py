@@ -25,6 +25,10 @@ from typing import Final
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 HEADER_IDEMPOTENT: Final = "x-callhook-idempotent"  # on a dial message: it came with a key, dedupe it
+HEADER_TTL: Final = (
+    "x-callhook-idempotency-ttl"  # seconds the ingress keeps keys: the worker's marker lives as long
+)
+DEFAULT_TTL_SECONDS: Final = 86_400
 KEY_QUEUE_PREFIX: Final = "callhook.idem."
 DIALED_QUEUE_PREFIX: Final = "callhook.dialed."
 # Printable ASCII, no spaces: what clients put there (UUIDs, ULIDs, hashes).

@@ -320,7 +320,7 @@ class Publisher:
                 self._drained.set_result(None)
 
     async def publish_command(self, body: bytes, *, exchange: str, routing_key: str, message_id: str,
-                              headers: dict[str, str] | None = None) -> None:  # fmt: skip
+                              headers: dict[str, str | int] | None = None) -> None:  # fmt: skip
         """Publish an integrator's command (a dial, a hang-up) persistently; returns once confirmed.
 
         Low volume, so plain aio-pika on the command channel; unroutable is a failure like for webhooks.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from callhook.env import EnvReader
+from callhook.env import BUILTIN_APPS, EnvReader
 from worker.apps import bridge_config
 from worker.apps.bridge_config import BridgeSettings
 
@@ -40,6 +40,8 @@ class WorkerConfig:
     metrics_port: int = 9100
     # the voice-agent bridge (CALLHOOK_APP=ws://...), CALLHOOK_BRIDGE_*
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    # The apps a dial may name (CALLHOOK_APPS=name=spec,...; "echo" always): loaded at start-up, nothing else.
+    apps: Mapping[str, str] = field(default_factory=lambda: dict(BUILTIN_APPS), repr=False)
 
 
 def load(env: Mapping[str, str]) -> WorkerConfig:
@@ -71,7 +73,9 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         metrics_host=r.str("CALLHOOK_METRICS_HOST", "0.0.0.0"),
         metrics_port=r.int("CALLHOOK_METRICS_PORT", 9100, minimum=0, maximum=65535),
         bridge=bridge_config.read(r),
+        apps=r.app_map("CALLHOOK_APPS"),
     )
+    r.min_length("CALLHOOK_ACCESS_TOKEN", (config.access_token,) if config.access_token else (), 16)
     for server in config.ice_servers:
         if not server.startswith(("stun:", "turn:", "turns:")):
             r.problems.append(f"CALLHOOK_ICE_SERVERS: {server!r} must start with stun:, turn: or turns:")
