@@ -145,7 +145,7 @@ def _listener_scope(state: IngressState) -> Any:
             listener = found[0] if found is not None else "webhook"
             is_api = request.path.startswith(API_PREFIXES)
             if request.path not in ("/healthz", "/readyz") and is_api != (listener == "api"):
-                return web.Response(status=404, text="not found")
+                return web.json_response({"error": "not found on this listener"}, status=404)
         return await handler(request)  # type: ignore[no-any-return]
 
     return middleware

@@ -7,8 +7,8 @@ passes every accepted connection through it) and knows its phase:
 
 ``HEADERS``  from the connection's start, or from the first byte after a response, until the request handler
              starts (:meth:`request_started`): closed after ``header_timeout``.
-``BODY``     the handler is reading the body (until :meth:`body_read`): closed after ``body_timeout`` (the
-             handlers also bound their own reads, so the client usually gets a 408 first).
+``BODY``     the handler is reading the body (until :meth:`body_read`): the handlers bound their own reads
+             (408 after ``body_timeout``); the guard closes the connection one second later as a backstop.
 ``BUSY``     the request is being handled (published): not counted here; ``max_inflight_requests`` bounds it.
 ``IDLE``     keep-alive, waiting for the next request: closed after ``idle_timeout``.
 
@@ -30,6 +30,8 @@ from typing import Any
 from aiohttp import web
 
 log = logging.getLogger(__name__)
+
+BODY_BACKSTOP_SECONDS = 1.0
 
 
 class Phase(enum.Enum):
@@ -86,7 +88,13 @@ class ConnectionGuard:
         max_reading: int,
         on_close: Callable[[str], None] | None = None,
     ) -> None:
-        self._timeouts = {Phase.HEADERS: header_timeout, Phase.BODY: body_timeout, Phase.IDLE: idle_timeout}
+        # The handlers bound their own body reads (and answer 408); the guard's body deadline is a backstop
+        # one second later, for any route that does not.
+        self._timeouts = {
+            Phase.HEADERS: header_timeout,
+            Phase.BODY: body_timeout + BODY_BACKSTOP_SECONDS,
+            Phase.IDLE: idle_timeout,
+        }
         self._max_reading = max_reading
         self._on_close = on_close
         self._reading: OrderedDict[_Guarded, None] = OrderedDict()  # oldest first

@@ -16,7 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PURE_MODULES = [
     "worker.decode", "worker.wire", "worker.events", "worker.call", "worker.sdp", "ingress.contract",
-    "ingress.signature", "simulator.calls", "simulator.sdp", "simulator.faults",
+    "ingress.signature", "ingress.commands", "ingress.idempotency", "ingress.throttle",
+    "simulator.calls", "simulator.sdp", "simulator.faults",
 ]  # fmt: skip
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 
