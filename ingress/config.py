@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
-from callhook.env import EnvReader
+from callhook.env import APP_NAME, EnvReader
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 # Meta's bodies are "at most about 3 MB"; leave headroom so a legitimate large batch is never refused.
@@ -101,7 +101,7 @@ def load(env: Mapping[str, str]) -> IngressConfig:
         shutdown_grace_seconds=r.float("CALLHOOK_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0, maximum=600),
         api_tokens=r.list("CALLHOOK_API_TOKENS"),
         phone_number_id=r.str("CALLHOOK_PHONE_NUMBER_ID", ""),
-        app_names=frozenset(r.app_map("CALLHOOK_APPS")),
+        app_names=frozenset(r.app_map("CALLHOOK_APPS")) | _app_names(r, "CALLHOOK_API_APPS"),
         api_port=_optional_port(r, "CALLHOOK_API_PORT"),
         api_host=r.str("CALLHOOK_API_HOST", ""),
         header_timeout_seconds=r.float("CALLHOOK_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=300),
@@ -139,3 +139,11 @@ def _optional_port(r: EnvReader, name: str) -> int | None:
     if r.str(name, "") == "":
         return None
     return r.int(name, 0, minimum=0, maximum=65535)
+
+
+def _app_names(r: EnvReader, name: str) -> frozenset[str]:
+    """Names only (the ingress needs no spec): what the chart gives the ingress instead of CALLHOOK_APPS."""
+    names = r.list(name)
+    for bad in (n for n in names if not APP_NAME.fullmatch(n)):
+        r.problems.append(f"{name}: app name {bad!r} must match {APP_NAME.pattern}")
+    return frozenset(names)
