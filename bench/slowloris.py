@@ -9,9 +9,10 @@ Meta would. A webhook whose connection the ingress closed before an answer is re
 connection (as an HTTP client does with a stale keep-alive connection); the re-send is counted and its
 latency still counts from the first due time.
 
-Phases: the baseline (no flood), then one phase per N in ``--slow``. Each prints: webhooks answered 200 and
-the achieved rate, anything else, p50/p99/max, p99 against the baseline's, and the flood's connections
-(opened, closed by the ingress) with the ingress's own count of closes by reason.
+Phases (after an unreported warm-up): the baseline (no flood), then one phase per N in ``--slow``. Each
+prints: webhooks answered 200 and the achieved rate, anything else, p50/p99/max, p99 against the
+baseline's, the peak of the ingress's reading-connections gauge, and the flood's connections (opened,
+closed by the ingress) with the ingress's own count of closes by reason.
 
     uv run --frozen python bench/slowloris.py                          # N = 100, 1000, 5000; 5 s each
     nice uv run --frozen python bench/slowloris.py --slow 100,2000 --seconds 3 --rate 200
@@ -32,6 +33,7 @@ import multiprocessing  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
 import socket  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 from collections import Counter  # noqa: E402
@@ -249,8 +251,20 @@ def _phase(
         process.start()
         receiver.recv()  # all slow clients started
         time.sleep(1.0)  # ... and connected
-    during = _scrape(port)
+    peak = {"reading": 0.0}
+    sampling = threading.Event()
+
+    def sample_reading() -> None:  # the reading-connections gauge, at its highest during the phase
+        while not sampling.wait(0.5):
+            reading = sum(v for k, v in _scrape(port).items() if "reading" in k)
+            peak["reading"] = max(peak["reading"], reading)
+
+    sampler = threading.Thread(target=sample_reading, daemon=True)
+    sampler.start()
     tally = asyncio.run(_meta(port, args.rate, args.seconds, args.pool, first))
+    sampling.set()
+    sampler.join()
+    during = {"reading": peak["reading"]}
     if process is not None:
         flood_stats = receiver.recv()
         process.join(timeout=30)
@@ -298,6 +312,7 @@ def main() -> int:
             _wait_ready(port)
             baseline_p99 = float("nan")
             first = 0
+            asyncio.run(_meta(port, args.rate, 2.0, args.pool, 10**6))  # warm-up, not reported
             for slow in [0, *counts]:
                 tally, flood, closed, during = _phase(ctx, port, slow, args, first)
                 first += int(args.rate * (WARMUP_SECONDS + args.seconds)) + 1
