@@ -102,6 +102,15 @@ def _wait_ready(port: int, timeout_seconds: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def _scrape_retrying(port: int) -> dict[str, float]:
+    for _ in range(20):
+        try:
+            return _scrape(port)
+        except OSError:
+            time.sleep(0.2)
+    return _scrape(port)
+
+
 def _scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -242,7 +251,7 @@ def _phase(
 ) -> tuple[Tally, dict[str, int], dict[str, float], dict[str, float]]:
     flood_stats: dict[str, int] = {}
     process = None
-    before = _scrape(port)
+    before = _scrape_retrying(port)
     if slow:
         receiver, sender = ctx.Pipe(duplex=False)
         process = ctx.Process(
@@ -256,7 +265,10 @@ def _phase(
 
     def sample_reading() -> None:  # the reading-connections gauge, at its highest during the phase
         while not sampling.wait(0.5):
-            reading = sum(v for k, v in _scrape(port).items() if "reading" in k)
+            try:
+                reading = sum(v for k, v in _scrape(port).items() if "reading" in k)
+            except OSError:  # the scrape's own connection may be evicted by the flood: try again
+                continue
             peak["reading"] = max(peak["reading"], reading)
 
     sampler = threading.Thread(target=sample_reading, daemon=True)
@@ -268,7 +280,7 @@ def _phase(
     if process is not None:
         flood_stats = receiver.recv()
         process.join(timeout=30)
-    after = _scrape(port)
+    after = _scrape_retrying(port)
     closed = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after if "closed_total" in k}
     return tally, flood_stats, closed, during
 
