@@ -247,6 +247,10 @@ class CallsApi:
             response = _error(408, "the body did not arrive in time")
             response.force_close()
             raise _Refused(Outcome.TIMEOUT, response) from None
+        except ConnectionError:  # closed under us (evicted by the guard, or the client went away)
+            response = _error(400, "connection closed")
+            response.force_close()
+            raise _Refused(Outcome.CLIENT_GONE, response) from None
         self._body_read(request)
         if len(raw) > MAX_API_BODY_BYTES:
             response = _error(413, f"body over {MAX_API_BODY_BYTES} bytes")

@@ -56,6 +56,7 @@ _STATUS = {
     Outcome.BAD_REQUEST: (400, "bad request"),
     Outcome.UNSUPPORTED: (415, "content encodings are not accepted: send the body as is"),
     Outcome.TIMEOUT: (408, "the body did not arrive in time"),
+    Outcome.CLIENT_GONE: (400, "connection closed"),  # nobody reads this answer
 }
 # Routes that move to the API listener when CALLHOOK_API_PORT is set; the others stay on the webhook one.
 API_PREFIXES = ("/v1/", "/metrics")
@@ -104,7 +105,8 @@ def create_app(config: IngressConfig, registry: CollectorRegistry) -> web.Applic
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[_listener_scope(state), guard_middleware(lambda r: _guard(state, r))],
+        # The guard's middleware is the outermost: it must see every request start and end, 404s included.
+        middlewares=[guard_middleware(lambda r: _guard(state, r)), _listener_scope(state)],
     )
     app[STATE] = state
     state.metrics.inflight_requests.set_function(
@@ -257,6 +259,8 @@ class _Handlers:
                     body = await _read_bounded(request.content, limit)
             except TimeoutError:
                 return Outcome.TIMEOUT
+            except ConnectionError:  # closed under us (evicted by the guard, or the client went away)
+                return Outcome.CLIENT_GONE
             guard = _guard(state, request)
             if guard is not None:
                 guard.body_read(request)
@@ -342,7 +346,7 @@ async def _read_bounded(content: StreamReader, limit: int) -> bytes | None:
 def _respond(outcome: Outcome) -> web.Response:
     status, text = _STATUS[outcome]
     response = web.Response(status=status, text=text)
-    if outcome in (Outcome.TOO_LARGE, Outcome.TIMEOUT, Outcome.UNSUPPORTED):
+    if outcome in (Outcome.TOO_LARGE, Outcome.TIMEOUT, Outcome.UNSUPPORTED, Outcome.CLIENT_GONE):
         response.force_close()  # the rest of the body is not worth reading: do not keep this connection
     return response
 

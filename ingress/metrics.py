@@ -34,6 +34,7 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"  # the body did not arrive within its deadline (408)
     THROTTLED = "throttled"  # integrator API: too many failed logins from one address (429)
     CONFLICT = "conflict"  # integrator API: an Idempotency-Key reused with a different request (422)
+    CLIENT_GONE = "client_gone"  # the connection closed while its body was being read
 
 
 # Local work plus one broker round trip: sub-millisecond up to the confirm timeout (seconds).
