@@ -485,3 +485,21 @@ async def test_failed_logins_are_throttled(
             assert r.status == 429  # even a right token from a throttled address waits
             assert int(r.headers["Retry-After"]) > 0
     assert await drain(channel, contract.DIALS_QUEUE) == []
+
+
+async def test_the_drills_api_abuse_finds_nothing_wrong(amqp_url: str, channel: AbstractChannel) -> None:
+    """The drill's abuse stream (bench/drill_load.py) against a real ingress: every kind of abuse happened and
+    was answered as it must be (the drill's ``api_abuse`` invariant is these violations)."""
+    from bench.drill_load import ABUSE_BAD_INPUTS, api_abuse_stream
+
+    config = api_config(amqp_url, header_timeout_seconds=0.5)
+    async with running_ingress(config) as ingress:
+        await ingress.wait_connected()
+        result = await api_abuse_stream(
+            lambda: ingress.base_url, API_TOKEN, "t", 10.0, 2.0, header_timeout_seconds=0.5
+        )
+    assert result.violations == []
+    assert {kind for kind, _ in ABUSE_BAD_INPUTS} <= set(result.answers)
+    assert set(result.answers["key_reused"]) == {422}
+    assert result.keyed_dials == 2
+    assert result.slow_clients == 2 * 20
