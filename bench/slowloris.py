@@ -29,6 +29,8 @@ sys.path.insert(0, str(_ROOT))
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
@@ -57,9 +59,16 @@ def _raise_fd_limit() -> int:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A port whose successor is free too (the API listener)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
         return port
 
 
@@ -79,6 +88,7 @@ def _serve(port: int, amqp_url: str, settings: dict[str, str]) -> None:
             "CALLHOOK_AMQP_URL": amqp_url,
             "CALLHOOK_INGRESS_HOST": "127.0.0.1",
             "CALLHOOK_INGRESS_PORT": str(port),
+            "CALLHOOK_API_PORT": str(port + 1),
             "CALLHOOK_SHUTDOWN_DELAY_SECONDS": "0",
             "CALLHOOK_LOG_LEVEL": "warning",
             **settings,
@@ -112,7 +122,9 @@ def _scrape_retrying(port: int) -> dict[str, float]:
 
 
 def _scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    """The ingress's metrics, from its API listener (CALLHOOK_API_PORT): the flood on the webhook port cannot
+    evict the scrape's connection there."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port + 1}/metrics", timeout=5) as response:
         text = response.read().decode()
     wanted = ("callhook_ingress_connections_closed_total", "callhook_ingress_reading_connections")
     out = {}
@@ -134,12 +146,15 @@ def _flood(port: int, count: int, seconds: float, drip: float, out: Connection) 
 async def _flood_async(
     port: int, count: int, seconds: float, drip: float, ready: Connection
 ) -> dict[str, int]:
+    """``count`` slow clients; ``seconds`` counts from when all of them have connected once (the ramp can take
+    seconds on a busy machine), so the flood really overlaps the measured phase."""
     loop = asyncio.get_running_loop()
     stats = Counter[str]()
-    stop = loop.time() + seconds
+    stop = [math.inf]
+    all_connected = asyncio.Event()
 
     async def slow_client(index: int) -> None:
-        while loop.time() < stop:
+        while loop.time() < stop[0]:
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
@@ -147,10 +162,12 @@ async def _flood_async(
                 await asyncio.sleep(0.1)
                 continue
             stats["opened"] += 1
+            if stats["opened"] >= count:
+                all_connected.set()
             try:
                 writer.write(b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow-" + str(index).encode())
                 await writer.drain()
-                while loop.time() < stop:
+                while loop.time() < stop[0]:
                     try:
                         async with asyncio.timeout(drip * random.uniform(0.5, 1.5)):
                             if await reader.read(1024) == b"":
@@ -165,13 +182,21 @@ async def _flood_async(
                 writer.close()
             await asyncio.sleep(0.05)
 
+    started = loop.time()
     tasks = []
-    for index in range(count):  # ramp up over about a second
+    for index in range(count):  # ramp up in steps
         tasks.append(asyncio.create_task(slow_client(index)))
         if index % 250 == 249:
             await asyncio.sleep(0.05)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(60):
+            await all_connected.wait()
+    stats["ramp_ms"] = int((loop.time() - started) * 1000)
+    stop[0] = loop.time() + seconds
     ready.send("up")
-    await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            stats[f"client_error:{type(outcome).__name__}"] += 1
     return dict(stats)
 
 
@@ -255,18 +280,19 @@ def _phase(
     if slow:
         receiver, sender = ctx.Pipe(duplex=False)
         process = ctx.Process(
-            target=_flood, args=(port, slow, WARMUP_SECONDS + args.seconds + 3.0, args.drip, sender)
+            target=_flood, args=(port, slow, WARMUP_SECONDS + args.seconds + 5.0, args.drip, sender)
         )
         process.start()
-        receiver.recv()  # all slow clients started
-        time.sleep(1.0)  # ... and connected
+        receiver.recv()  # every slow client has connected once
     peak = {"reading": 0.0}
     sampling = threading.Event()
 
     def sample_reading() -> None:  # the reading-connections gauge, at its highest during the phase
         while not sampling.wait(0.5):
             try:
-                reading = sum(v for k, v in _scrape(port).items() if "reading" in k)
+                reading = sum(
+                    v for k, v in _scrape(port).items() if 'reading_connections{listener="webhook"' in k
+                )
             except OSError:  # the scrape's own connection may be evicted by the flood: try again
                 continue
             peak["reading"] = max(peak["reading"], reading)
@@ -345,7 +371,10 @@ def main() -> int:
                         if baseline_p99 == baseline_p99 and baseline_p99
                         else "-",
                         int(sum(v for k, v in during.items() if "reading" in k)),
-                        f"{flood.get('opened', 0)}/{flood.get('closed_by_ingress', 0)}" if slow else "-",
+                        f"{flood.get('opened', 0)}/{flood.get('closed_by_ingress', 0)} "
+                        f"({flood.get('ramp_ms', 0) / 1000:.1f} s)"
+                        if slow
+                        else "-",
                         reasons or "-",
                     ]
                 )
@@ -371,7 +400,7 @@ def main() -> int:
                 "max ms",
                 "p99 vs baseline",
                 "reading conns",
-                "flood opened/closed",
+                "flood opened/closed (ramp)",
                 "ingress closed (reason=n)",
             ],
             rows,
