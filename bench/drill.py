@@ -62,7 +62,7 @@ import aiohttp  # noqa: E402
 import psutil  # noqa: E402
 
 from bench.drill_audit import LOCAL_CTL, BrokerAudit, queue_depths, rabbitmqctl  # noqa: E402
-from bench.drill_load import junk_stream, message_stream  # noqa: E402
+from bench.drill_load import api_abuse_stream, junk_stream, message_stream  # noqa: E402
 from bench.drill_plan import CLUSTER_SEQUENCE, FULL_SEQUENCE, FaultWindow, schedule  # noqa: E402
 from bench.drill_report import (  # noqa: E402
     Answer,
@@ -98,6 +98,7 @@ QUIET_QUEUES = (
 )
 WORKER_ENV = {"CALLHOOK_DRAIN_TIMEOUT_SECONDS": "30"}
 # Meta's phone hangs up after 10 s without audio (a killed worker's calls end that long after the kill).
+DRILL_API_TOKEN = "drill-integrator-token-0123456789"
 DRILL_TIMING = CallTiming(start_silence_seconds=10.0, midcall_silence_seconds=10.0)
 
 
@@ -134,6 +135,7 @@ class DrillSettings:
     hold_seconds: float = 15.0  # longer than a cut plus the reconnect: calls live through the faults
     message_rate: float = 10.0  # non-call webhooks per second
     junk_rate: float = 1.0  # junk POSTs per second
+    abuse_rate: float = 0.5  # API abuse actions per second (bench/drill_load.py api_abuse_stream)
     duplicates: float = 0.1
     reorder: float = 0.05
     stale: float = 0.03
@@ -274,7 +276,11 @@ class Drill:
                 log_dir=s.log_dir,
                 workers=0,
                 worker_env=dict(s.worker_env),
-                ingress_env={"CALLHOOK_AMQP_URL": broker.url(self.vhost, self.ingress_proxy.ports)},
+                ingress_env={
+                    "CALLHOOK_AMQP_URL": broker.url(self.vhost, self.ingress_proxy.ports),
+                    "CALLHOOK_API_TOKENS": DRILL_API_TOKEN,
+                    "CALLHOOK_PHONE_NUMBER_ID": self._sim_config().numbers[0].phone_number_id,
+                },
             )
             ingress = self.system.start_ingress()
             self.processes[ingress.name] = ProcessLog(ingress.name, time.time())
@@ -315,6 +321,12 @@ class Drill:
                     s.junk_rate, s.load_seconds,
                 )
             )  # fmt: skip
+            abuse = tg.create_task(
+                api_abuse_stream(
+                    lambda: self.system.webhook_url.removesuffix("/webhook"), DRILL_API_TOKEN, self.run_id,
+                    s.abuse_rate, s.load_seconds,
+                )
+            )  # fmt: skip
             for log in self.windows:
                 tg.create_task(self._fault(log))
         self._load_over = True
@@ -347,7 +359,9 @@ class Drill:
             settle_seconds=settle_seconds,
             cpu=dict(self.cpu.samples),
         )
-        return analyse(data)
+        report = analyse(data)
+        report.api_abuse = abuse.result().violations
+        return report
 
     def _sim_config(self) -> SimulatorConfig:
         s = self.s
@@ -705,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, default=15.0, help="seconds each answered call lasts")
     parser.add_argument("--message-rate", type=float, default=10.0, help="non-call webhooks per second")
     parser.add_argument("--junk-rate", type=float, default=1.0, help="junk POSTs per second")
+    parser.add_argument("--abuse-rate", type=float, default=0.5, help="API abuse actions per second")
     parser.add_argument(
         "--restart-broker",
         action=argparse.BooleanOptionalAction,
@@ -740,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         hold_seconds=args.hold,
         message_rate=args.message_rate,
         junk_rate=args.junk_rate,
+        abuse_rate=args.abuse_rate,
         faults=tuple(faults),
         log_dir=args.log_dir or Path(tempfile.mkdtemp(prefix="callhook-drill-")),
         seed=args.seed,

@@ -146,6 +146,7 @@ class Report:
     dropped: list[str]  # answered calls the business hung up: in the drill only the phones hang up
     webhooks_acked: int
     threshold: float
+    api_abuse: list[str] = field(default_factory=list)  # bench/drill_load.py AbuseResult.violations
 
     @property
     def ok(self) -> bool:
@@ -159,6 +160,7 @@ class Report:
             "half_open": len(self.half_open),
             "unsigned_published": len(self.unsigned_published),
             "dropped": len(self.dropped),
+            "api_abuse": len(self.api_abuse),
         }
 
     def format(self) -> str:
@@ -455,6 +457,7 @@ def format_report(report: Report) -> str:
                     "junk posts vs firehose/events/dead",
                 ],
                 ["answered calls dropped by callhook", inv["dropped"], "journal: terminate of a live call"],
+                ["API abuse answered wrongly", inv["api_abuse"], "bad inputs, reused keys, slow clients"],
                 ["(excused: connect taken by a SIGKILLed worker)", len(report.excused), ""],
             ],
         )

@@ -91,7 +91,7 @@ def _serve_ingress(port: int, amqp_url: str) -> None:
     config = load(
         {
             "CALLHOOK_APP_SECRETS": f"another-app-secret,{SECRET}",  # the match is the second one tried
-            "CALLHOOK_VERIFY_TOKEN": "bench",
+            "CALLHOOK_VERIFY_TOKEN": "bench-verify-token",
             "CALLHOOK_AMQP_URL": amqp_url,
             "CALLHOOK_INGRESS_HOST": "127.0.0.1",
             "CALLHOOK_INGRESS_PORT": str(port),

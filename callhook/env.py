@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import builtins
 import ipaddress
+import math
+import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from yarl import URL
 
 T = TypeVar("T")
+
+# Names of operator-defined apps (CALLHOOK_APPS): short, lower-case ASCII, safe in logs, metrics and JSON.
+APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+# The built-in app every deployment may name without configuring it: it sends the caller's audio back to the
+# caller and nothing leaves the worker.
+BUILTIN_APPS: dict[builtins.str, builtins.str] = {"echo": "echo"}
 
 
 class ConfigError(Exception):
@@ -89,7 +97,7 @@ class EnvReader:
         minimum: builtins.float | None = None,
         maximum: builtins.float | None = None,
     ) -> builtins.float:
-        value = self._parse(name, default, builtins.float, "a number")
+        value = self._parse(name, default, _finite_float, "a finite number")
         self._check_range(name, value, minimum, maximum)
         return value
 
@@ -153,9 +161,47 @@ class EnvReader:
         if maximum is not None and value > maximum:
             self.problems.append(f"{name}={value} must be <= {maximum}")
 
+    def min_length(self, name: builtins.str, values: tuple[builtins.str, ...], minimum: builtins.int) -> None:
+        """Record a problem if any of ``values`` (secrets) is shorter than ``minimum`` (never shown)."""
+        short = sum(1 for value in values if len(value) < minimum)
+        if short:
+            self.problems.append(
+                f"{name}: {short} value(s) shorter than {minimum} characters; use long random values "
+                "(e.g. `openssl rand -hex 32`)"
+            )
+
+    def app_map(self, name: builtins.str) -> dict[builtins.str, builtins.str]:
+        """``name=spec,name=spec``: the apps an operator allows dials to name (plus :data:`BUILTIN_APPS`).
+
+        Only names are checked here (the worker loads each spec at start-up); a spec is never echoed in a
+        problem, since a voice agent's URL may carry a token.
+        """
+        apps = dict(BUILTIN_APPS)
+        for item in self.list(name):
+            app, sep, spec = item.partition("=")
+            app = app.strip()
+            if not sep or not spec.strip():
+                self.problems.append(f"{name}: each item must be name=spec (an item has no '=' or no spec)")
+                continue
+            if not APP_NAME.fullmatch(app):
+                self.problems.append(f"{name}: app name {app!r} must match {APP_NAME.pattern}")
+                continue
+            if app in apps and app not in BUILTIN_APPS:
+                self.problems.append(f"{name}: app {app!r} is defined twice")
+                continue
+            apps[app] = spec.strip()
+        return apps
+
     def finish(self) -> None:
         if self.problems:
             raise ConfigError(self.problems)
+
+
+def _finite_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value):  # "nan", "inf": every range check is False for NaN
+        raise ValueError(raw)
+    return value
 
 
 def _parse_bool(raw: str) -> bool:

@@ -22,6 +22,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
@@ -30,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from callhook import loop as event_loop
 from ingress.api import CallsApi
 from ingress.config import IngressConfig
+from ingress.connections import ConnectionGuard, GuardedSite, guard_middleware
 from ingress.metrics import IngressMetrics, Outcome, Route
 from ingress.publisher import BrokerUnavailable, Publisher, PublishError
 from ingress.signature import (
@@ -54,7 +56,12 @@ _STATUS = {
     Outcome.UNAVAILABLE: (503, "unavailable, retry later"),
     Outcome.FORBIDDEN: (403, "forbidden"),
     Outcome.BAD_REQUEST: (400, "bad request"),
+    Outcome.UNSUPPORTED: (415, "content encodings are not accepted: send the body as is"),
+    Outcome.TIMEOUT: (408, "the body did not arrive in time"),
+    Outcome.CLIENT_GONE: (400, "connection closed"),  # nobody reads this answer
 }
+# Routes that move to the API listener when CALLHOOK_API_PORT is set; the others stay on the webhook one.
+API_PREFIXES = ("/v1/", "/metrics")
 
 
 @dataclass(slots=True)
@@ -67,7 +74,15 @@ class IngressState:
     verify_token_digest: bytes = field(repr=False)
     publisher: Publisher | None = None
     shutting_down: bool = False
-    inflight: int = 0
+    inflight: int = 0  # requests being published (bodies read and verified)
+    guards: dict[str, ConnectionGuard] = field(default_factory=dict)  # listener name -> its guard
+
+    def guard_of(self, request: web.BaseRequest) -> tuple[str, ConnectionGuard] | None:
+        transport = request.transport
+        for name, guard in self.guards.items():
+            if guard.owns(transport):
+                return name, guard
+        return None
 
     @property
     def ready(self) -> bool:
@@ -90,7 +105,11 @@ def create_app(config: IngressConfig, registry: CollectorRegistry) -> web.Applic
         metrics=IngressMetrics(registry),
         verify_token_digest=token_digest(config.verify_token),
     )
-    app = web.Application(client_max_size=config.max_body_bytes)
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        # The guard's middleware is the outermost: it must see every request start and end, 404s included.
+        middlewares=[guard_middleware(lambda r: _guard(state, r)), _listener_scope(state)],
+    )
     app[STATE] = state
     state.metrics.inflight_requests.set_function(
         lambda: state.inflight
@@ -102,8 +121,89 @@ def create_app(config: IngressConfig, registry: CollectorRegistry) -> web.Applic
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
-    CallsApi(config, state.metrics, lambda: state.publisher).add_routes(app)
+    CallsApi(
+        config, state.metrics, lambda: state.publisher, body_read=lambda r: _body_read(state, r)
+    ).add_routes(app)
     return app
+
+
+def _guard(state: IngressState, request: web.BaseRequest) -> ConnectionGuard | None:
+    found = state.guard_of(request)
+    return None if found is None else found[1]
+
+
+def _body_read(state: IngressState, request: web.BaseRequest) -> None:
+    guard = _guard(state, request)
+    if guard is not None:
+        guard.body_read(request)
+
+
+def _listener_scope(state: IngressState) -> Any:
+    """With CALLHOOK_API_PORT set, /v1/ and /metrics answer only on the API listener and /webhook only on
+    the webhook listener (404 elsewhere); health and readiness answer on both."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if state.config.api_port is not None:
+            found = state.guard_of(request)
+            listener = found[0] if found is not None else "webhook"
+            is_api = request.path.startswith(API_PREFIXES)
+            if request.path not in ("/healthz", "/readyz") and is_api != (listener == "api"):
+                return web.json_response({"error": "not found on this listener"}, status=404)
+        return await handler(request)  # type: ignore[no-any-return]
+
+    return middleware
+
+
+async def start_listeners(runner: web.AppRunner, config: IngressConfig) -> list[GuardedSite]:
+    """Open the webhook listener (and the API one if CALLHOOK_API_PORT is set), each with its own guard."""
+    state = runner.app[STATE]
+    listeners = [("webhook", config.host, config.port)]
+    if config.api_port is not None:
+        listeners.append(("api", config.api_host or config.host, config.api_port))
+    sites = []
+    for name, host, port in listeners:
+        guard = ConnectionGuard(
+            header_timeout=config.header_timeout_seconds,
+            body_timeout=config.body_timeout_seconds,
+            idle_timeout=config.idle_timeout_seconds,
+            max_reading=config.max_reading_connections,
+            on_close=_closed_counter(state.metrics, name),
+        )
+        state.guards[name] = guard
+        state.metrics.reading_connections.labels(listener=name).set_function(_reading_of(guard))
+        site = GuardedSite(runner, host, port, guard, backlog=1024, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        sites.append(site)
+    return sites
+
+
+def _reading_of(guard: ConnectionGuard) -> Any:
+    return lambda: guard.reading
+
+
+def _closed_counter(metrics: IngressMetrics, listener: str) -> Any:
+    def count(reason: str) -> None:
+        metrics.connections_closed.labels(listener=listener, reason=reason).inc()
+
+    return count
+
+
+def make_runner(app: web.Application, config: IngressConfig) -> web.AppRunner:
+    return web.AppRunner(
+        app,
+        access_log=None,  # one log line per webhook would cost more than the webhook; metrics count them
+        handle_signals=False,
+        shutdown_timeout=config.shutdown_grace_seconds,
+        lingering_time=LINGERING_SECONDS,
+        # The signed bytes are the published bytes: never let aiohttp inflate a body (and /webhook refuses
+        # any Content-Encoding with a 415 anyway).
+        auto_decompress=False,
+        keepalive_timeout=config.idle_timeout_seconds,
+    )
 
 
 def begin_shutdown(app: web.Application) -> None:
@@ -139,12 +239,7 @@ class _Handlers:
     async def webhook(self, request: web.Request) -> web.Response:
         received_at = time.time()
         started = time.perf_counter()
-        state = self._state
-        state.inflight += 1
-        try:
-            outcome = await self._accept(request, received_at)
-        finally:
-            state.inflight -= 1
+        outcome = await self._accept(request, received_at)
         self._metrics.requests[Route.WEBHOOK, outcome].inc()
         self._metrics.request_duration[Route.WEBHOOK].observe(time.perf_counter() - started)
         return _respond(outcome)
@@ -152,14 +247,25 @@ class _Handlers:
     async def _accept(self, request: web.Request, received_at: float) -> Outcome:
         state = self._state
         limit = state.config.max_body_bytes
-        if state.inflight > state.config.max_inflight_requests:
+        if request.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity"):
+            return Outcome.UNSUPPORTED  # Meta sends plain JSON; what is signed must be what is stored
+        if state.inflight >= state.config.max_inflight_requests:
             return Outcome.UNAVAILABLE
         declared = request.content_length
         if declared is not None and declared > limit:
             return Outcome.TOO_LARGE
         try:
             digest = parse_signature(request.headers.get(SIGNATURE_HEADER))
-            body = await _read_bounded(request.content, limit)
+            try:
+                async with asyncio.timeout(state.config.body_timeout_seconds):
+                    body = await _read_bounded(request.content, limit)
+            except TimeoutError:
+                return Outcome.TIMEOUT
+            except ConnectionError:  # closed under us (evicted by the guard, or the client went away)
+                return Outcome.CLIENT_GONE
+            guard = _guard(state, request)
+            if guard is not None:
+                guard.body_read(request)
             if body is None:
                 return Outcome.TOO_LARGE
             secret_id = state.verifier.match(body, digest)
@@ -167,11 +273,18 @@ class _Handlers:
             self._metrics.signature_failures[exc.failure].inc()
             return Outcome.BAD_SIGNATURE
         self._metrics.body_bytes.observe(len(body))
-        return await self._publish(body, received_at, secret_id)
+        # Only requests being published count here; connections still sending are the guard's business.
+        if state.inflight >= state.config.max_inflight_requests:
+            return Outcome.UNAVAILABLE
+        state.inflight += 1
+        try:
+            return await self._publish(body, received_at, secret_id)
+        finally:
+            state.inflight -= 1
 
     async def _publish(self, body: bytes, received_at: float, secret_id: str) -> Outcome:
         publisher = self._state.publisher
-        if publisher is None or not publisher.connected:
+        if publisher is None or not publisher.accepting_webhooks:
             return Outcome.UNAVAILABLE  # at once: no confirm to wait for
         started = time.perf_counter()
         try:
@@ -235,7 +348,7 @@ async def _read_bounded(content: StreamReader, limit: int) -> bytes | None:
 def _respond(outcome: Outcome) -> web.Response:
     status, text = _STATUS[outcome]
     response = web.Response(status=status, text=text)
-    if outcome is Outcome.TOO_LARGE:
+    if outcome in (Outcome.TOO_LARGE, Outcome.TIMEOUT, Outcome.UNSUPPORTED, Outcome.CLIENT_GONE):
         response.force_close()  # the rest of the body is not worth reading: do not keep this connection
     return response
 
@@ -243,20 +356,10 @@ def _respond(outcome: Outcome) -> web.Response:
 async def serve(config: IngressConfig, registry: CollectorRegistry, stop: asyncio.Event) -> None:
     """Run the ingress until ``stop`` is set, then shut down gracefully (see module docstring)."""
     app = create_app(config, registry)
-    runner = web.AppRunner(
-        app,
-        access_log=None,  # one log line per webhook would cost more than the webhook; metrics count them
-        handle_signals=False,
-        shutdown_timeout=config.shutdown_grace_seconds,
-        lingering_time=LINGERING_SECONDS,
-    )
+    runner = make_runner(app, config)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ListenError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
+        await start_listeners(runner, config)
         log.info("listening", extra={"addresses": [list(a) for a in runner.addresses]})
         await stop.wait()
         log.info("shutting down", extra={"inflight": app[STATE].inflight})

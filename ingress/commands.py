@@ -3,6 +3,10 @@
 The ingress's HTTP API (``POST /v1/calls``, ``POST /v1/calls/{id}/hangup``) and ``callhook dial`` both build
 them here, so there is one definition of each message. The worker decodes them with msgspec
 (``worker.events.DialRequest`` and ``HangupRequest``); a test checks the two agree.
+
+Every field is checked by character class and by **bytes** (AMQP short strings, Graph URL paths and Meta's
+limits count bytes): ASCII digits only where a number goes into a URL path, no control characters anywhere,
+patterns matched whole (``fullmatch``: ``$`` would accept a trailing newline). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -10,19 +14,46 @@ from __future__ import annotations
 import json
 import re
 import time
+import unicodedata
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
 Permission = Literal["skip", "check", "request"]
 PERMISSION_MODES: tuple[Permission, ...] = ("skip", "check", "request")
-# Meta's ``to`` is a phone number in international format; we accept digits with an optional leading '+'.
-_PHONE = re.compile(r"^\+?[0-9]{6,20}$")
-MAX_CALLBACK_DATA = 512  # Meta's limit for biz_opaque_callback_data
+# Meta's ``to``: a phone number in international format, ASCII digits with an optional leading '+'.
+PHONE = re.compile(r"\+?[0-9]{6,20}")
+# A WhatsApp business-scoped user id (BSUID), for users known by a username: ``US.13491208655302741918``, or a
+# parent id ``US.ENT.11815799212886844830``. Country code, optional ``ENT``, ASCII digits.
+USER_ID = re.compile(r"[A-Z]{2}(?:\.ENT)?\.[0-9]{1,40}")
+GRAPH_ID = re.compile(r"[0-9]{1,32}")  # goes into a Graph URL path: ASCII digits only
+# Meta's call ids are ``wacid.`` + base64; anything outside this set never came from Meta.
+CALL_ID = re.compile(r"[A-Za-z0-9._:=+/-]{1,200}")
+MAX_CALL_ID_BYTES = 200
+MAX_CALLBACK_DATA = 512  # Meta's limit for biz_opaque_callback_data (checked in UTF-8 bytes)
+MAX_REQUEST_ID_BYTES = 120
 
 
 class CommandError(ValueError):
     """A command that cannot be sent as given; the message says what to fix."""
+
+
+def has_control_characters(text: str) -> bool:
+    """True for C0/C1 controls, DEL, and lone surrogates (which cannot be encoded at all)."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+
+
+def utf8_length(text: str) -> int | None:
+    """The UTF-8 size of ``text``, or None if it cannot be encoded (a lone surrogate from JSON)."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return None
+
+
+def is_recipient(text: str) -> bool:
+    return PHONE.fullmatch(text) is not None or USER_ID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,24 +64,45 @@ class Dial:
     biz_opaque_callback_data: str | None = None
     permission: Permission = "skip"
     request_id: str = ""
+    recipient: str | None = None  # a BSUID when the user is known by a username (also put in ``to``)
 
-    def validated(self) -> Dial:
-        """The same dial with a request id, or :class:`CommandError` listing every problem."""
+    def validated(self, allowed_apps: Collection[str] | None = None) -> Dial:
+        """The same dial with a request id, or :class:`CommandError` listing every problem.
+
+        ``allowed_apps``: the names an operator configured (``CALLHOOK_APPS``); None accepts any name of the
+        right shape (``callhook dial`` run by the operator).
+        """
         problems = []
-        if not _PHONE.match(self.to):
-            problems.append("'to' must be a phone number: digits in international format, e.g. 15551234567")
-        if not self.phone_number_id.isdigit():
-            problems.append("'phone_number_id' must be the business number's Graph API id (digits)")
+        if not is_recipient(self.to):
+            problems.append(
+                "'to' must be a phone number (ASCII digits in international format, e.g. 15551234567) "
+                "or a WhatsApp user id (e.g. US.13491208655302741918)"
+            )
+        if self.recipient is not None and not USER_ID.fullmatch(self.recipient):
+            problems.append("'recipient' must be a WhatsApp user id, e.g. US.13491208655302741918")
+        if not GRAPH_ID.fullmatch(self.phone_number_id):
+            problems.append("'phone_number_id' must be the business number's Graph API id (ASCII digits)")
         callback_data = self.biz_opaque_callback_data
-        if callback_data is not None and len(callback_data) > MAX_CALLBACK_DATA:
-            problems.append(f"'biz_opaque_callback_data' is limited to {MAX_CALLBACK_DATA} characters")
-        if self.app is not None and not self.app.strip():
-            problems.append("'app' must not be empty when given")
+        if callback_data is not None:
+            size = utf8_length(callback_data)
+            if size is None or size > MAX_CALLBACK_DATA:
+                problems.append(
+                    f"'biz_opaque_callback_data' is limited to {MAX_CALLBACK_DATA} bytes of UTF-8"
+                )
+            elif has_control_characters(callback_data):
+                problems.append("'biz_opaque_callback_data' must not contain control characters")
+        if self.app is not None:
+            if allowed_apps is not None and self.app not in allowed_apps:
+                problems.append("'app' must name one of the apps this deployment offers (CALLHOOK_APPS)")
+            elif allowed_apps is None and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", self.app):
+                problems.append("'app' must be an app name, e.g. echo")
         if self.permission not in PERMISSION_MODES:
             problems.append(f"'permission' must be one of {', '.join(PERMISSION_MODES)}")
+        request_id = self.request_id or f"dial-{uuid.uuid4().hex}"
+        if not re.fullmatch(r"[A-Za-z0-9._:-]{1,%d}" % MAX_REQUEST_ID_BYTES, request_id):  # noqa: UP031
+            problems.append("the request id must be short ASCII")
         if problems:
             raise CommandError("; ".join(problems))
-        request_id = self.request_id or f"dial-{uuid.uuid4().hex}"
         return Dial(
             to=self.to.removeprefix("+"),
             phone_number_id=self.phone_number_id,
@@ -58,27 +110,38 @@ class Dial:
             biz_opaque_callback_data=self.biz_opaque_callback_data,
             permission=self.permission,
             request_id=request_id,
+            recipient=self.recipient,
         )
 
-    def encode(self) -> bytes:
-        body = {
+    def encode(self, requested_at: float | None = None) -> bytes:
+        body: dict[str, str | float] = {
             "request_id": self.request_id,
             "to": self.to,
             "phone_number_id": self.phone_number_id,
             "permission": self.permission,
-            "requested_at": round(time.time(), 6),
+            "requested_at": round(time.time() if requested_at is None else requested_at, 6),
         }
         if self.app is not None:
             body["app"] = self.app
         if self.biz_opaque_callback_data is not None:
             body["biz_opaque_callback_data"] = self.biz_opaque_callback_data
+        if self.recipient is not None:
+            body["recipient"] = self.recipient
         return json.dumps(body).encode()
+
+
+def check_call_id(call_id: str) -> None:
+    """Raise :class:`CommandError` unless ``call_id`` looks like one of Meta's (ASCII, at most 200 bytes)."""
+    if not CALL_ID.fullmatch(call_id) or len(call_id.encode()) > MAX_CALL_ID_BYTES:
+        raise CommandError(
+            f"a call id is required: at most {MAX_CALL_ID_BYTES} bytes of [A-Za-z0-9._:=+/-] "
+            "(as in call.* events)"
+        )
 
 
 def hangup(call_id: str, request_id: str = "") -> bytes:
     """A ``HangupRequest`` for ``callhook.calls`` (routing key = the call id): the owner ends the call."""
-    if not call_id or len(call_id) > 200:
-        raise CommandError("a call id is required (at most 200 characters)")
+    check_call_id(call_id)
     body = {
         "type": "hangup",
         "call_id": call_id,

@@ -30,6 +30,11 @@ class Outcome(enum.Enum):
     FORBIDDEN = "forbidden"
     BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"  # integrator API: missing or wrong bearer token
+    UNSUPPORTED = "unsupported_media_type"  # a Content-Encoding on /webhook (415)
+    TIMEOUT = "timeout"  # the body did not arrive within its deadline (408)
+    THROTTLED = "throttled"  # integrator API: too many failed logins from one address (429)
+    CONFLICT = "conflict"  # integrator API: an Idempotency-Key reused with a different request (422)
+    CLIENT_GONE = "client_gone"  # the connection closed while its body was being read
 
 
 # Local work plus one broker round trip: sub-millisecond up to the confirm timeout (seconds).
@@ -97,6 +102,19 @@ class IngressMetrics:
         self.inflight_requests = Gauge(
             "callhook_ingress_inflight_requests",
             "Webhook requests being handled right now.",
+            registry=registry,
+        )
+        self.reading_connections = Gauge(
+            "callhook_ingress_reading_connections",
+            "Connections still sending headers or a body, or idle between requests, per listener.",
+            ["listener"],
+            registry=registry,
+        )
+        self.connections_closed = Counter(
+            "callhook_ingress_connections_closed_total",
+            "Connections closed by the ingress's deadlines or its cap, by listener and reason "
+            "(header_timeout, body_timeout, idle_timeout, evicted).",
+            ["listener", "reason"],
             registry=registry,
         )
         self.requests = {

@@ -33,7 +33,7 @@ import asyncio
 import logging
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
@@ -47,7 +47,7 @@ from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 from pamqp.commands import Basic
 from yarl import URL
 
-from ingress import contract
+from ingress import contract, idempotency
 from ingress.broker import declare_topology
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ class PublishReturned(PublishError):
 
 class PublishTimeout(PublishError):
     pass
+
+
+class PublishRefused(PublishError):
+    """The command cannot be published at all (checked before anything is sent)."""
 
 
 # --- wire encoding (pure) ----------------------------------------------------------------------------------
@@ -228,6 +232,8 @@ class Publisher:
         self._pending: dict[str, asyncio.Future[None]] = {}  # message_id -> done, see module docstring
         self._drained: asyncio.Future[None] | None = None
         self._connects = self._inflight = self._published = self._failed = 0
+        self._connection: AbstractConnection | None = None
+        self._background: set[asyncio.Future[None]] = set()
 
     async def __aenter__(self) -> Self:
         if self._supervisor is None:
@@ -242,6 +248,13 @@ class Publisher:
 
     @property
     def connected(self) -> bool:
+        """A webhook channel and a command channel are open (the command channel is replaced after any
+        unexpected error: readiness is false until it is back)."""
+        return self._pipeline is not None and self._commands is not None and not self._closing
+
+    @property
+    def accepting_webhooks(self) -> bool:
+        """The webhook channel is open (the command channel may be being replaced)."""
         return self._pipeline is not None and not self._closing
 
     async def wait_connected(self) -> None:
@@ -307,37 +320,119 @@ class Publisher:
             if self._inflight == 0 and self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
 
-    async def publish_command(self, body: bytes, *, exchange: str, routing_key: str, message_id: str) -> None:
+    async def publish_command(self, body: bytes, *, exchange: str, routing_key: str, message_id: str,
+                              headers: dict[str, str | int] | None = None) -> None:  # fmt: skip
         """Publish an integrator's command (a dial, a hang-up) persistently; returns once confirmed.
 
         Low volume, so plain aio-pika on the command channel; unroutable is a failure like for webhooks.
+        Any failure other than a clean nack or return leaves the channel in an unknown state (aiormq may have
+        counted a publish that never left, shifting every later confirm), so the channel is replaced before
+        the error is raised; until it is, :attr:`connected` (hence readiness) is false.
         """
-        channel = self._commands
-        if channel is None or self._closing:
-            raise BrokerUnavailable("no broker connection")
+        if len(routing_key.encode()) > 255 or len(message_id.encode()) > 255:
+            raise PublishRefused("routing key or message id over 255 bytes")  # before touching the channel
         message = aio_pika.Message(
             body,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
-            headers={contract.HEADER_REQUEST_ID: message_id},
+            headers={contract.HEADER_REQUEST_ID: message_id, **(headers or {})},
         )
+
+        async def send(channel: AbstractChannel) -> None:
+            target = (
+                channel.default_exchange
+                if not exchange
+                else await channel.get_exchange(exchange, ensure=False)
+            )
+            await target.publish(message, routing_key, mandatory=True)
+
+        await self._on_commands(send)
+
+    async def claim_key(self, queue_name: str, record: bytes, *, ttl_seconds: int) -> bytes | None:
+        """First-writer-wins on ``queue_name`` (:mod:`ingress.idempotency`): None if ``record`` is now the
+        key's record, else the record stored by the request that came first."""
+        result: bytes | None = None
+
+        async def claim(channel: AbstractChannel) -> None:
+            nonlocal result
+            queue = await channel.declare_queue(
+                queue_name, durable=True, arguments=dict(idempotency.marker_arguments(ttl_seconds))
+            )
+            for _ in range(3):  # the stored record may expire between our nack and our get: try again
+                try:
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(record, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        queue_name,
+                        mandatory=True,
+                    )
+                except aiormq.exceptions.DeliveryError:
+                    stored = await queue.get(no_ack=False, fail=False)
+                    if stored is None:
+                        continue
+                    await stored.reject(requeue=True)  # leave the record where it was
+                    result = stored.body
+                    return
+                result = None
+                return
+            raise PublishNacked("the idempotency record kept changing")
+
+        await self._on_commands(claim)
+        return result
+
+    async def _on_commands(self, operation: Callable[[AbstractChannel], Awaitable[None]]) -> None:
+        channel = self._commands
+        if channel is None or self._closing:
+            raise BrokerUnavailable("no broker connection")
         try:
             async with asyncio.timeout(self._confirm_timeout):
-                target = (
-                    channel.default_exchange
-                    if not exchange
-                    else await channel.get_exchange(exchange, ensure=False)
-                )
-                await target.publish(message, routing_key, mandatory=True)
+                await operation(channel)
         except TimeoutError:
+            await self._replace_commands(channel, "no confirm in time")
             raise PublishTimeout(f"no confirm within {self._confirm_timeout} s") from None
         except aiormq.exceptions.PublishError:
             raise PublishReturned("unroutable: is the queue declared?") from None
         except aiormq.exceptions.DeliveryError:
             raise PublishNacked("the broker refused the message") from None
+        except PublishError:
+            raise
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            await self._replace_commands(channel, type(exc).__name__)
             raise BrokerUnavailable(f"broker connection lost: {type(exc).__name__}") from None
+        except Exception as exc:
+            # Anything else (an encoder refusing a value, a bug) may have happened half-way through a publish.
+            await self._replace_commands(channel, type(exc).__name__)
+            raise BrokerUnavailable(f"command channel reset after {type(exc).__name__}") from None
+
+    async def _replace_commands(self, broken: AbstractChannel, reason: str) -> None:
+        """Close the command channel and open a fresh one on the same connection; if that fails, drop the
+        connection (the supervisor reconnects). Readiness is false meanwhile."""
+        if self._commands is not broken:
+            return  # another request replaced it already
+        self._commands = None
+        self._notify()
+        log.warning("command channel reset", extra={"reason": reason})
+        connection = self._connection
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                if not broken.is_closed:
+                    await broken.close()
+                if connection is None or connection.is_closed:
+                    return
+                fresh = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except Exception as exc:  # any failure here: start over with a new connection
+            log.warning("command channel could not be reopened", extra={"error": _describe(exc, self._url)})
+            if connection is not None:
+                self._abandon(connection)
+            return
+        if self._pipeline is not None and not self._closing:
+            self._commands = fresh
+            self._notify()
+
+    def _abandon(self, connection: AbstractConnection) -> None:
+        task = asyncio.ensure_future(connection.close())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _wait_confirm(self, confirmation: asyncio.Future[Any]) -> None:
         try:
@@ -392,6 +487,7 @@ class Publisher:
                 self._url, client_properties={"connection_name": self._connection_name}
             )
         writer: asyncio.Task[None] | None = None
+        self._connection = connection
         try:
             if stopping.done():
                 return
@@ -407,12 +503,19 @@ class Publisher:
                 # Commands get a channel of their own: the webhook pipeline owns its channel's delivery tags.
                 self._commands = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._set_pipeline(pipeline)
-            await asyncio.wait([raw.closing, stopping, writer], return_when=asyncio.FIRST_COMPLETED)
+            closed = asyncio.ensure_future(_closed(connection))
+            try:
+                await asyncio.wait(
+                    [raw.closing, stopping, writer, closed], return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                closed.cancel()
             if not stopping.done():
                 log.warning("broker connection lost", extra={"broker": _redacted(self._url)})
         finally:
-            self._set_pipeline(None)
             self._commands = None
+            self._connection = None
+            self._set_pipeline(None)
             if writer is not None:
                 writer.cancel()
                 await asyncio.wait([writer])
@@ -438,8 +541,24 @@ class Publisher:
         else:
             self._connected.clear()
             self._disconnected.set()
-        if was_connected != (pipeline is not None) and self._on_connection_change is not None:
-            self._on_connection_change(pipeline is not None)
+        if was_connected != (pipeline is not None):
+            self._notify()
+
+    def _notify(self) -> None:
+        if self._on_connection_change is not None:
+            self._on_connection_change(self.connected)
+
+
+async def _closed(connection: AbstractConnection) -> None:
+    """Until the connection closes (e.g. abandoned after a command channel could not be reopened)."""
+    closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_close(*_: object) -> None:
+        if not closing.done():
+            closing.set_result(None)
+
+    connection.close_callbacks.add(on_close)
+    await closing
 
 
 def _redacted(url: str) -> str:

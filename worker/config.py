@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from callhook.env import EnvReader
+from callhook.env import BUILTIN_APPS, EnvReader
 from worker.apps import bridge_config
 from worker.apps.bridge_config import BridgeSettings
 from worker.handoff import config as handoff_config
@@ -44,6 +44,8 @@ class WorkerConfig:
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
     uvloop: bool = True  # CALLHOOK_UVLOOP: run on uvloop (callhook/loop.py)
     handoff: HandoffSettings = field(default_factory=HandoffSettings)  # CALLHOOK_HANDOFF_* (docs/handoff.md)
+    # The apps a dial may name (CALLHOOK_APPS=name=spec,...; "echo" always): loaded at start-up, nothing else.
+    apps: Mapping[str, str] = field(default_factory=lambda: dict(BUILTIN_APPS), repr=False)
 
 
 def load(env: Mapping[str, str]) -> WorkerConfig:
@@ -77,7 +79,9 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         bridge=bridge_config.read(r),
         uvloop=r.bool("CALLHOOK_UVLOOP", True),
         handoff=handoff_config.read(r),
+        apps=r.app_map("CALLHOOK_APPS"),
     )
+    r.min_length("CALLHOOK_ACCESS_TOKEN", (config.access_token,) if config.access_token else (), 16)
     for server in config.ice_servers:
         if not server.startswith(("stun:", "turn:", "turns:")):
             r.problems.append(f"CALLHOOK_ICE_SERVERS: {server!r} must start with stun:, turn: or turns:")

@@ -35,6 +35,7 @@ metric label) and, when readable, the call id. Kinds:
   ``malformed_permission_reply``: a field of the wrong JSON type (e.g. ``"id": 5``, ``"session": "x"``), or
   a time that is not a non-negative integer (as a number or a numeric string, see ``wire.Seconds``);
 - ``call_without_id``, ``call_without_event``, ``unknown_call_event:<event>``, ``unknown_status_type:<type>``;
+- ``sdp_too_large``: an SDP over :data:`MAX_SDP_CHARS` (64 KiB; Meta's are a few KB);
 - ``connect_without_sdp``, ``connect_without_sdp_type``, ``unknown_sdp_type``, ``connect_direction_mismatch``
   (``direction`` contradicts ``sdp_type``: we could not tell whether to answer or to apply the SDP);
 - ``call_status_without_status``, ``permission_reply_without_user``, ``permission_reply_without_response``,
@@ -149,6 +150,7 @@ _call_error: Final = msgspec.json.Decoder(wire.CallError, strict=False)
 _message_item: Final = msgspec.json.Decoder(wire.MessageItem, strict=False)
 
 _T = TypeVar("_T")
+MAX_SDP_CHARS: Final = 65_536
 
 
 def decode_webhook(body: bytes) -> list[Event]:
@@ -374,6 +376,8 @@ def _connect(call_id: str, item: wire.CallItem, change: _Change) -> CallConnect 
             return Skipped(field="calls", kind="connect_without_sdp", call_id=call_id)
         sdp_type = session.sdp_type if session is not None else None
     direction = _DIRECTIONS.get(item.direction) or _direction(item.direction)
+    if len(sdp) > MAX_SDP_CHARS:  # a real offer is a few KB; a huge one would cost the media stack dearly
+        return Skipped(field="calls", kind="sdp_too_large", call_id=call_id)
     if not sdp_type:
         if direction is None:
             return Skipped(field="calls", kind="connect_without_sdp_type", call_id=call_id)

@@ -7,6 +7,14 @@ its call ends. The consumer runs only while there is room: it is cancelled when 
 The dial message is acked just before ``connect`` is sent, not when it is taken: a worker that dies before
 that point leaves the dial in the queue for another worker, and one that dies after it can never cause a
 second call to the same person (``connect`` is never repeated when its outcome is unknown).
+
+Defence in depth (docs/security.md): a dial is checked again here as the ingress checks it (recipient
+pattern, ASCII-digit ids for Graph URL paths, callback data without control characters); one that fails is
+dead-lettered. A dial sent with an ``Idempotency-Key`` (header ``x-callhook-idempotent``) is started only by
+whoever first takes its marker queue ``callhook.dialed.<request id>`` (:mod:`ingress.idempotency`); a second
+copy (a client's retry, two ingress replicas racing) is acked and dropped: one key, one call. The marker is
+taken when the dial is taken, so a worker that dies between taking it and ``connect`` loses that dial (the
+integrator sees no ``call.*`` event for it and dials again with a new key) rather than risking a second call.
 """
 
 from __future__ import annotations
@@ -16,10 +24,14 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import aio_pika
+import aiormq
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from ingress import contract
+from callhook.env import APP_NAME
+from ingress import contract, idempotency
+from ingress.commands import GRAPH_ID, MAX_CALLBACK_DATA, has_control_characters, is_recipient, utf8_length
 from worker.amqp import AMQP_FAILURES, AmqpLink, Session, settle
 from worker.errors import TransientError
 from worker.events import DialRequest, dial_decoder
@@ -47,6 +59,9 @@ class DialIntake(Supervised):
         self._metrics = metrics
         self._room = asyncio.Event()
         self._full = asyncio.Event()
+        self._markers: AbstractChannel | None = None  # confirm channel for the idempotency markers
+        self._marker_timeout = 5.0
+        self._session: Session | None = None
 
     def _starting(self) -> None:
         self._ownership.watch_room(self.room_changed)
@@ -73,6 +88,9 @@ class DialIntake(Supervised):
 
     async def _serve(self, session: Session) -> None:
         channel = await session.channel(prefetch=1)
+        self._markers = await session.channel(critical=False)
+        self._session = session
+        self._marker_timeout = session.rpc_timeout_seconds
         try:
             queue = await channel.get_queue(contract.DIALS_QUEUE, ensure=False)
             lost = asyncio.ensure_future(session.wait_lost())
@@ -90,6 +108,9 @@ class DialIntake(Supervised):
         except AMQP_FAILURES as exc:
             raise TransientError(f"dials consumer failed: {exc!r}") from exc
         finally:
+            markers, self._markers = self._markers, None
+            if markers is not None:
+                await session.close_channel(markers)
             await session.close_channel(channel)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -100,6 +121,24 @@ class DialIntake(Supervised):
             self._metrics.dead_letters.labels(source="dials", reason="undecodable").inc()
             await settle(message, ack=False, requeue=False)  # the queue dead-letters it to callhook.dead
             return
+        problem = dial_problem(request)
+        if problem is not None:
+            log.warning(
+                "invalid dial dead-lettered", extra={"request_id": request.request_id[:80], "error": problem}
+            )
+            self._metrics.dead_letters.labels(source="dials", reason="invalid").inc()
+            await settle(message, ack=False, requeue=False)
+            return
+        if (message.headers or {}).get(idempotency.HEADER_IDEMPOTENT) is not None:
+            first = await self._take_marker(request.request_id, message)
+            if first is None:  # the broker did not answer: the dial goes back to the queue
+                await settle(message, ack=False, requeue=True)
+                return
+            if not first:
+                log.info("duplicate dial dropped", extra={"request_id": request.request_id})
+                self._metrics.dials.labels(outcome="duplicate").inc()
+                await settle(message, ack=True)
+                return
         reservation = self._ownership.reserve()
         if reservation is None:  # full or draining: another worker, or us once room frees
             await settle(message, ack=False, requeue=True)
@@ -115,6 +154,55 @@ class DialIntake(Supervised):
 
         self._start_dial(request, reservation, ack)
         self.room_changed()
+
+    async def _take_marker(self, request_id: str, message: AbstractIncomingMessage) -> bool | None:
+        """True if this copy of the dial is the first to start, False for a duplicate, None if unknown."""
+        channel = self._markers
+        if channel is None:
+            return None
+        name = idempotency.dialed_queue(request_id)
+        ttl = _marker_ttl(message.headers or {})
+        try:
+            async with asyncio.timeout(self._marker_timeout):
+                await channel.declare_queue(
+                    name, durable=True, arguments=dict(idempotency.marker_arguments(ttl))
+                )
+                await channel.default_exchange.publish(
+                    aio_pika.Message(request_id.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    name,
+                    mandatory=True,
+                )
+        except aiormq.exceptions.DeliveryError:
+            return False  # nacked: the marker queue already holds this dial's marker
+        except AMQP_FAILURES as exc:
+            log.warning("dial marker not taken", extra={"error": repr(exc)[:200]})
+            if channel.is_closed and self._session is not None:
+                self._session.abort("dial marker channel closed")  # start over on a fresh connection
+            return None
+        return True
+
+
+def _marker_ttl(headers: dict[str, Any]) -> int:
+    value = headers.get(idempotency.HEADER_TTL)
+    if isinstance(value, int) and not isinstance(value, bool) and 60 <= value <= 7 * 86_400:
+        return value
+    return idempotency.DEFAULT_TTL_SECONDS
+
+
+def dial_problem(request: DialRequest) -> str | None:
+    """Why a dial from the queue must not be placed (the ingress checks the same), or None."""
+    if not is_recipient(request.to):
+        return "'to' is neither a phone number nor a WhatsApp user id"
+    if not GRAPH_ID.fullmatch(request.phone_number_id):
+        return "'phone_number_id' is not ASCII digits"
+    data = request.biz_opaque_callback_data
+    if data is not None:
+        size = utf8_length(data)
+        if size is None or size > MAX_CALLBACK_DATA or has_control_characters(data):
+            return "'biz_opaque_callback_data' is too long or has control characters"
+    if request.app is not None and not APP_NAME.fullmatch(request.app):
+        return "'app' is not an app name"
+    return None
 
 
 async def _first(wait: Coroutine[Any, Any, Any], lost: asyncio.Future[None]) -> None:

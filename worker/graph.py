@@ -456,9 +456,11 @@ class GraphClient:
                 async with self._http().request(
                     method, url, data=body, params=params, headers=headers, allow_redirects=False
                 ) as response:
-                    raw = await response.read()
+                    raw = await _read_capped(response.content, MAX_RESPONSE_BYTES)
                     status = response.status
                     retry_after = _retry_after(response.headers)
+        except ResponseTooLarge as exc:
+            raise _TransportUnknown(f"{action}: answer too large", action=action) from exc
         except aiohttp.ClientConnectorError as exc:
             # Failed to open a connection: the request never left, so any action may try again.
             raise GraphRetryable(f"{action}: cannot connect: {exc.os_error}", action=action) from exc
@@ -587,3 +589,23 @@ def _code_label(exc: GraphError) -> str:
     if isinstance(exc, _Malformed):
         return "malformed"
     return "timeout" if isinstance(exc, _TransportUnknown) else "connection"
+
+
+# Graph answers are a few hundred bytes; anything near this is not Meta's, and is not buffered.
+MAX_RESPONSE_BYTES = 1_048_576
+
+
+class ResponseTooLarge(Exception):
+    pass
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or :class:`ResponseTooLarge` as soon as more than ``limit`` bytes arrived."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -27,7 +27,7 @@ from callhook.loop import loop_name
 from worker import call as machine
 from worker.amqp import AmqpLink
 from worker.apps.api import App, CallInfo
-from worker.apps.loader import AppSpecError, load_app
+from worker.apps.loader import APP_REFUSED, AppRegistry, AppSpecError
 from worker.config import WorkerConfig
 from worker.dials import Ack, DialIntake
 from worker.errors import GraphError
@@ -54,7 +54,9 @@ class WorkerService:
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry)
-        self.app: App = load_app(config.app, bridge_settings=config.bridge)  # fail at start-up, not mid-call
+        # Every app this worker may run is loaded now (fail at start-up, not mid-call); dials pick by name.
+        self.apps = AppRegistry(config.app, config.apps, bridge_settings=config.bridge)
+        self.app: App = self.apps.default
         self.sessions: dict[str, CallSession] = {}
         self._session_tasks: dict[str, asyncio.Task[None]] = {}
         self._lag_probe: asyncio.Task[None] | None = None
@@ -69,7 +71,6 @@ class WorkerService:
         self._graph: GraphClient | None = None
         self._deps: SessionDeps | None = None
         self._dials: DialIntake | None = None
-        self._apps: dict[str, App] = {config.app: self.app}
 
     # ---------------------------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> WorkerService:
@@ -266,8 +267,8 @@ class WorkerService:
         try:
             app = self._app(request.app)
             refusal = await self._permission_refusal(request) if request.permission != "skip" else None
-        except AppSpecError as exc:
-            refusal = ("bad_app", str(exc))
+        except AppSpecError:
+            refusal = ("bad_app", APP_REFUSED)  # never the loader's text: it may name paths or modules
         except GraphError as exc:
             refusal = (DIAL_REFUSALS.get(exc.code or 0, "failed"), f"permission check: {exc}")
         if refusal is not None:
@@ -296,12 +297,8 @@ class WorkerService:
             return ("permission_requested", "no permission yet: a permission request was sent to the user")
         return ("no_permission", f"call permission is {status.status}")
 
-    def _app(self, spec: str | None) -> App:
-        key = spec or self.config.app
-        app = self._apps.get(key)
-        if app is None:
-            app = self._apps[key] = load_app(key, bridge_settings=self.config.bridge)
-        return app
+    def _app(self, name: str | None) -> App:
+        return self.apps.get(name)
 
     def _reject_unowned(self, event: CallConnect, reason: str) -> None:
         self._side_tasks.create_task(self._end_unowned(event, "reject", reason))

@@ -68,6 +68,7 @@ async def test_short_drill_loses_nothing_answers_once_and_leaves_nothing_half_op
         "half_open": 0,
         "unsigned_published": 0,
         "dropped": 0,
+        "api_abuse": 0,
     }, text
     data = report.data
     # The load and the faults happened as scheduled, or the verdict means nothing.

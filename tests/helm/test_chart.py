@@ -140,7 +140,9 @@ def test_selectors_match_the_right_pods(rendered_scenarios: dict[str, c.Rendered
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert pods_selected(rendered, selector) == [deployment["metadata"]["name"]], "selector overlaps"
     for service in rendered.of_kind("Service"):
-        assert pods_selected(rendered, service["spec"]["selector"]) == [service["metadata"]["name"]]
+        # the API Service (ingress.apiPort) selects the ingress pods too
+        owner = service["metadata"]["name"].removesuffix("-api")
+        assert pods_selected(rendered, service["spec"]["selector"]) == [owner]
     for pdb in rendered.of_kind("PodDisruptionBudget"):
         assert pods_selected(rendered, pdb["spec"]["selector"]["matchLabels"]) == [pdb["metadata"]["name"]]
     for policy in rendered.of_kind("NetworkPolicy"):
@@ -153,7 +155,7 @@ def test_selectors_match_the_right_pods(rendered_scenarios: dict[str, c.Rendered
             for s in rendered.of_kind("Service")
             if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
         ]
-        assert [s["metadata"]["name"] for s in services] == [monitor["metadata"]["name"]]
+        assert [s["metadata"]["name"].removesuffix("-api") for s in services] == [monitor["metadata"]["name"]]
         ports = {p["name"] for p in services[0]["spec"]["ports"]}
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
         assert monitor["spec"]["namespaceSelector"]["matchNames"] == [c.NAMESPACE]
@@ -212,7 +214,12 @@ def _resolve_env(container: Manifest) -> dict[str, str]:
             value = re.sub(r"\$\((\w+)\)", lambda m: resolved[m.group(1)], item["value"])
         else:
             key = item["valueFrom"]["secretKeyRef"]["key"]
-            value = "amqp://u:p@broker:5672/vhost" if item["name"] == "CALLHOOK_AMQP_URL" else f"secret-{key}"
+            # Placeholders as long as real secrets must be (start-up refuses short ones).
+            value = (
+                "amqp://u:p@broker:5672/vhost"
+                if item["name"] == "CALLHOOK_AMQP_URL"
+                else f"secret-{key}-0123456789abcdef"
+            )
         resolved[item["name"]] = value
     return resolved
 
@@ -263,8 +270,8 @@ def test_rabbitmq_operator_url_is_assembled_from_the_default_user(
             assert e["valueFrom"]["secretKeyRef"]["name"] == default_user
         url = _resolve_env(spec["containers"][0])["CALLHOOK_AMQP_URL"]
         assert (
-            url
-            == f"amqp://secret-username:secret-password@{cluster['metadata']['name']}.{c.NAMESPACE}.svc:5672/"
+            url == f"amqp://secret-username-0123456789abcdef:secret-password-0123456789abcdef@"
+            f"{cluster['metadata']['name']}.{c.NAMESPACE}.svc:5672/"
         )
 
 
@@ -649,3 +656,76 @@ def test_service_monitor_timeout_fits_in_interval(rendered_scenarios: dict[str, 
         for monitor in rendered.of_kind("ServiceMonitor"):
             for endpoint in monitor["spec"]["endpoints"]:
                 assert seconds(endpoint["scrapeTimeout"]) <= seconds(endpoint["interval"])
+
+
+# --- issue 17: the integrator API apart from Meta's webhook, apps chosen by the operator
+
+
+def _rules_by_port(policy: Manifest) -> dict[str, list[Manifest]]:
+    rules: dict[str, list[Manifest]] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule.get("ports", []):
+            rules.setdefault(port["port"], []).append(rule)
+    return rules
+
+
+def test_api_listener_has_its_own_service_ingress_and_policy(
+    rendered_scenarios: dict[str, c.Rendered],
+) -> None:
+    """Finding 6: /v1 and /metrics shared the webhook port; inside the cluster every pod reached them."""
+    rendered = rendered_scenarios["api-listener"]
+    (container,) = component_deployment(rendered, "ingress")["spec"]["template"]["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "api": 8081}
+    env = _resolve_env(container)
+    assert env["CALLHOOK_API_PORT"] == "8081"
+    assert env["CALLHOOK_API_APPS"] == "agent,greeting"  # names only: the specs stay with the workers
+    assert "CALLHOOK_APPS" not in env
+    api_service = rendered.one("Service", f"{c.RELEASE}-callhook-ingress-api")
+    assert [p["targetPort"] for p in api_service["spec"]["ports"]] == ["api"]
+    webhook_service = rendered.one("Service", f"{c.RELEASE}-callhook-ingress")
+    assert [p["targetPort"] for p in webhook_service["spec"]["ports"]] == ["http"]
+    public = rendered.one("Ingress", f"{c.RELEASE}-callhook-ingress")
+    assert [p["path"] for r in public["spec"]["rules"] for p in r["http"]["paths"]] == ["/webhook"]
+    api = rendered.one("Ingress", f"{c.RELEASE}-callhook-ingress-api")
+    (rule,) = api["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert (rule["host"], path["path"], path["backend"]["service"]["name"]) == (
+        "calls-api.example.com",
+        "/v1",
+        f"{c.RELEASE}-callhook-ingress-api",
+    )
+    by_port = _rules_by_port(rendered.one("NetworkPolicy", f"{c.RELEASE}-callhook-ingress"))
+    peers = {
+        port: [
+            p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for r in rules
+            for p in r["from"]
+        ]
+        for port, rules in by_port.items()
+    }
+    assert peers == {"http": ["ingress-public"], "api": ["ingress-internal", "backend", "monitoring"]}
+    monitor = rendered.one("ServiceMonitor", f"{c.RELEASE}-callhook-ingress")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["api"]
+
+
+def test_worker_gets_the_operators_apps(rendered_scenarios: dict[str, c.Rendered]) -> None:
+    """Finding 1: the apps a dial may name are the operator's, set in values and loaded by the workers."""
+    from worker import config
+
+    (container,) = component_deployment(rendered_scenarios["api-listener"], "worker")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    env = _resolve_env(container)
+    assert env["CALLHOOK_APPS"] == "agent=wss://agent.example.com/ws,greeting=play:/srv/greeting.wav"
+    assert set(config.load(env).apps) == {"echo", "agent", "greeting"}
+
+
+def test_without_an_api_port_the_api_policy_defaults_to_the_namespace(chart: Any) -> None:
+    """Finding 6: with apiPort set and no networkPolicy.api.from, only pods of the release namespace reach the
+    API; without apiPort nothing changes."""
+    values = c.merged(c.MINIMAL_VALUES, {"ingress": {"apiPort": 9000}})
+    by_port = _rules_by_port(c.render(chart, values).one("NetworkPolicy", f"{c.RELEASE}-callhook-ingress"))
+    assert next(r["from"] for r in by_port["api"]) == [{"podSelector": {}}]
+    plain = c.render(chart, c.MINIMAL_VALUES)
+    assert not [s for s in plain.of_kind("Service") if s["metadata"]["name"].endswith("-api")]
+    assert set(_rules_by_port(plain.one("NetworkPolicy", f"{c.RELEASE}-callhook-ingress"))) == {"http"}

@@ -101,9 +101,9 @@ def base_env(amqp_url: str) -> dict[str, str]:
         CALLHOOK_AMQP_URL=amqp_url,
         CALLHOOK_LOG_FORMAT="json",
         CALLHOOK_LOG_LEVEL="info",
-        CALLHOOK_APP_SECRETS="s",
-        CALLHOOK_VERIFY_TOKEN="v",
-        CALLHOOK_ACCESS_TOKEN="test",
+        CALLHOOK_APP_SECRETS="scrape-app-secret-0123",  # start-up refuses secrets under 16 characters
+        CALLHOOK_VERIFY_TOKEN="scrape-verify-token-0123",
+        CALLHOOK_ACCESS_TOKEN="scrape-access-token-0123",
         CALLHOOK_GRAPH_URL="http://127.0.0.1:9",
         CALLHOOK_ICE_HOST_ADDRESSES="127.0.0.1",
     )

@@ -94,6 +94,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
         {"ingress": {"kubernetesIngress": {"hosts": ["https://calls.example.com"]}}},
     ),
     ("HTTPRoute parent without a name", {"ingress": {"httpRoute": {"parentRefs": [{"namespace": "gw"}]}}}),
+    ("API port out of range", {"ingress": {"apiPort": 70000}}),
+    ("app name with capitals", {"worker": {"apps": {"Agent": "echo"}}}),
+    ("app spec with a comma", {"worker": {"apps": {"agent": "ws://a/x,y"}}}),
+    ("empty app spec", {"worker": {"apps": {"agent": ""}}}),
+    ("API policy peer typo", {"networkPolicy": {"api": {"from": [{"podSelectr": {}}]}}}),
 ]
 
 
@@ -182,6 +187,9 @@ TEMPLATE_GUARDS: list[tuple[dict[str, Any], str]] = [
         {"ingress": {"preStopSleepSeconds": 30, "terminationGracePeriodSeconds": 30}},
         "must exceed ingress.preStop",
     ),
+    ({"ingress": {"apiPort": 8080}}, "ingress.apiPort must differ from ingress.port"),
+    ({"ingress": {"apiIngress": {"enabled": True, "hosts": ["api.example.com"]}}}, "needs ingress.apiPort"),
+    ({"ingress": {"apiPort": 8081, "apiIngress": {"enabled": True}}}, "ingress.apiIngress.hosts"),
 ]
 
 

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from ingress import contract
-from ingress.app import LINGERING_SECONDS, PUBLISHER, create_app
+from ingress.app import PUBLISHER, create_app, make_runner, start_listeners
 from ingress.broker import declare_topology
 from ingress.config import IngressConfig
 from ingress.publisher import BrokerUnavailable, Publisher, encode_content, publish_frame
@@ -44,7 +44,7 @@ from tests.support.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
-SECRETS = ("app-secret-alpha", "app-secret-beta", "app-secret-gamma")
+SECRETS = ("app-secret-alpha", "app-secret-bravo", "app-secret-gamma")
 TOKEN = "verify-token-1234"
 LIMIT = 4096
 WAIT = 10.0  # bound on every wait for the broker or the process
@@ -82,6 +82,7 @@ def via_proxy(amqp_url: str, proxy: TcpProxy) -> str:
 class Running:
     app: web.Application
     base_url: str
+    api_url: str = ""  # the API listener's URL (base_url when the API shares the webhook port)
 
     @property
     def publisher(self) -> Publisher:
@@ -95,12 +96,12 @@ class Running:
 @asynccontextmanager
 async def running_ingress(config: IngressConfig) -> AsyncIterator[Running]:
     app = create_app(config, CollectorRegistry())
-    runner = web.AppRunner(app, access_log=None, lingering_time=LINGERING_SECONDS)
+    runner = make_runner(app, config)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield Running(app, f"http://127.0.0.1:{runner.addresses[0][1]}")
+        sites = await start_listeners(runner, config)
+        urls = [f"http://127.0.0.1:{site.port}" for site in sites]
+        yield Running(app, urls[0], urls[-1])
     finally:
         await runner.cleanup()
 

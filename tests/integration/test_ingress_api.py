@@ -82,10 +82,10 @@ BAD_DIALS: list[tuple[Any, str]] = [
     ({}, "'to' is required"),
     ({"to": "not-a-number"}, "'to' must be a phone number"),
     ({"to": 15551234567}, "'to' must be a string"),
-    ({"to": "15551234567", "colour": "blue"}, "unknown field(s): colour"),
+    ({"to": "15551234567", "colour": "blue"}, "unknown field(s): 'colour'"),
     ({"to": "15551234567", "permission": "always"}, "'permission' must be one of"),
     ({"to": "15551234567", "biz_opaque_callback_data": "x" * 513}, "limited to 512"),
-    ({"to": "15551234567", "app": " "}, "'app' must not be empty"),
+    ({"to": "15551234567", "app": " "}, "'app' must name one of the apps"),
     ([1, 2], "must be a JSON object"),
     ("{not json", "not JSON"),
 ]

@@ -10,12 +10,12 @@ from callhook.cli import check_config
 from callhook.env import ConfigError
 from ingress.config import DEFAULT_AMQP_URL, IngressConfig, load
 
-REQUIRED = {"CALLHOOK_APP_SECRETS": "app-secret-one", "CALLHOOK_VERIFY_TOKEN": "verify-token-xyz"}
+REQUIRED = {"CALLHOOK_APP_SECRETS": "app-secret-one-0123", "CALLHOOK_VERIFY_TOKEN": "verify-token-xyz"}
 
 
 def test_defaults() -> None:
     config = load(REQUIRED)
-    assert config.app_secrets == ("app-secret-one",)
+    assert config.app_secrets == ("app-secret-one-0123",)
     assert config.verify_token == "verify-token-xyz"
     assert config.amqp_url == DEFAULT_AMQP_URL == "amqp://guest:guest@127.0.0.1:5672/"
     assert (config.host, config.port) == ("0.0.0.0", 8080)
@@ -27,8 +27,8 @@ def test_defaults() -> None:
 def test_everything_set() -> None:
     config = load(
         {
-            "CALLHOOK_APP_SECRETS": " one , two,three ",
-            "CALLHOOK_VERIFY_TOKEN": "t",
+            "CALLHOOK_APP_SECRETS": " one-0123456789ab , two-0123456789ab,three-0123456789a ",
+            "CALLHOOK_VERIFY_TOKEN": "t-0123456789abcd",
             "CALLHOOK_AMQP_URL": "amqps://u:p@broker.example:5671/vh",
             "CALLHOOK_INGRESS_HOST": "127.0.0.1",
             "CALLHOOK_INGRESS_PORT": "9000",
@@ -45,8 +45,8 @@ def test_everything_set() -> None:
         }
     )
     assert config == IngressConfig(
-        app_secrets=("one", "two", "three"),
-        verify_token="t",
+        app_secrets=("one-0123456789ab", "two-0123456789ab", "three-0123456789a"),
+        verify_token="t-0123456789abcd",
         amqp_url="amqps://u:p@broker.example:5671/vh",
         host="127.0.0.1",
         port=9000,

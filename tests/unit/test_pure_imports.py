@@ -22,6 +22,7 @@ PURE_MODULES = [
     "simulator.net", "simulator.heard", "simulator.dtmf",
     "worker.handoff.wire", "worker.handoff.board", "worker.handoff.config",
     "worker.crashpoints",
+    "ingress.commands", "ingress.idempotency", "ingress.throttle",
 ]  # fmt: skip
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 

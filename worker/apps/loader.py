@@ -21,6 +21,7 @@ import functools
 import importlib
 import inspect
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from yarl import URL
@@ -44,6 +45,42 @@ USAGE = (
     "use echo, play:<wav file>, record:<directory>, ivr[:<key>=<route>,...], ws(s)://<voice agent> "
     "or package.module:function"
 )
+# What a dial's requester is told when its app cannot run: never the loader's text (paths, module names).
+APP_REFUSED = "the requested app is not available on this deployment"
+
+
+class UnknownApp(AppSpecError):
+    """A dial named an app the operator did not configure (CALLHOOK_APPS)."""
+
+
+class AppRegistry:
+    """The operator's apps, loaded once at start-up: the default (``CALLHOOK_APP``) and every named one
+    (``CALLHOOK_APPS``). Nothing else is ever loaded, so nothing a dial says can import a module, open a
+    file or reach a URL, and the cache cannot grow."""
+
+    def __init__(
+        self, default: str, named: Mapping[str, str], *, bridge_settings: BridgeSettings | None = None
+    ) -> None:
+        self.default: App = load_app(default, bridge_settings=bridge_settings)
+        self._apps: dict[str, App] = {}
+        for name, spec in named.items():
+            try:
+                self._apps[name] = load_app(spec, bridge_settings=bridge_settings)
+            except AppSpecError as exc:
+                raise AppSpecError(f"CALLHOOK_APPS {name}: {exc}") from exc
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self._apps)
+
+    def get(self, name: str | None) -> App:
+        """The app a dial asks for (None: the default); :class:`UnknownApp` for a name not configured."""
+        if name is None:
+            return self.default
+        app = self._apps.get(name)
+        if app is None:
+            raise UnknownApp(APP_REFUSED)
+        return app
 
 
 def load_app(spec: str, *, bridge_settings: BridgeSettings | None = None) -> App:

@@ -98,6 +98,12 @@ Kubernetes expands $(VAR) from variables defined earlier in the same list. */}}
 {{- $fromSecret := list }}
 {{- if eq .component "ingress" }}
 {{- $env = append $env (dict "name" "CALLHOOK_INGRESS_PORT" "value" ($v.ingress.port | int | toString)) }}
+{{- if gt (int $v.ingress.apiPort) 0 }}
+{{- $env = append $env (dict "name" "CALLHOOK_API_PORT" "value" ($v.ingress.apiPort | int | toString)) }}
+{{- end }}
+{{- with $v.worker.apps }}
+{{- $env = append $env (dict "name" "CALLHOOK_API_APPS" "value" (keys . | sortAlpha | join ",")) }}
+{{- end }}
 {{- if gt (int $v.ingress.maxBodyBytes) 0 }}
 {{- $env = append $env (dict "name" "CALLHOOK_MAX_BODY_BYTES" "value" ($v.ingress.maxBodyBytes | int | toString)) }}
 {{- end }}
@@ -107,6 +113,13 @@ Kubernetes expands $(VAR) from variables defined earlier in the same list. */}}
 {{- $env = append $env (dict "name" "CALLHOOK_METRICS_PORT" "value" ($w.metricsPort | int | toString)) }}
 {{- $env = append $env (dict "name" "CALLHOOK_MAX_CALLS" "value" ($w.maxCalls | int | toString)) }}
 {{- $env = append $env (dict "name" "CALLHOOK_APP" "value" $w.app) }}
+{{- with $w.apps }}
+{{- $apps := list }}
+{{- range $name := keys . | sortAlpha }}
+{{- $apps = append $apps (printf "%s=%s" $name (index $w.apps $name)) }}
+{{- end }}
+{{- $env = append $env (dict "name" "CALLHOOK_APPS" "value" (join "," $apps)) }}
+{{- end }}
 {{- $env = append $env (dict "name" "CALLHOOK_DRAIN_TIMEOUT_SECONDS" "value" ($w.drainTimeoutSeconds | int | toString)) }}
 {{- with $w.graph.url }}
 {{- $env = append $env (dict "name" "CALLHOOK_GRAPH_URL" "value" .) }}
