@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from ingress import contract
-from ingress.commands import PERMISSION_MODES, CommandError, Dial, hangup
+from ingress.commands import PERMISSION_MODES, CommandError, Consent, Dial, consent_from_json, hangup
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics, Outcome, Route
 from ingress.publisher import Publisher, PublishError
@@ -32,7 +32,10 @@ from ingress.signature import token_digest
 log = logging.getLogger(__name__)
 
 MAX_API_BODY_BYTES = 64 * 1024
-_DIAL_FIELDS = frozenset({"to", "app", "biz_opaque_callback_data", "phone_number_id", "permission"})
+_DIAL_FIELDS = frozenset(
+    {"to", "app", "biz_opaque_callback_data", "phone_number_id", "permission", "recipient"}
+)
+_CAPTURE_FIELDS = frozenset({"recording", "transcription"})  # Meta's opt-in objects (docs/platform-2026.md)
 
 PublisherOf = Callable[[], Publisher | None]
 
@@ -84,7 +87,7 @@ class CallsApi:
         body = await _json_object(request)
         if isinstance(body, web.Response):
             return _outcome_of(body), body
-        unknown = sorted(set(body) - _DIAL_FIELDS)
+        unknown = sorted(set(body) - _DIAL_FIELDS - _CAPTURE_FIELDS)
         if unknown:
             return Outcome.BAD_REQUEST, _error(400, f"unknown field(s): {', '.join(unknown)}")
         problems = [
@@ -92,10 +95,16 @@ class CallsApi:
             for name in _DIAL_FIELDS
             if name in body and not isinstance(body[name], str)
         ]
+        capture: dict[str, Consent | None] = {}
+        for name in sorted(_CAPTURE_FIELDS & set(body)):
+            capture[name], found = consent_from_json(name, body[name])
+            problems += found
         if problems:
             return Outcome.BAD_REQUEST, _error(400, "; ".join(problems))
-        if "to" not in body:
-            return Outcome.BAD_REQUEST, _error(400, "'to' is required: the user's phone number")
+        if "to" not in body and "recipient" not in body:
+            return Outcome.BAD_REQUEST, _error(
+                400, "'to' is required: the user's phone number (or 'recipient': their user id)"
+            )
         phone_number_id = body.get("phone_number_id") or self._phone_number_id
         if not phone_number_id:
             return Outcome.BAD_REQUEST, _error(
@@ -108,7 +117,10 @@ class CallsApi:
             )
         try:
             dial = Dial(
-                to=body["to"],
+                to=body.get("to", ""),
+                recipient=body.get("recipient", ""),
+                recording=capture.get("recording"),
+                transcription=capture.get("transcription"),
                 phone_number_id=phone_number_id,
                 app=body.get("app"),
                 biz_opaque_callback_data=body.get("biz_opaque_callback_data"),

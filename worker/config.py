@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from callhook.env import EnvReader
 from worker.apps import bridge_config
 from worker.apps.bridge_config import BridgeSettings
+from worker.capture import ANNOUNCEMENT_LANGUAGES, NO_CAPTURE, Capture, Consent
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -40,6 +41,13 @@ class WorkerConfig:
     metrics_port: int = 9100
     # the voice-agent bridge (CALLHOOK_APP=ws://...), CALLHOOK_BRIDGE_*
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    # Meta's recording/transcription opt-in, worker-wide default (worker/capture.py); a dial or an app's
+    # prepare step may override it per call
+    capture: Capture = NO_CAPTURE
+    capture_language: str = "en"  # purpose and language a dial's opt-in falls back to
+    capture_purpose: str = ""
+    # Meta's recordings and transcripts, downloaded and kept here (worker/archive.py); "" = not archived
+    archive_dir: str = ""
 
 
 def load(env: Mapping[str, str]) -> WorkerConfig:
@@ -71,9 +79,40 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         metrics_host=r.str("CALLHOOK_METRICS_HOST", "0.0.0.0"),
         metrics_port=r.int("CALLHOOK_METRICS_PORT", 9100, minimum=0, maximum=65535),
         bridge=bridge_config.read(r),
+        capture=_capture(r),
+        capture_language=r.str("CALLHOOK_ANNOUNCEMENT_LANGUAGE", "en"),
+        capture_purpose=r.str("CALLHOOK_CAPTURE_PURPOSE", ""),
+        archive_dir=r.str("CALLHOOK_ARCHIVE_DIR", ""),
     )
     for server in config.ice_servers:
         if not server.startswith(("stun:", "turn:", "turns:")):
             r.problems.append(f"CALLHOOK_ICE_SERVERS: {server!r} must start with stun:, turn: or turns:")
+    if config.capture_language not in ANNOUNCEMENT_LANGUAGES:
+        r.problems.append(
+            f"CALLHOOK_ANNOUNCEMENT_LANGUAGE: {config.capture_language!r} is not a language Meta speaks "
+            f"({', '.join(sorted(ANNOUNCEMENT_LANGUAGES))})"
+        )
     r.finish()
     return config
+
+
+def _capture(r: EnvReader) -> Capture:
+    """CALLHOOK_RECORDING / CALLHOOK_TRANSCRIPTION (enabled|disabled|omit), one purpose and language."""
+    purpose = r.str("CALLHOOK_CAPTURE_PURPOSE", "")
+    language = r.str("CALLHOOK_ANNOUNCEMENT_LANGUAGE", "en")
+    choices = ("omit", "enabled", "disabled")
+    record = r.choice("CALLHOOK_RECORDING", "omit", choices)
+    transcribe = r.choice("CALLHOOK_TRANSCRIPTION", "omit", choices)
+
+    def consent(choice: str) -> Consent | None:
+        if choice == "omit":
+            return None
+        return Consent("ENABLED" if choice == "enabled" else "DISABLED", purpose, language)
+
+    capture = Capture(consent(record), consent(transcribe))
+    for problem in capture.problems():
+        if "purpose" in problem:
+            r.problems.append(f"CALLHOOK_CAPTURE_PURPOSE: {problem}")
+        elif "announcement_language" not in problem:  # reported once, below, for the setting itself
+            r.problems.append(problem)
+    return capture

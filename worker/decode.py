@@ -5,9 +5,10 @@ never raises anything else, whatever the bytes (``tests/unit/test_decode_fuzz.py
 
 Output, in document order, for every entry x change x item:
 
-- ``field == "calls"``: ``calls[]`` -> :class:`CallConnect` / :class:`CallTerminate` / :class:`CallNotice`
-  (``call_created``, ``call_recording_available``, ``call_transcription_available``; Meta's item unchanged),
-  then ``statuses[]`` -> :class:`CallStatus`. Calls changes are consumed here, never passed through.
+- ``field == "calls"``: ``calls[]`` -> :class:`CallConnect` / :class:`CallTerminate` /
+  :class:`CallMediaReady` (``call_recording_available``, ``call_transcription_available``) /
+  :class:`CallNotice` (``call_created``; Meta's item unchanged), then ``statuses[]`` -> :class:`CallStatus`.
+  Calls changes are consumed here, never passed through.
 - any other field: one :class:`Passthrough` per change, whose ``value`` is the exact bytes Meta sent.
   A ``messages`` change also yields, after its Passthrough, one :class:`PermissionReply` per
   ``call_permission_reply`` and one :class:`CallStatus` per ``statuses[]`` item of ``type == "call"``.
@@ -37,6 +38,7 @@ metric label) and, when readable, the call id. Kinds:
 - ``call_without_id``, ``call_without_event``, ``unknown_call_event:<event>``, ``unknown_status_type:<type>``;
 - ``connect_without_sdp``, ``connect_without_sdp_type``, ``unknown_sdp_type``, ``connect_direction_mismatch``
   (``direction`` contradicts ``sdp_type``: we could not tell whether to answer or to apply the SDP);
+- ``recording_without_media``, ``transcript_without_media`` (a media-ready event without a media id);
 - ``call_status_without_status``, ``permission_reply_without_user``, ``permission_reply_without_response``,
   ``no_phone_number_id`` (call content in a ``messages`` change without ``metadata``);
 - ``malformed_messages_value``: a ``messages`` value that does not decode and whose bytes mention a call
@@ -51,7 +53,8 @@ unknown it is inferred from ``sdp_type`` (offer -> incoming, answer -> outgoing)
 ``direction`` when only the legacy SDP is present. ``session.sdp`` is preferred over the legacy
 ``connection.webrtc.sdp``. A ``terminate`` status given as a list takes its first element; missing ->
 ``unknown``. Times become ints; a missing ``timestamp`` is ``0``. A call's contact is the one whose
-``wa_id`` is the call's ``from``, else its ``to``, else the only contact if the change has only one call (in a
+``wa_id`` (or ``user_id``) is the call's ``from`` (or ``from_user_id``), else its ``to``, else the only
+contact if the change has only one call (in a
 batch, one contact cannot be told to belong to a call it does not match). ``value.errors[0]`` (``message``,
 else ``title``, then ``: details``) goes to the change's terminate only when the change has exactly one
 terminate and no unreadable item that might be another: a wrongly attributed failure is worse than none.
@@ -102,6 +105,7 @@ from worker import wire
 from worker.errors import PoisonWebhook
 from worker.events import (
     CallConnect,
+    CallMediaReady,
     CallNotice,
     CallStatus,
     CallTerminate,
@@ -115,7 +119,8 @@ from worker.events import (
 __all__ = ["NOTICE_EVENTS", "WABA_OBJECT", "decode_webhook"]
 
 WABA_OBJECT: Final = "whatsapp_business_account"
-NOTICE_EVENTS: Final = frozenset({"call_created", "call_recording_available", "call_transcription_available"})
+NOTICE_EVENTS: Final = frozenset({"call_created"})
+MEDIA_EVENTS: Final = {"call_recording_available": "recording", "call_transcription_available": "transcript"}
 
 # Keyed by Meta's spelling and by lower case: one dict hit for what Meta sends, .lower() only for odd cases.
 _DIRECTIONS: Final[dict[str | None, Direction]] = {
@@ -305,6 +310,9 @@ def _calls_context(
         else:
             # reversed: the first contact listed for a wa_id wins, as a scan would find it
             by_wa_id = {str(c.wa_id): c for c in reversed(contacts) if c.wa_id is not None}
+            for c in reversed(contacts):  # a username-only user is known by its user id alone
+                if c.user_id and c.user_id not in by_wa_id:
+                    by_wa_id[c.user_id] = c
     return _Change(
         waba_id,
         str(metadata.phone_number_id),
@@ -344,6 +352,8 @@ def _call_events(
             out.append(_connect(call_id, item, change))
         elif event == "terminate":
             out.append(_terminate(call_id, item, change))
+        elif event in MEDIA_EVENTS:
+            out.append(_media_ready(call_id, event, item, change))
         elif event in NOTICE_EVENTS:
             if raw_calls is None:
                 return False
@@ -386,14 +396,15 @@ def _connect(call_id: str, item: wire.CallItem, change: _Change) -> CallConnect 
             return Skipped(field="calls", kind="unknown_sdp_type", call_id=call_id)
     if direction is not None and direction != implied:
         return Skipped(field="calls", kind="connect_direction_mismatch", call_id=call_id)
-    caller = item.from_ if isinstance(item.from_, str) else _text(item.from_)
-    callee = item.to if isinstance(item.to, str) else _text(item.to)
-    contact = change.only_contact or change.contacts.get(caller) or change.contacts.get(callee)
-    contact_name = contact_wa_id = None
+    caller, caller_user_id = _party(item.from_, item.from_user_id)
+    callee, callee_user_id = _party(item.to, item.to_user_id)
+    contact = change.only_contact or _contact_of(change, caller, caller_user_id, callee, callee_user_id)
+    contact_name = contact_wa_id = contact_user_id = contact_username = None
     if contact is not None:
         if contact.profile is not None:
             contact_name = contact.profile.name
         contact_wa_id = (contact.wa_id if isinstance(contact.wa_id, str) else _text(contact.wa_id)) or None
+        contact_user_id, contact_username = contact.user_id, contact.username
     return CallConnect(
         call_id=call_id,
         phone_number_id=change.phone_number_id,
@@ -410,13 +421,77 @@ def _connect(call_id: str, item: wire.CallItem, change: _Change) -> CallConnect 
         biz_opaque_callback_data=item.biz_opaque_callback_data,
         deeplink_payload=item.deeplink_payload,
         cta_payload=item.cta_payload,
+        caller_user_id=caller_user_id,
+        caller_parent_user_id=item.from_parent_user_id,
+        callee_user_id=callee_user_id,
+        callee_parent_user_id=item.to_parent_user_id,
+        contact_user_id=contact_user_id,
+        contact_username=contact_username,
     )
+
+
+def _contact_of(
+    change: _Change, caller: str, caller_user_id: str | None, callee: str, callee_user_id: str | None
+) -> wire.Contact | None:
+    contacts = change.contacts
+    if not contacts:
+        return None
+    for key in (caller, caller_user_id, callee, callee_user_id):
+        if key and key in contacts:
+            return contacts[key]
+    return None
+
+
+def _media_ready(call_id: str, event: str, item: wire.CallItem, change: _Change) -> CallMediaReady | Skipped:
+    kind = MEDIA_EVENTS[event]
+    holder = item.call_recording if kind == "recording" else item.call_transcript
+    media = None
+    if holder is not None:
+        media = holder.audio if kind == "recording" else holder.document
+        media = media or holder.audio or holder.document  # the other key, should Meta rename one
+    if media is None:  # an early, unverified shape: ``recording``/``transcription`` holding the media itself
+        media = item.recording if kind == "recording" else item.transcription
+    if media is None or not media.id:
+        return Skipped(field="calls", kind=f"{kind}_without_media", call_id=call_id)
+    caller, caller_user_id = _party(item.from_, item.from_user_id)
+    callee, _ = _party(item.to, item.to_user_id)
+    return CallMediaReady(
+        call_id=call_id,
+        phone_number_id=change.phone_number_id,
+        kind="recording" if kind == "recording" else "transcript",
+        media_id=media.id,
+        timestamp=item.timestamp or 0,
+        sha256=media.sha256,
+        mime_type=media.mime_type,
+        url=media.url,
+        caller=caller,
+        caller_user_id=caller_user_id,
+        caller_parent_user_id=item.from_parent_user_id,
+        callee=callee,
+        waba_id=change.waba_id,
+    )
+
+
+def _party(value: int | str | None, user_id: str | None) -> tuple[str, str | None]:
+    """``(phone number or "", user id or None)`` of a ``from``/``to`` and its ``*_user_id``.
+
+    Meta's pages read two ways: a username-only user has no ``from`` and a ``from_user_id`` (the 2026
+    reference), or the BSUID stands in ``from`` itself (seen in early samples). A ``from`` that is not a phone
+    number (digits, an optional "+") is taken as the user id, so both readings give the same event."""
+    if value is None:
+        return "", user_id or None
+    text = value if isinstance(value, str) else str(value)
+    if not text or text.isdigit() or (text[0] == "+" and text[1:].isdigit()) or ":" in text:
+        return text, user_id or None  # a number, or an address such as a SIP URI (call_created)
+    return "", user_id or text
 
 
 def _terminate(call_id: str, item: wire.CallItem, change: _Change) -> CallTerminate:
     status = item.status
     if isinstance(status, list):
         status = status[0] if status else None
+    caller, caller_user_id = _party(item.from_, item.from_user_id)
+    callee, callee_user_id = _party(item.to, item.to_user_id)
     return CallTerminate(
         call_id=call_id,
         phone_number_id=change.phone_number_id,
@@ -430,6 +505,10 @@ def _terminate(call_id: str, item: wire.CallItem, change: _Change) -> CallTermin
         error_code=change.error_code,
         error_message=change.error_message,
         waba_id=change.waba_id,
+        caller=caller,
+        callee=callee,
+        caller_user_id=caller_user_id,
+        callee_user_id=callee_user_id,
     )
 
 
@@ -441,15 +520,17 @@ def _call_status(item: wire.StatusItem, change: _Change, field: str) -> Event:
         return Skipped(field=field, kind="call_without_id")
     if not item.status:
         return Skipped(field=field, kind="call_status_without_status", call_id=item.id)
-    recipient = item.recipient_id
+    number, user_id = _party(item.recipient_id, item.recipient_user_id)
     return CallStatus(
         call_id=item.id,
         phone_number_id=change.phone_number_id,
         timestamp=item.timestamp or 0,
         status=item.status.lower(),
-        recipient_id=(recipient if isinstance(recipient, str) else _text(recipient)) or None,
+        recipient_id=number or None,
         biz_opaque_callback_data=item.biz_opaque_callback_data,
         waba_id=change.waba_id,
+        recipient_user_id=user_id,
+        recipient_parent_user_id=item.recipient_parent_user_id,
     )
 
 
@@ -496,8 +577,8 @@ def _permission_reply(
     reply = interactive.call_permission_reply
     if reply is None or not reply.response:
         return Skipped(field="messages", kind="permission_reply_without_response")
-    user = _text(message.from_)
-    if not user:
+    user, user_id = _party(message.from_, message.from_user_id)
+    if not user and not user_id:
         return Skipped(field="messages", kind="permission_reply_without_user")
     if change is None:
         return _no_number(None)
@@ -510,6 +591,9 @@ def _permission_reply(
         expiration_timestamp=reply.expiration_timestamp,
         response_source=reply.response_source,
         message_id=message.id or "",
+        user_id=user_id,
+        parent_user_id=message.from_parent_user_id,
+        context_id=message.context.id if message.context is not None else None,
     )
 
 

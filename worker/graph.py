@@ -30,6 +30,7 @@ from typing import Any, Literal, Self, TypeVar
 import aiohttp
 import msgspec
 
+from worker.capture import Capture
 from worker.config import WorkerConfig
 from worker.errors import (
     GraphAuthError,
@@ -111,20 +112,34 @@ class _Session(msgspec.Struct, frozen=True, kw_only=True):
 
 # ``omit_defaults`` leaves out only the optional fields (None); constants are passed explicitly so they are
 # always written.
+class _Consent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Meta's ``recording`` / ``transcription`` opt-in object (worker/capture.py)."""
+
+    status: str
+    purpose: str | None = None
+    announcement_language: str | None = None
+
+
 class _CallAction(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     messaging_product: str
     call_id: str
     action: str
     session: _Session | None = None
     biz_opaque_callback_data: str | None = None
+    # only ever set on accept: Meta refuses the opt-in anywhere else, and never on pre_accept
+    recording: _Consent | None = None
+    transcription: _Consent | None = None
 
 
 class _ConnectBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     messaging_product: str
-    to: str
     action: str
     session: _Session
+    to: str | None = None  # the user's phone number, and/or
+    recipient: str | None = None  # their business-scoped user id (BSUID): a username-only user has no number
     biz_opaque_callback_data: str | None = None
+    recording: _Consent | None = None
+    transcription: _Consent | None = None
 
 
 class _Text(msgspec.Struct, frozen=True):
@@ -141,12 +156,13 @@ class _PermissionInteractive(msgspec.Struct, frozen=True, kw_only=True, omit_def
     body: _Text | None = None
 
 
-class _PermissionMessage(msgspec.Struct, frozen=True, kw_only=True):
+class _PermissionMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     messaging_product: str
     recipient_type: str
-    to: str
     type: str
     interactive: _PermissionInteractive
+    to: str | None = None
+    recipient: str | None = None  # a username-only user's id (Meta: when both are given, ``to`` wins)
 
 
 WHATSAPP = "whatsapp"
@@ -171,11 +187,20 @@ class _Messages(msgspec.Struct, frozen=True):
 class _Permission(msgspec.Struct, frozen=True):
     status: str
     expiration_time: int | None = None
+    expiration: int | None = None  # the field table's name for expiration_time
+
+
+class _Limit(msgspec.Struct, frozen=True):
+    time_period: str = ""
+    max_allowed: int | None = None
+    current_usage: int | None = None
+    limit_expiration_time: int | None = None
 
 
 class _PermissionActionStatus(msgspec.Struct, frozen=True):
     action_name: str
     can_perform_action: bool
+    limits: list[_Limit] = []
 
 
 class _Permissions(msgspec.Struct, frozen=True):
@@ -208,6 +233,17 @@ _usage_decoder = msgspec.json.Decoder(dict[str, list[_UsageEntry]])
 
 
 @dataclass(frozen=True, slots=True)
+class ActionLimit:
+    """One ``actions[].limits[]`` entry: ``max_allowed`` per ``time_period`` (ISO 8601, e.g. PT24H)."""
+
+    action: str
+    time_period: str
+    max_allowed: int | None
+    current_usage: int | None
+    limit_expiration_time: int | None  # when the limit frees again (only while it is reached)
+
+
+@dataclass(frozen=True, slots=True)
 class PermissionStatus:
     """``GET call_permissions``: may the business call this user, and may it ask."""
 
@@ -215,6 +251,34 @@ class PermissionStatus:
     expiration_time: int | None
     can_start_call: bool | None  # None when Meta did not say
     can_request_permission: bool | None
+    limits: tuple[ActionLimit, ...] = ()
+
+    def blocking_limits(self, action: str) -> list[ActionLimit]:
+        """The limits of ``action`` that are reached (why Meta says it cannot be performed)."""
+        return [
+            limit
+            for limit in self.limits
+            if limit.action == action
+            and limit.max_allowed is not None
+            and limit.current_usage is not None
+            and limit.current_usage >= limit.max_allowed
+        ]
+
+    def start_call_refusal(self) -> str | None:
+        """None when a call may be placed now, else why not (status, reached limits and when they free)."""
+        if self.status not in ("temporary", "permanent"):
+            return f"call permission is {self.status}"
+        if self.can_start_call is not False:
+            return None
+        reached = self.blocking_limits("start_call")
+        if not reached:
+            return "Meta says start_call cannot be performed now"
+        parts = [
+            f"{limit.current_usage}/{limit.max_allowed} calls per {limit.time_period}"
+            + (f" until {limit.limit_expiration_time}" if limit.limit_expiration_time else "")
+            for limit in reached
+        ]
+        return "start_call limit reached: " + ", ".join(parts)
 
 
 class _TransportUnknown(GraphUnknownOutcome):
@@ -282,13 +346,17 @@ class GraphClient:
         *,
         deadline: float,
         biz_opaque_callback_data: str | None = None,
+        capture: Capture | None = None,
     ) -> None:
+        recording, transcription = _consents(capture)
         body = _CallAction(
             messaging_product=WHATSAPP,
             call_id=call_id,
             action="accept",
             session=_Session(sdp_type="answer", sdp=sdp),
             biz_opaque_callback_data=biz_opaque_callback_data,
+            recording=recording,
+            transcription=transcription,
         )
         await self._calls_action("accept", phone_number_id, body, deadline)
 
@@ -308,14 +376,23 @@ class GraphClient:
         *,
         biz_opaque_callback_data: str | None = None,
         deadline: float | None = None,
+        recipient: str | None = None,
+        capture: Capture | None = None,
     ) -> str:
-        """Place a call; returns Meta's call id. Never repeated once it may have reached Meta."""
+        """Place a call to ``to`` (phone number) and/or ``recipient`` (user id); returns Meta's call id.
+        Never repeated once it may have reached Meta."""
+        if not to and not recipient:
+            raise ValueError("connect needs a phone number (to) or a user id (recipient)")
+        recording, transcription = _consents(capture)
         body = _ConnectBody(
             messaging_product=WHATSAPP,
             action="connect",
-            to=to,
+            to=to or None,
+            recipient=recipient or None,
             session=_Session(sdp_type="offer", sdp=sdp),
             biz_opaque_callback_data=biz_opaque_callback_data,
+            recording=recording,
+            transcription=transcription,
         )
         url = f"{self._base}/{phone_number_id}/calls"
         return await self._with_retries(
@@ -324,9 +401,11 @@ class GraphClient:
 
     # -------------------------------------------------------------------------------------- permissions
     async def call_permissions(
-        self, phone_number_id: str, user_wa_id: str, *, deadline: float | None = None
+        self, phone_number_id: str, user_wa_id: str, *, deadline: float | None = None, recipient: str = ""
     ) -> PermissionStatus:
+        """``user_wa_id`` (a phone number) or, for a user known only by user id, ``recipient``."""
         url = f"{self._base}/{phone_number_id}/call_permissions"
+        params = {"user_wa_id": user_wa_id} if user_wa_id else {"recipient": recipient}
         return await self._with_retries(
             "call_permissions",
             "GET",
@@ -334,11 +413,17 @@ class GraphClient:
             None,
             self._deadline(deadline),
             _permission_status,
-            params={"user_wa_id": user_wa_id},
+            params=params,
         )
 
     async def send_permission_request(
-        self, phone_number_id: str, to: str, body_text: str | None = None, *, deadline: float | None = None
+        self,
+        phone_number_id: str,
+        to: str,
+        body_text: str | None = None,
+        *,
+        deadline: float | None = None,
+        recipient: str = "",
     ) -> str:
         """Send the interactive call-permission request; returns the message id."""
         interactive = _PermissionInteractive(
@@ -349,7 +434,8 @@ class GraphClient:
         message = _PermissionMessage(
             messaging_product=WHATSAPP,
             recipient_type="individual",
-            to=to,
+            to=to or None,
+            recipient=None if to else recipient or None,
             type="interactive",
             interactive=interactive,
         )
@@ -542,11 +628,30 @@ def _message_id(action: Action, raw: bytes) -> str:
 def _permission_status(action: Action, raw: bytes) -> PermissionStatus:
     decoded = _decode(action, _permissions_decoder, raw)
     can = {a.action_name: a.can_perform_action for a in decoded.actions}
+    permission = decoded.permission
     return PermissionStatus(
-        status=decoded.permission.status.lower(),
-        expiration_time=decoded.permission.expiration_time,
+        status=permission.status.lower(),
+        expiration_time=permission.expiration_time
+        if permission.expiration_time is not None
+        else permission.expiration,
         can_start_call=can.get("start_call"),
         can_request_permission=can.get("send_call_permission_request"),
+        limits=tuple(
+            ActionLimit(a.action_name, x.time_period, x.max_allowed, x.current_usage, x.limit_expiration_time)
+            for a in decoded.actions
+            for x in a.limits
+        ),
+    )
+
+
+def _consents(capture: Capture | None) -> tuple[_Consent | None, _Consent | None]:
+    if capture is None:
+        return None, None
+    fields = capture.validated().body_fields()
+    recording, transcription = fields.get("recording"), fields.get("transcription")
+    return (
+        _Consent(**recording) if recording is not None else None,
+        _Consent(**transcription) if transcription is not None else None,
     )
 
 

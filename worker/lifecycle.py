@@ -31,7 +31,7 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     call_id: str
     direction: str
     phone_number_id: str
-    user: str  # the WhatsApp user's number
+    user: str  # the WhatsApp user's number, "" for a username-only user (see user_id)
     timestamp: float
     user_name: str | None = None
     biz_opaque_callback_data: str | None = None
@@ -43,6 +43,10 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     reason: str | None = None
     error_code: int | None = None  # Meta's code from the terminate webhook or the refused request
     duration_seconds: float | None = None
+    user_id: str | None = None  # the user's business-scoped id (BSUID), when known
+    username: str | None = None
+    recording: bool | None = None  # Meta records / transcribes this call (opted in on accept or connect)
+    transcription: bool | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -64,6 +68,10 @@ class LifecyclePublisher:
             phone_number_id=info.phone_number_id,
             user=info.user_number,
             user_name=info.user_name,
+            user_id=info.user_id,
+            username=info.username,
+            recording=info.capture.recording if info.capture is not None else None,
+            transcription=info.capture.transcription if info.capture is not None else None,
             biz_opaque_callback_data=info.biz_opaque_callback_data,
             timestamp=round(time.time(), 3),
             **{k: v for k, v in fields.items() if v is not None},  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ from worker.decode import decode_webhook
 from worker.errors import PoisonWebhook, TransientError
 from worker.events import (
     CallConnect,
+    CallMediaReady,
     CallNotice,
     CallStatus,
     CallTerminate,
@@ -142,6 +143,7 @@ class Router(Supervised):
             calls=await channel.get_exchange(contract.CALLS_EXCHANGE, ensure=False),
             events=await channel.get_exchange(contract.EVENTS_EXCHANGE, ensure=False),
             dead=await channel.get_exchange(contract.DEAD_EXCHANGE, ensure=False),
+            media=channel.default_exchange,
         )
         queue = await channel.get_queue(contract.WEBHOOKS_QUEUE, ensure=False)
 
@@ -220,6 +222,8 @@ class Router(Supervised):
                 return out.events, _message(event, received_at), f"call.{event.event}"
             case PermissionReply():
                 return out.events, _message(event, received_at), "call.permission_reply"
+            case CallMediaReady():  # judged once, after the call, by whoever consumes the media queue
+                return out.media, _message(event, received_at), contract.MEDIA_QUEUE
             case Skipped():
                 return None
 
@@ -270,6 +274,7 @@ class _Outlets:
     calls: AbstractExchange
     events: AbstractExchange
     dead: AbstractExchange
+    media: AbstractExchange  # the default exchange (routing key = the media queue)
 
 
 class _SessionOver(Exception):
@@ -281,6 +286,7 @@ _KINDS: dict[type, str] = {
     CallTerminate: "terminate",
     CallStatus: "status",
     CallNotice: "notice",
+    CallMediaReady: "media_ready",
     PermissionReply: "permission_reply",
     Passthrough: "passthrough",
 }

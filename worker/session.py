@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from callhook.logs import call_id_var
 from worker import call as machine
 from worker.apps.api import App, CallEnded, CallInfo, MediaCall
+from worker.capture import Capture, CaptureError
 from worker.errors import CallhookError, GraphError
 from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest
 from worker.graph import GraphClient
@@ -75,6 +76,8 @@ class SessionSettings:
     # a ringing call's terminate waits this long for a REJECTED status it may have overtaken
     status_grace_seconds: float = 1.0
     request_id: str = ""  # the dial request an outgoing call came from
+    # Meta's recording/transcription opt-in (worker/capture.py): sent on accept or connect, never pre_accept
+    capture: Capture | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,8 @@ class CallSession:
         received_at: float = 0.0,
         before_connect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        if settings.capture is not None and info.capture is None:  # the app sees it from prepare on
+            info = dataclasses.replace(info, capture=settings.capture)
         self.info = info
         self._before_connect = before_connect
         self._deps, self._settings, self._app = deps, settings, app
@@ -233,12 +238,15 @@ class CallSession:
                 if not await self._app_ready(self._answer_deadline):
                     self._post(machine.GraphFailed("accept", "app not ready: accept not sent"))
                     return
+                capture = self._call_capture()
+                self.info = dataclasses.replace(self.info, capture=capture)
                 await graph.accept(
                     pid,
                     call_id,
                     request.sdp or "",
                     deadline=self._answer_deadline,
                     biz_opaque_callback_data=self.info.biz_opaque_callback_data,
+                    capture=capture,
                 )
             elif action == "reject":
                 await graph.reject(pid, call_id, deadline=self._hangup_deadline(self._answer_deadline))
@@ -259,6 +267,7 @@ class CallSession:
             call_id = await self._deps.graph.connect(
                 info.phone_number_id, info.user_number, offer,
                 biz_opaque_callback_data=info.biz_opaque_callback_data,
+                recipient=info.user_id, capture=self._settings.capture,
             )  # fmt: skip
         except GraphError as exc:
             outcome = DIAL_REFUSALS.get(exc.code or 0, "failed")
@@ -285,6 +294,18 @@ class CallSession:
         self._claim = claim
         self._spawn("mailbox", self._read_mailbox(claim))
         self._start_preparing()  # outgoing: the app gets ready while the callee's phone rings
+
+    def _call_capture(self) -> Capture | None:
+        """The worker's (or dial's) opt-in, unless the app's prepare step chose for this call (an attribute
+        ``capture`` on what ``prepare`` returned: a Capture, or None for neither)."""
+        capture = self._settings.capture
+        if self._prepared is not None and hasattr(self._prepared, "capture"):
+            chosen = self._prepared.capture
+            try:
+                capture = chosen.validated() if isinstance(chosen, Capture) else None
+            except CaptureError as exc:
+                log.warning("app's recording choice invalid: default used", extra={"error": str(exc)})
+        return capture
 
     def _hangup_deadline(self, floor: float = 0.0) -> float:
         return max(floor, time.monotonic() + self._settings.hangup_deadline_seconds)

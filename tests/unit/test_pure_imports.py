@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PURE_MODULES = [
     "worker.decode", "worker.wire", "worker.events", "worker.call", "worker.sdp", "ingress.contract",
-    "ingress.signature", "simulator.calls", "simulator.sdp", "simulator.faults",
+    "ingress.signature", "simulator.calls", "simulator.sdp", "simulator.faults", "worker.capture",
 ]  # fmt: skip
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 
