@@ -72,10 +72,24 @@ ERROR_CODES: dict[int, tuple[type[GraphError], str]] = {
 }
 
 Action = Literal[
-    "pre_accept", "accept", "reject", "terminate", "connect", "call_permissions", "permission_request"
+    "pre_accept",
+    "accept",
+    "reject",
+    "terminate",
+    "connect",
+    "call_permissions",
+    "permission_request",
+    "media",
+    "media_download",
+    "settings",
+    "settings_update",
 ]
-# Actions that may be repeated when an attempt's outcome is unknown (see the module docstring).
-REPEATABLE: frozenset[str] = frozenset({"pre_accept", "accept", "reject", "terminate", "call_permissions"})
+# Actions that may be repeated when an attempt's outcome is unknown (see the module docstring). A settings
+# update writes the same whole object again: repeating it is harmless.
+REPEATABLE: frozenset[str] = frozenset(
+    {"pre_accept", "accept", "reject", "terminate", "call_permissions", "media", "media_download"}
+    | {"settings", "settings_update"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +222,24 @@ class _Permissions(msgspec.Struct, frozen=True):
     actions: list[_PermissionActionStatus] = []
 
 
+class _MediaInfo(msgspec.Struct, frozen=True):
+    url: str
+    id: str = ""
+    mime_type: str | None = None
+    sha256: str | None = None
+    file_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInfo:
+    """``GET /<MEDIA_ID>``: a fresh short-lived URL for a media id (a recording, a transcript)."""
+
+    url: str
+    mime_type: str | None
+    sha256: str | None  # base64, as in the webhook
+    file_size: int | None
+
+
 class _ErrorBody(msgspec.Struct, frozen=True):
     message: str = ""
     code: int | None = None
@@ -229,6 +261,7 @@ _success_decoder = msgspec.json.Decoder(_Success)
 _calls_decoder = msgspec.json.Decoder(_Calls)
 _messages_decoder = msgspec.json.Decoder(_Messages)
 _permissions_decoder = msgspec.json.Decoder(_Permissions)
+_media_decoder = msgspec.json.Decoder(_MediaInfo)
 _usage_decoder = msgspec.json.Decoder(dict[str, list[_UsageEntry]])
 
 
@@ -444,6 +477,18 @@ class GraphClient:
             "permission_request", "POST", url, _encoder.encode(message), self._deadline(deadline), _message_id
         )
 
+    # ------------------------------------------------------------------------------------------- media
+    async def media(self, media_id: str, *, deadline: float | None = None) -> MediaInfo:
+        """A fresh download URL for ``media_id`` (Meta's webhook URLs expire after 5 minutes)."""
+        url = f"{self._base}/{media_id}"
+        return await self._with_retries("media", "GET", url, None, self._deadline(deadline), _media_info)
+
+    async def download(self, url: str, *, deadline: float | None = None) -> bytes:
+        """The bytes behind a media URL, fetched with the token (Meta's lookaside URLs require it)."""
+        return await self._with_retries(
+            "media_download", "GET", url, None, self._deadline(deadline), lambda _action, raw: raw
+        )
+
     # ------------------------------------------------------------------------------------------ plumbing
     def _deadline(self, deadline: float | None) -> float:
         return (
@@ -642,6 +687,11 @@ def _permission_status(action: Action, raw: bytes) -> PermissionStatus:
             for x in a.limits
         ),
     )
+
+
+def _media_info(action: Action, raw: bytes) -> MediaInfo:
+    info = _decode(action, _media_decoder, raw)
+    return MediaInfo(url=info.url, mime_type=info.mime_type, sha256=info.sha256, file_size=info.file_size)
 
 
 def _consents(capture: Capture | None) -> tuple[_Consent | None, _Consent | None]:

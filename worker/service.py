@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -26,6 +27,7 @@ from worker import call as machine
 from worker.amqp import AmqpLink
 from worker.apps.api import App, CallInfo
 from worker.apps.loader import AppSpecError, load_app
+from worker.archive import Archiver, ArchiveSettings
 from worker.capture import Capture, CaptureError, Consent, consent
 from worker.config import WorkerConfig
 from worker.dials import Ack, DialIntake
@@ -35,6 +37,7 @@ from worker.graph import GraphClient, GraphSettings
 from worker.health import HealthServer, watch_loop_lag
 from worker.lifecycle import LifecyclePublisher
 from worker.media import MediaSettings
+from worker.media_ready import MediaReadyConsumer
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, Ownership, OwnershipSettings, Reservation
 from worker.router import Router
@@ -115,6 +118,10 @@ class WorkerService:
             self._dials = await stack.enter_async_context(
                 DialIntake(self._link, self._ownership, self._take_dial, self.metrics)
             )
+            archiver = None
+            if config.archive_dir:
+                archiver = Archiver(ArchiveSettings(Path(config.archive_dir)), self._graph, self.metrics)
+            await stack.enter_async_context(MediaReadyConsumer(self._link, archiver, self.metrics))
             self.health = await stack.enter_async_context(
                 HealthServer(config.metrics_host, config.metrics_port, self.registry, self.ready)
             )
