@@ -137,11 +137,11 @@ def ogg_opus_recording(
 
 
 def transcript_document(duration_seconds: float, language: str = "en") -> bytes:
-    """A transcript in Meta's shape: the two speakers taking turns, two seconds each."""
+    """A transcript in Meta's shape: the two speakers taking turns, one second each."""
     segments: list[dict[str, Any]] = []
     start, speaker = 0.0, 0
     while start < duration_seconds:
-        end = min(duration_seconds, start + 2.0)
+        end = min(duration_seconds, start + 1.0)
         who = ("Business", "Customer")[speaker]
         text = f"{who} speaking from {start:.1f} to {end:.1f} seconds"
         segments.append(
@@ -190,6 +190,8 @@ class MediaStore:
     """Media by id, and download tokens that expire ``url_lifetime_seconds`` after they were handed out."""
 
     url_lifetime_seconds: float = 300.0
+    # the webhook's own URL (None: as above); 0 makes it expire before anyone can use it
+    webhook_url_lifetime_seconds: float | None = None
     clock: Callable[[], float] = time.time
     media: dict[str, StoredMedia] = field(default_factory=dict)
     _tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -201,9 +203,10 @@ class MediaStore:
         self.media[media_id] = stored
         return stored
 
-    def token(self, media_id: str) -> str:
+    def token(self, media_id: str, lifetime_seconds: float | None = None) -> str:
         token = secrets.token_urlsafe(18)
-        self._tokens[token] = (media_id, self.clock() + self.url_lifetime_seconds)
+        lifetime = self.url_lifetime_seconds if lifetime_seconds is None else lifetime_seconds
+        self._tokens[token] = (media_id, self.clock() + lifetime)
         return token
 
     def expire_all(self) -> None:
@@ -245,3 +248,5 @@ class PlatformSettings:
     media_copies: int = 1  # each media webhook delivered this many times (Meta may repeat it)
     transcript_first: bool = False  # the transcript's webhook before the recording's
     url_lifetime_seconds: float = 300.0
+    # the webhook's own URL (None: as above); 0 makes it expire before anyone can use it
+    webhook_url_lifetime_seconds: float | None = None

@@ -787,7 +787,7 @@ class Simulator:
             media_id=stored.media_id,
             sha256=stored.sha256,
             mime_type=mime,
-            url=self.media_url(self.media.token(stored.media_id)),
+            url=self.media_url(self.media.token(stored.media_id, self.platform.webhook_url_lifetime_seconds)),
             timestamp=int(time.time()),
         )
 
