@@ -15,7 +15,7 @@ from typing import Any
 
 from callhook.env import ConfigError
 
-COMPONENT_CLIS = ("ingress.cli", "worker.cli", "simulator.cli", "simulator.demo")
+COMPONENT_CLIS = ("ingress.cli", "worker.cli", "simulator.cli", "simulator.demo", "callhook.settings_cli")
 # component name -> module with ``load(env) -> frozen settings``
 CONFIG_MODULES = {"ingress": "ingress.config", "worker": "worker.config", "sim": "simulator.config"}
 

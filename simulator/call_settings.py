@@ -69,13 +69,11 @@ def _first_problem(calling: dict[str, Any], now: float) -> str | None:
         "DISABLE_ALL",
     ):
         return "call_icon_visibility must be DEFAULT or DISABLE_ALL"
-    codecs = (
-        calling.get("audio", {}).get("additional_codecs", [])
-        if isinstance(calling.get("audio"), dict)
-        else None
-    )
-    if codecs is None or not all(c in ("PCMA", "PCMU") for c in codecs):
-        return "audio.additional_codecs may only hold PCMA and PCMU"
+    if "audio" in calling:
+        audio = calling["audio"]
+        codecs = audio.get("additional_codecs", []) if isinstance(audio, dict) else None
+        if not isinstance(codecs, list) or not all(c in ("PCMA", "PCMU") for c in codecs):
+            return "audio.additional_codecs may only hold PCMA and PCMU"
     if "call_hours" in calling:
         return _hours_problem(calling["call_hours"], now)
     return None

@@ -227,7 +227,11 @@ class GraphServer:
         self._check_token(request)
         if body is None:
             raise invalid_parameter("the request body must be a JSON object")
-        if request.method == "POST" and body.get("messaging_product") != "whatsapp":
+        if (
+            request.method == "POST"
+            and record.action != "settings"
+            and body.get("messaging_product") != "whatsapp"
+        ):
             raise invalid_parameter("The parameter messaging_product is required and must be 'whatsapp'")
         if record.phone_number_id:  # media ids are not numbers of the business
             self._backend.check_number(record.phone_number_id)

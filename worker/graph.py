@@ -240,11 +240,16 @@ class MediaInfo:
     file_size: int | None
 
 
+class _ErrorData(msgspec.Struct, frozen=True):
+    details: str | None = None
+
+
 class _ErrorBody(msgspec.Struct, frozen=True):
     message: str = ""
     code: int | None = None
     error_subcode: int | None = None
     type: str = ""
+    error_data: _ErrorData | None = None
 
 
 class _ErrorEnvelope(msgspec.Struct, frozen=True):
@@ -262,6 +267,7 @@ _calls_decoder = msgspec.json.Decoder(_Calls)
 _messages_decoder = msgspec.json.Decoder(_Messages)
 _permissions_decoder = msgspec.json.Decoder(_Permissions)
 _media_decoder = msgspec.json.Decoder(_MediaInfo)
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
 _usage_decoder = msgspec.json.Decoder(dict[str, list[_UsageEntry]])
 
 
@@ -477,6 +483,20 @@ class GraphClient:
             "permission_request", "POST", url, _encoder.encode(message), self._deadline(deadline), _message_id
         )
 
+    # ---------------------------------------------------------------------------------------- settings
+    async def settings(self, phone_number_id: str, *, deadline: float | None = None) -> dict[str, Any]:
+        """``GET /<PHONE_NUMBER_ID>/settings``: the number's settings (``calling`` among them)."""
+        url = f"{self._base}/{phone_number_id}/settings"
+        return await self._with_retries("settings", "GET", url, None, self._deadline(deadline), _json_object)
+
+    async def update_settings(
+        self, phone_number_id: str, calling: dict[str, Any], *, deadline: float | None = None
+    ) -> None:
+        """``POST /<PHONE_NUMBER_ID>/settings`` with ``{"calling": ...}`` (each member replaced whole)."""
+        url = f"{self._base}/{phone_number_id}/settings"
+        body = msgspec.json.encode({"calling": calling})
+        await self._with_retries("settings_update", "POST", url, body, self._deadline(deadline), _success)
+
     # ------------------------------------------------------------------------------------------- media
     async def media(self, media_id: str, *, deadline: float | None = None) -> MediaInfo:
         """A fresh download URL for ``media_id`` (Meta's webhook URLs expire after 5 minutes)."""
@@ -622,6 +642,8 @@ def _classify(action: Action, status: int, raw: bytes, retry_after: float | None
         error = None
     code = error.code if error else None
     text = f"{action}: HTTP {status}" + (f", code {code}: {error.message}" if error else "")
+    if error is not None and error.error_data is not None and error.error_data.details:
+        text = f"{text} [{error.error_data.details[:300]}]"
     known = ERROR_CODES.get(code) if code is not None else None
     if known is not None:
         cls, reason = known
@@ -687,6 +709,10 @@ def _permission_status(action: Action, raw: bytes) -> PermissionStatus:
             for x in a.limits
         ),
     )
+
+
+def _json_object(action: Action, raw: bytes) -> dict[str, Any]:
+    return _decode(action, _object_decoder, raw)
 
 
 def _media_info(action: Action, raw: bytes) -> MediaInfo:
