@@ -100,8 +100,8 @@ async def test_round_trip_diff_apply_show_then_nothing_to_do(sim: Simulator, tmp
     applied = await callhook(sim, "settings", "apply", str(file))
     assert applied.code == 0, applied.err
     [body] = sim.call_settings.posts
-    assert set(body["calling"]) == {"call_icon_visibility", "callback_permission_status", "call_icons", "audio",
-                                    "call_hours"}  # fmt: skip
+    managed = {"call_icon_visibility", "callback_permission_status", "call_icons", "audio", "call_hours"}
+    assert set(body["calling"]) == managed
     assert "sip" not in body["calling"]  # not named: untouched
     assert body["calling"]["call_hours"]["weekly_operating_hours"][1]["open_time"] == "1300"
 
