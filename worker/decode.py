@@ -9,7 +9,8 @@ Output, in document order, for every entry x change x item:
   :class:`CallMediaReady` (``call_recording_available``, ``call_transcription_available``) /
   :class:`CallNotice` (``call_created``; Meta's item unchanged), then ``statuses[]`` -> :class:`CallStatus`.
   Calls changes are consumed here, never passed through.
-- any other field: one :class:`Passthrough` per change, whose ``value`` is the exact bytes Meta sent.
+- any other field: one :class:`Passthrough` per change, whose ``value`` is the exact bytes Meta sent. An
+  ``account_update`` change also yields one :class:`AccountAlert` per restriction or violation it names.
   A ``messages`` change also yields, after its Passthrough, one :class:`PermissionReply` per
   ``call_permission_reply`` and one :class:`CallStatus` per ``statuses[]`` item of ``type == "call"``.
   Message statuses and every other message stay in the Passthrough only.
@@ -104,6 +105,7 @@ import msgspec
 from worker import wire
 from worker.errors import PoisonWebhook
 from worker.events import (
+    AccountAlert,
     CallConnect,
     CallMediaReady,
     CallNotice,
@@ -173,6 +175,8 @@ def decode_webhook(body: bytes) -> list[Event]:
             events.append(Passthrough(field=change.field, value=change.value, waba_id=waba_id))
             if change.field == "messages":
                 _messages_change(change.value, waba_id, events)
+            elif change.field == "account_update":
+                _account_update(change.value, waba_id, events)
     return events
 
 
@@ -535,6 +539,36 @@ def _call_status(item: wire.StatusItem, change: _Change, field: str) -> Event:
 
 
 # --- field = "messages" ---------------------------------------------------------------------------------
+
+
+_account_updates: Final = msgspec.json.Decoder(wire.AccountUpdateValue, strict=False)
+
+
+def _account_update(raw: msgspec.Raw, waba_id: str, out: list[Event]) -> None:
+    """After an account_update's Passthrough: one AccountAlert per restriction or violation it names."""
+    try:
+        value = _account_updates.decode(raw)
+    except _DECODE_ERRORS:
+        return  # not callhook's to judge: the Passthrough carries it
+    event = (value.event or "").upper()
+    if event == "ACCOUNT_RESTRICTION":
+        infos = list(value.restriction_info or ())
+        if value.restriction_type:
+            infos.append(
+                wire.RestrictionInfo(restriction_type=value.restriction_type, expiration=value.expiration)
+            )
+        out.extend(
+            AccountAlert(
+                kind="restriction", type=info.restriction_type, waba_id=waba_id, expiration=info.expiration
+            )
+            for info in infos
+            if info.restriction_type
+        )
+    elif event == "ACCOUNT_VIOLATION":
+        kind = value.violation_info.violation_type if value.violation_info is not None else None
+        kind = kind or value.violation_type
+        if kind:
+            out.append(AccountAlert(kind="violation", type=kind, waba_id=waba_id))
 
 
 def _messages_change(raw: msgspec.Raw, waba_id: str, out: list[Event]) -> None:

@@ -161,6 +161,21 @@ class PermissionReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     context_id: str | None = None  # the request's wamid, or the wacid of the call that granted it
 
 
+class AccountAlert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An ``account_update`` that restricts (``restriction``) or warns about (``violation``) the account, e.g.
+    ``RESTRICTED_BUSINESS_INITIATED_CALLING`` for 7 days after poor call feedback. Counted
+    (``callhook_account_restrictions_total``), alerted on, and published as ``account.<kind>``."""
+
+    kind: Literal["restriction", "violation"]
+    type: str  # Meta's restriction_type / violation_type, upper case as sent
+    waba_id: str = ""
+    expiration: int | None = None
+
+    @property
+    def calling(self) -> bool:
+        return "CALLING" in self.type or "CALL_BUTTON" in self.type
+
+
 class Passthrough(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A change that is not about calls (messages, account updates, ...): passed on under its ``field``."""
 
@@ -184,6 +199,7 @@ Event = (
     | CallNotice
     | CallMediaReady
     | PermissionReply
+    | AccountAlert
     | Passthrough
     | Skipped
 )

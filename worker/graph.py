@@ -39,6 +39,7 @@ from worker.errors import (
     GraphRetryable,
     GraphUnknownOutcome,
 )
+from worker.meta_codes import describe
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,13 @@ ERROR_CODES: dict[int, tuple[type[GraphError], str]] = {
     138013: (GraphRefused, "business-initiated calling unavailable for this number"),
     138014: (GraphRefused, "calling temporarily disabled for low quality"),
     138017: (GraphRefused, "permanent permission exists already"),
+    # 2026 reference: the rest of the calling codes (worker/meta_codes.py names them and says what to do)
+    131009: (GraphRefused, "interactive voice_call not supported"),
+    131026: (GraphRefused, "recipient's app is too old"),
+    131030: (GraphRefused, "recipient not on the test number's allowed list"),
+    131044: (GraphRefused, "no valid payment method"),
+    138015: (GraphRefused, "calling cannot be enabled: messaging limit under 2000"),
+    138018: (GraphRefused, "technical prerequisites not met (SIP, or calls subscription)"),
 }
 
 Action = Literal[
@@ -586,6 +594,9 @@ class GraphClient:
             result = parse(action, await self._send(action, method, url, body, params, timeout_seconds))
         except GraphError as exc:
             self._observe(action, _outcome_of(exc), started, _code_label(exc))
+            if exc.code is not None and self._metrics is not None:
+                known = describe(exc.code)
+                self._metrics.meta_errors.labels(name=known.name, action=known.action.value).inc()
             raise
         self._observe(action, "ok", started, None)
         return result

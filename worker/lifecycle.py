@@ -45,6 +45,8 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     duration_seconds: float | None = None
     user_id: str | None = None  # the user's business-scoped id (BSUID), when known
     username: str | None = None
+    error_name: str | None = None  # error_code's name and what to do: retry | stop | alert | fix
+    error_action: str | None = None  # (worker/meta_codes.py)
     recording: bool | None = None  # Meta records / transcribes this call (opted in on accept or connect)
     transcription: bool | None = None
 

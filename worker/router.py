@@ -37,6 +37,7 @@ from worker.amqp import AMQP_FAILURES, AmqpLink, Session, header_float, publish,
 from worker.decode import decode_webhook
 from worker.errors import PoisonWebhook, TransientError
 from worker.events import (
+    AccountAlert,
     CallConnect,
     CallMediaReady,
     CallNotice,
@@ -224,11 +225,19 @@ class Router(Supervised):
                 return out.events, _message(event, received_at), "call.permission_reply"
             case CallMediaReady():  # judged once, after the call, by whoever consumes the media queue
                 return out.media, _message(event, received_at), contract.MEDIA_QUEUE
+            case AccountAlert():
+                return out.events, _message(event, received_at), f"account.{event.kind}"
             case Skipped():
                 return None
 
     def _count_event(self, event: Event) -> None:
         match event:
+            case AccountAlert(kind="restriction"):
+                label = event.type if _RESTRICTION_LABEL.fullmatch(event.type) else "OTHER"
+                self._metrics.account_restrictions.labels(restriction_type=label).inc()
+                log.warning("account restricted by Meta", extra={"restriction_type": event.type,
+                                                                 "expiration": event.expiration})  # fmt: skip
+                self._metrics.router_events.labels(kind="account_alert").inc()
             case Skipped():
                 self._metrics.router_skipped.labels(kind=event.kind).inc()
             case CallConnect() | CallTerminate() | CallStatus() if not _routable(event.call_id):
@@ -287,6 +296,7 @@ _KINDS: dict[type, str] = {
     CallStatus: "status",
     CallNotice: "notice",
     CallMediaReady: "media_ready",
+    AccountAlert: "account_alert",
     PermissionReply: "permission_reply",
     Passthrough: "passthrough",
 }
@@ -304,6 +314,9 @@ def _message(event: Event, received_at: float | None) -> aio_pika.Message:
         content_type="application/json",
         delivery_mode=DeliveryMode.PERSISTENT,
     )
+
+
+_RESTRICTION_LABEL = re.compile(r"[A-Z_]{1,64}")
 
 
 def _routable(call_id: str) -> bool:

@@ -27,6 +27,7 @@ from worker.errors import CallhookError, GraphError
 from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest
 from worker.graph import GraphClient
 from worker.media import EndReason, MediaError, MediaSession, MediaSettings
+from worker.meta_codes import describe
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, ClaimLost, MailboxItem, Reservation
 
@@ -410,6 +411,9 @@ class CallSession:
                 error_code=self._remote_error,
                 duration_seconds=self._duration(),
             )
+            if self._remote_error is not None:
+                known = describe(self._remote_error)
+                fields.update(error_name=known.name, error_action=known.action.value)
         if self._settings.request_id:
             fields["request_id"] = self._settings.request_id
         await self._deps.lifecycle.call_event(name, self.info, **fields)
@@ -453,6 +457,9 @@ class CallSession:
             return
         if isinstance(item.event, CallTerminate):
             self._remote_error = item.event.error_code
+            if item.event.error_code is not None:  # 138019-138023 arrive here, not as request errors
+                known = describe(item.event.error_code)
+                self._deps.metrics.meta_errors.labels(name=known.name, action=known.action.value).inc()
             if self.info.direction == "outgoing" and self._call.state is machine.CallState.RINGING:
                 # Meta sends REJECTED and then terminate FAILED, as two webhooks that may arrive in either
                 # order; terminate FAILED alone means unanswered. Let a REJECTED sent before it arrive first.

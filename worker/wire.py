@@ -256,3 +256,27 @@ class MessagesValueItems(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     metadata: Metadata | None = None
     messages: list[msgspec.Raw] | None = None
     statuses: list[msgspec.Raw] | None = None
+
+
+# --- field = "account_update" (the parts about calling restrictions) ----------------------------------
+
+
+class RestrictionInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    restriction_type: str | None = None
+    expiration: Seconds | None = None
+
+
+class ViolationInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    violation_type: str | None = None
+
+
+class AccountUpdateValue(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """``ACCOUNT_RESTRICTION`` (``restriction_info[]``, or one ``restriction_type`` as the 2026 calling page
+    words it) and ``ACCOUNT_VIOLATION`` (``violation_info.violation_type``); everything else is ignored."""
+
+    event: str | None = None
+    restriction_info: list[RestrictionInfo] | None = None
+    restriction_type: str | None = None
+    expiration: Seconds | None = None
+    violation_info: ViolationInfo | None = None
+    violation_type: str | None = None

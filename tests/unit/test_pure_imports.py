@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 PURE_MODULES = [
     "worker.decode", "worker.wire", "worker.events", "worker.call", "worker.sdp", "ingress.contract",
     "ingress.signature", "simulator.calls", "simulator.sdp", "simulator.faults", "worker.capture",
+    "worker.meta_codes", "worker.transcript", "callhook.call_settings", "simulator.call_settings",
 ]  # fmt: skip
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 
