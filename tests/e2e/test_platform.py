@@ -13,6 +13,7 @@ import base64
 import hashlib
 import io
 import json
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -267,3 +268,16 @@ async def test_a_dial_by_user_id_with_its_own_opt_in_is_placed_and_recorded(env:
     await call.hangup()
     ready = await env.events.wait(call.call_id, "call.recording.ready")
     assert ready["archived"] is True
+
+
+async def test_a_dial_past_the_daily_call_limit_is_refused_early_with_the_reason(env: Env) -> None:
+    user = "15550009999"
+    env.sim.set_permission(user, "temporary")
+    for _ in range(100):  # Meta's 100 connected business-initiated calls per user per 24 h
+        env.sim.permissions.record_connected_call(PNID, user, time.time())
+    connects = len(env.sim.journal.graph_requests("connect"))
+    request_id = await env.dial(to=user, permission="check")
+    ended = await env.events.wait(request_id, "call.ended")
+    assert ended["outcome"] == "call_limit"
+    assert "100/100 calls per PT24H" in ended["reason"]
+    assert len(env.sim.journal.graph_requests("connect")) == connects  # refused before any connect

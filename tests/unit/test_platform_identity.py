@@ -143,3 +143,16 @@ def test_a_dial_may_name_a_user_id_and_its_own_opt_in() -> None:
     consent, problems = consent_from_json("recording", {"status": 1, "extra": True})
     assert consent is None
     assert len(problems) == 2
+
+
+def test_the_agent_is_told_that_meta_announces_first_and_for_how_long() -> None:
+    capture = Capture(MetaConsent("ENABLED", "quality assurance", "en"))
+    info = CallInfo(
+        call_id="c", phone_number_id="p", direction="incoming", user_number="1555", capture=capture
+    )
+    params = custom_parameters(info)
+    assert params["meta_announcement"] == "recording"
+    assert float(params["announcement_max_seconds"]) == capture.announcement_max_seconds()
+    assert info.announced
+    quiet = CallInfo(call_id="c", phone_number_id="p", direction="incoming", user_number="1555")
+    assert "meta_announcement" not in custom_parameters(quiet)
