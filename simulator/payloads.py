@@ -241,7 +241,7 @@ def envelope(updates: Sequence[Update]) -> dict[str, Any]:
     for update in updates:
         changes = entries.setdefault(update.waba_id, [])
         key = (update.waba_id, update.number.phone_number_id, update.field)
-        value = None if update.errors else open_changes.get(key)
+        value = None if update.errors or not update.items_key else open_changes.get(key)
         if value is None:
             value = _new_value(update)
             changes.append({"value": value, "field": update.field})
@@ -268,6 +268,10 @@ def _new_value(update: Update) -> dict[str, Any]:
 
 
 def _add_item(value: dict[str, Any], update: Update) -> None:
+    if not update.items_key:  # a change whose value is the item itself (account_update)
+        value.clear()
+        value.update(update.item)
+        return
     if update.contact is not None:
         contacts: list[dict[str, Any]] = value.setdefault("contacts", [])
         contact = _contact_json(update.contact)
@@ -313,3 +317,15 @@ def signature_sha1(body: bytes, app_secret: str) -> str:
 
 def kinds(updates: Iterable[Update]) -> tuple[str, ...]:
     return tuple(update.kind for update in updates)
+
+
+def account_restriction(
+    *, waba_id: str, number: BusinessNumber, restriction_type: str, expiration: int
+) -> Update:
+    """``account_update`` ``ACCOUNT_RESTRICTION`` (e.g. RESTRICTED_BUSINESS_INITIATED_CALLING for 7 days)."""
+    item = {
+        "phone_number": number.display_phone_number,
+        "event": "ACCOUNT_RESTRICTION",
+        "restriction_info": [{"restriction_type": restriction_type, "expiration": expiration}],
+    }
+    return Update("account_update", waba_id, number, "account_update", "", item)

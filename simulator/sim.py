@@ -800,6 +800,19 @@ class Simulator:
     def media_fetch(self, token: str) -> platform.StoredMedia | None:
         return self.media.fetch(token)
 
+    def restrict_account(
+        self, restriction_type: str = "RESTRICTED_BUSINESS_INITIATED_CALLING", *, days: float = 7.0
+    ) -> asyncio.Future[None]:
+        """Meta's feedback-based pause: an ``account_update`` ACCOUNT_RESTRICTION webhook."""
+        return self._send(
+            payloads.account_restriction(
+                waba_id=self.config.waba_id,
+                number=self.config.numbers[0],
+                restriction_type=restriction_type,
+                expiration=int(time.time() + days * DAY),
+            )
+        )
+
     def settings(self, phone_number_id: str) -> Json:
         return self.call_settings.get(phone_number_id, time.time())
 

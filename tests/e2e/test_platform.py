@@ -315,3 +315,16 @@ async def test_an_app_decides_from_the_caller_whether_meta_records(deciding: Sim
     assert other.capture is None  # nothing sent: neither recorded nor transcribed
     for call in (brazil, other):
         assert [r.http_status for r in deciding.journal.graph_requests("pre_accept", call.call_id)] == [200]
+
+
+async def test_a_calling_restriction_is_counted_and_published(env: Env) -> None:
+    before = await env.metric(
+        "callhook_account_restrictions_total", restriction_type="RESTRICTED_BUSINESS_INITIATED_CALLING"
+    )
+    await env.sim.restrict_account()
+    await poll(
+        lambda: env.metric(
+            "callhook_account_restrictions_total", restriction_type="RESTRICTED_BUSINESS_INITIATED_CALLING"
+        ),
+        lambda value: value == before + 1,
+    )
