@@ -15,7 +15,9 @@ from typing import Any
 
 from callhook.env import ConfigError
 
-COMPONENT_CLIS = ("ingress.cli", "worker.cli", "simulator.cli", "simulator.demo", "console.cli")
+COMPONENT_CLIS = (
+    "ingress.cli", "worker.cli", "simulator.cli", "simulator.demo", "console.cli", "callhook.settings_cli",
+)  # fmt: skip
 # component name -> module with ``load(env) -> frozen settings``
 CONFIG_MODULES = {
     "ingress": "ingress.config",

@@ -30,7 +30,15 @@ from typing import Any
 from aiohttp import web
 
 from ingress import contract, idempotency
-from ingress.commands import PERMISSION_MODES, CommandError, Dial, check_call_id, hangup
+from ingress.commands import (
+    PERMISSION_MODES,
+    CommandError,
+    Consent,
+    Dial,
+    check_call_id,
+    consent_from_json,
+    hangup,
+)
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics, Outcome, Route
 from ingress.publisher import Publisher, PublishError
@@ -44,6 +52,7 @@ _DIAL_FIELDS = frozenset(
     {"to", "recipient", "app", "biz_opaque_callback_data", "phone_number_id", "permission"}
 )
 MAX_FIELD_BYTES = 1_024  # any string field; the specific checks in ingress.commands are tighter
+_CAPTURE_FIELDS = frozenset({"recording", "transcription"})  # Meta's opt-in objects (docs/platform-2026.md)
 
 PublisherOf = Callable[[], Publisher | None]
 BodyRead = Callable[[web.Request], None]
@@ -123,7 +132,7 @@ class CallsApi:
     async def _dial(self, request: web.Request) -> tuple[Outcome, web.Response]:
         key = _idempotency_key(request)
         body = await self._json_object(request)
-        unknown = sorted(name for name in body if name not in _DIAL_FIELDS)
+        unknown = sorted(name for name in body if name not in _DIAL_FIELDS and name not in _CAPTURE_FIELDS)
         if unknown:
             shown = ", ".join(repr(name[:40]) for name in unknown[:5])
             return Outcome.BAD_REQUEST, _error(400, f"unknown field(s): {shown}")
@@ -132,12 +141,15 @@ class CallsApi:
             for name in sorted(_DIAL_FIELDS)
             if name in body and not _short_string(body[name])
         ]
+        capture: dict[str, Consent | None] = {}
+        for name in sorted(_CAPTURE_FIELDS & set(body)):
+            capture[name], found = consent_from_json(name, body[name])
+            problems += found
         if problems:
             return Outcome.BAD_REQUEST, _error(400, "; ".join(problems))
-        to = body.get("to") or body.get("recipient")
-        if not to:
+        if not body.get("to") and not body.get("recipient"):
             return Outcome.BAD_REQUEST, _error(
-                400, "'to' is required: the user's phone number or WhatsApp user id"
+                400, "'to' is required: the user's phone number or WhatsApp user id (or 'recipient')"
             )
         phone_number_id = body.get("phone_number_id") or self._phone_number_id
         if not phone_number_id:
@@ -151,12 +163,14 @@ class CallsApi:
             )
         try:
             dial = Dial(
-                to=to,
+                to=body.get("to", ""),
+                recording=capture.get("recording"),
+                transcription=capture.get("transcription"),
                 phone_number_id=phone_number_id,
                 app=body.get("app"),
                 biz_opaque_callback_data=body.get("biz_opaque_callback_data"),
                 permission=permission,
-                recipient=body.get("recipient"),
+                recipient=body.get("recipient", ""),
                 request_id=idempotency.request_id("dial", key) if key else "",
             ).validated(self._config.app_names)
         except CommandError as exc:

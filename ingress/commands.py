@@ -25,14 +25,76 @@ PERMISSION_MODES: tuple[Permission, ...] = ("skip", "check", "request")
 # Meta's ``to``: a phone number in international format, ASCII digits with an optional leading '+'.
 PHONE = re.compile(r"\+?[0-9]{6,20}")
 # A WhatsApp business-scoped user id (BSUID), for users known by a username: ``US.13491208655302741918``, or a
-# parent id ``US.ENT.11815799212886844830``. Country code, optional ``ENT``, ASCII digits.
-USER_ID = re.compile(r"[A-Z]{2}(?:\.ENT)?\.[0-9]{1,40}")
+# parent id ``US.ENT.11815799212886844830``. Meta has not published the format: a country code, a dot, then
+# ASCII letters, digits and dots (matched whole).
+USER_ID = re.compile(r"[A-Z]{2}\.[A-Za-z0-9.]{1,120}")
 GRAPH_ID = re.compile(r"[0-9]{1,32}")  # goes into a Graph URL path: ASCII digits only
 # Meta's call ids are ``wacid.`` + base64; anything outside this set never came from Meta.
 CALL_ID = re.compile(r"[A-Za-z0-9._:=+/-]{1,200}")
 MAX_CALL_ID_BYTES = 200
 MAX_CALLBACK_DATA = 512  # Meta's limit for biz_opaque_callback_data (checked in UTF-8 bytes)
 MAX_REQUEST_ID_BYTES = 120
+MAX_PURPOSE = 250
+# Meta's announcement languages (kept in step with worker/capture.py, which the ingress does not import)
+ANNOUNCEMENT_LANGUAGES = frozenset(
+    {"en", "en_US", "en_AU", "en_CA", "en_GB", "en_IN", "en_NZ", "nl", "fr", "de", "hi", "it", "kn", "pt",
+     "es", "es_ES", "te", "vi"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """A dial's ``recording``/``transcription`` opt-in; purpose and language default to the worker's."""
+
+    status: str
+    purpose: str | None = None
+    announcement_language: str | None = None
+
+    def problems(self, name: str) -> list[str]:
+        found = []
+        if self.status not in ("ENABLED", "DISABLED"):
+            found.append(f"'{name}.status' must be ENABLED or DISABLED")
+        purpose = self.purpose
+        if purpose is not None and not (purpose.strip() and len(purpose) <= MAX_PURPOSE):
+            found.append(f"'{name}.purpose' must be 1-{MAX_PURPOSE} characters")
+        language = self.announcement_language
+        if language is not None and language not in ANNOUNCEMENT_LANGUAGES:
+            known = ", ".join(sorted(ANNOUNCEMENT_LANGUAGES))
+            found.append(f"'{name}.announcement_language' must be one of {known}")
+        return found
+
+    def body(self) -> dict[str, str]:
+        body = {"status": self.status}
+        if self.purpose is not None:
+            body["purpose"] = self.purpose
+        if self.announcement_language is not None:
+            body["announcement_language"] = self.announcement_language
+        return body
+
+
+def consent_from_json(name: str, value: object) -> tuple[Consent | None, list[str]]:
+    """A ``recording``/``transcription`` member of ``POST /v1/calls``, strictly: an object with a string
+    ``status`` and optional string ``purpose``/``announcement_language``, nothing else."""
+    if not isinstance(value, dict):
+        return None, [f"'{name}' must be an object: {{status, purpose?, announcement_language?}}"]
+    unknown = sorted(set(value) - {"status", "purpose", "announcement_language"})
+    problems = [f"'{name}.{key}' is not a known field" for key in unknown]
+    problems += [
+        f"'{name}.{key}' must be a string"
+        for key in ("status", "purpose", "announcement_language")
+        if key in value and not isinstance(value[key], str)
+    ]
+    if "status" not in value:
+        problems.append(f"'{name}.status' is required (ENABLED or DISABLED)")
+    if problems:
+        return None, problems
+    consent = Consent(value["status"], value.get("purpose"), value.get("announcement_language"))
+    return consent, consent.problems(name)
+
+
+def is_user_id(text: str) -> bool:
+    """A business-scoped user id (BSUID) rather than a phone number."""
+    return USER_ID.fullmatch(text) is not None
 
 
 class CommandError(ValueError):
@@ -53,7 +115,7 @@ def utf8_length(text: str) -> int | None:
 
 
 def is_recipient(text: str) -> bool:
-    return PHONE.fullmatch(text) is not None or USER_ID.fullmatch(text) is not None
+    return PHONE.fullmatch(text) is not None or is_user_id(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +126,9 @@ class Dial:
     biz_opaque_callback_data: str | None = None
     permission: Permission = "skip"
     request_id: str = ""
-    recipient: str | None = None  # a BSUID when the user is known by a username (also put in ``to``)
+    recipient: str = ""  # the user's business-scoped user id, for a user without a visible number
+    recording: Consent | None = None
+    transcription: Consent | None = None
 
     def validated(self, allowed_apps: Collection[str] | None = None) -> Dial:
         """The same dial with a request id, or :class:`CommandError` listing every problem.
@@ -73,13 +137,22 @@ class Dial:
         right shape (``callhook dial`` run by the operator).
         """
         problems = []
-        if not is_recipient(self.to):
+        to, recipient = self.to, self.recipient
+        if to and not recipient and is_user_id(to):  # a user id given as 'to' is addressed as Meta wants
+            to, recipient = "", to
+        if not to and not recipient:
+            problems.append("'to' (a phone number) or 'recipient' (a WhatsApp user id) is required")
+        if to and PHONE.fullmatch(to) is None:
             problems.append(
                 "'to' must be a phone number (ASCII digits in international format, e.g. 15551234567) "
                 "or a WhatsApp user id (e.g. US.13491208655302741918)"
             )
-        if self.recipient is not None and not USER_ID.fullmatch(self.recipient):
-            problems.append("'recipient' must be a WhatsApp user id, e.g. US.13491208655302741918")
+        if recipient and not is_user_id(recipient):
+            problems.append("'recipient' must be a WhatsApp user id (BSUID), e.g. US.13491208655302741918")
+        for name in ("recording", "transcription"):
+            consent: Consent | None = getattr(self, name)
+            if consent is not None:
+                problems += consent.problems(name)
         if not GRAPH_ID.fullmatch(self.phone_number_id):
             problems.append("'phone_number_id' must be the business number's Graph API id (ASCII digits)")
         callback_data = self.biz_opaque_callback_data
@@ -104,17 +177,19 @@ class Dial:
         if problems:
             raise CommandError("; ".join(problems))
         return Dial(
-            to=self.to.removeprefix("+"),
+            to=to.removeprefix("+"),
             phone_number_id=self.phone_number_id,
             app=self.app,
             biz_opaque_callback_data=self.biz_opaque_callback_data,
             permission=self.permission,
             request_id=request_id,
-            recipient=self.recipient,
+            recipient=recipient,
+            recording=self.recording,
+            transcription=self.transcription,
         )
 
     def encode(self, requested_at: float | None = None) -> bytes:
-        body: dict[str, str | float] = {
+        body: dict[str, object] = {
             "request_id": self.request_id,
             "to": self.to,
             "phone_number_id": self.phone_number_id,
@@ -125,8 +200,12 @@ class Dial:
             body["app"] = self.app
         if self.biz_opaque_callback_data is not None:
             body["biz_opaque_callback_data"] = self.biz_opaque_callback_data
-        if self.recipient is not None:
+        if self.recipient:
             body["recipient"] = self.recipient
+        for name in ("recording", "transcription"):
+            consent: Consent | None = getattr(self, name)
+            if consent is not None:
+                body[name] = consent.body()
         return json.dumps(body).encode()
 
 

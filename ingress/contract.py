@@ -38,6 +38,10 @@ UNCLAIMED_QUEUE: Final = "callhook.calls.unclaimed"
 EXPIRED_QUEUE: Final = "callhook.calls.expired"
 RETRY_QUEUE: Final = "callhook.calls.retry"
 DIALS_QUEUE: Final = "callhook.dials"
+# Meta's recordings and transcripts of ended calls (worker/media_ready.py): one consumer at a time
+# (single active consumer), so a duplicate is always judged after its twin, against a broker-held marker.
+MEDIA_QUEUE: Final = "callhook.media"
+MEDIA_SEEN_PREFIX: Final = "callhook.media.seen."
 MAILBOX_PREFIX: Final = "callhook.call."
 ANSWER_MARKER_PREFIX: Final = "callhook.answer."
 
@@ -134,6 +138,10 @@ QUEUES: Final[tuple[QueueSpec, ...]] = (
         ),
     ),
     QueueSpec(DIALS_QUEUE, _dead_lettered({"x-delivery-limit": WEBHOOK_DELIVERY_LIMIT})),
+    QueueSpec(
+        MEDIA_QUEUE,
+        _dead_lettered({"x-delivery-limit": WEBHOOK_DELIVERY_LIMIT, "x-single-active-consumer": True}),
+    ),
 )
 
 

@@ -4,7 +4,11 @@ Routes (any ``vX.Y`` version)::
 
     POST /<version>/<phone_number_id>/calls              connect | pre_accept | accept | reject | terminate
     POST /<version>/<phone_number_id>/messages           call_permission_request (others are accepted)
-    GET  /<version>/<phone_number_id>/call_permissions?user_wa_id=
+    GET  /<version>/<phone_number_id>/call_permissions?user_wa_id=  (or ?recipient=<user id>)
+    GET  /<version>/<phone_number_id>/settings               calling settings (simulator/call_settings.py)
+    POST /<version>/<phone_number_id>/settings               {"calling": {...}}: named members replaced whole
+    GET  /<version>/<media_id>                               a fresh URL for a recording or transcript
+    GET  /media/<token>                                      the media bytes (bearer token; URLs expire)
 
 Every request is journalled on arrival (``time.time()``) and completed with its status and Meta error code.
 Fault switches (:mod:`simulator.faults`) act before the token check, like a failing front end would. What a
@@ -26,6 +30,7 @@ from aiohttp import web
 from simulator.errors import MetaError, invalid_parameter
 from simulator.faults import FaultKind, FaultPlan, FaultRule
 from simulator.journal import GraphRequest, Journal
+from simulator.platform import StoredMedia
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,14 @@ class GraphBackend(Protocol):
     async def send_message(self, phone_number_id: str, body: Json, record: GraphRequest) -> Json: ...
 
     def call_permissions(self, phone_number_id: str, user: str) -> Json: ...
+
+    def settings(self, phone_number_id: str) -> Json: ...
+
+    def update_settings(self, phone_number_id: str, body: Json) -> Json: ...
+
+    def media_info(self, media_id: str) -> Json: ...
+
+    def media_fetch(self, token: str) -> StoredMedia | None: ...
 
 
 class GraphServer:
@@ -80,6 +93,10 @@ class GraphServer:
         app.router.add_post("/{version}/{phone_number_id}/calls", self._calls)
         app.router.add_post("/{version}/{phone_number_id}/messages", self._messages)
         app.router.add_get("/{version}/{phone_number_id}/call_permissions", self._permissions)
+        app.router.add_get("/{version}/{phone_number_id}/settings", self._settings)
+        app.router.add_post("/{version}/{phone_number_id}/settings", self._settings)
+        app.router.add_get("/media/{token}", self._media_download)
+        app.router.add_get("/{version}/{media_id}", self._media_info)
         return app
 
     async def __aenter__(self) -> GraphServer:
@@ -113,13 +130,54 @@ class GraphServer:
 
     async def _permissions(self, request: web.Request) -> web.Response:
         async def run(_body: Json, record: GraphRequest) -> Json:
-            user = request.query.get("user_wa_id", "")
+            user = request.query.get("user_wa_id", "") or request.query.get("recipient", "")
             if not user:
-                raise invalid_parameter("user_wa_id is required")
+                raise invalid_parameter("user_wa_id or recipient is required")
             record.to = user
             return self._backend.call_permissions(record.phone_number_id, user)
 
         return await self._serve(request, run, lambda _body: "call_permissions")
+
+    async def _settings(self, request: web.Request) -> web.Response:
+        async def run(body: Json, record: GraphRequest) -> Json:
+            if request.method == "GET":
+                return self._backend.settings(record.phone_number_id)
+            return self._backend.update_settings(record.phone_number_id, body)
+
+        return await self._serve(request, run, lambda _body: "settings")
+
+    async def _media_info(self, request: web.Request) -> web.Response:
+        async def run(_body: Json, _record: GraphRequest) -> Json:
+            return self._backend.media_info(request.match_info["media_id"])
+
+        return await self._serve(request, run, lambda _body: "media")
+
+    async def _media_download(self, request: web.Request) -> web.Response:
+        """Meta's lookaside download: the token must be fresh and the bearer token right."""
+        record = GraphRequest(
+            received_at=time.time(),
+            method="GET",
+            path=request.path,
+            action="media_download",
+            phone_number_id="",
+        )
+        self._journal.record_request(record)
+        try:
+            self._check_token(request)
+            stored = self._backend.media_fetch(request.match_info["token"])
+        except MetaError as refused:
+            stored, error = None, refused
+        else:
+            error = MetaError(100, "URL signature expired")
+        if stored is None:
+            record.http_status, record.error_code = error.http_status, error.code
+            record.responded_at = time.time()
+            self._journal.touched()
+            return web.json_response(error.envelope(), status=error.http_status)
+        record.http_status = 200
+        record.responded_at = time.time()
+        self._journal.touched()
+        return web.Response(body=stored.data, content_type=stored.mime_type.split(";")[0])
 
     async def _serve(
         self,
@@ -132,7 +190,7 @@ class GraphServer:
             method=request.method,
             path=request.path,
             action="",
-            phone_number_id=request.match_info["phone_number_id"],
+            phone_number_id=request.match_info.get("phone_number_id", ""),
         )
         self._journal.record_request(record)
         body = await _read_json(request) if request.method == "POST" else {}
@@ -169,9 +227,14 @@ class GraphServer:
         self._check_token(request)
         if body is None:
             raise invalid_parameter("the request body must be a JSON object")
-        if request.method == "POST" and body.get("messaging_product") != "whatsapp":
+        if (
+            request.method == "POST"
+            and record.action != "settings"
+            and body.get("messaging_product") != "whatsapp"
+        ):
             raise invalid_parameter("The parameter messaging_product is required and must be 'whatsapp'")
-        self._backend.check_number(record.phone_number_id)
+        if record.phone_number_id:  # media ids are not numbers of the business
+            self._backend.check_number(record.phone_number_id)
         return await run(body, record)
 
     def _check_token(self, request: web.Request) -> None:

@@ -33,8 +33,18 @@ class BusinessNumber:
 
 @dataclass(frozen=True, slots=True)
 class Contact:
+    """A WhatsApp user. Since 2026 a user with a username may be known by ``user_id`` (BSUID) only: then
+    ``wa_id`` is "" and no phone number appears in any webhook about them."""
+
     wa_id: str
     name: str | None = None
+    user_id: str | None = None
+    username: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """How the business addresses them: the phone number, else the user id."""
+        return self.wa_id or self.user_id or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +139,11 @@ def call_status(
     biz_opaque_callback_data: str | None = None,
 ) -> Update:
     """``statuses[]`` of a business-initiated call: RINGING, ACCEPTED or REJECTED."""
-    item: dict[str, Any] = {
-        "id": call_id,
-        "type": "call",
-        "status": status,
-        "timestamp": str(timestamp),
-        "recipient_id": user.wa_id,
-    }
+    item: dict[str, Any] = {"id": call_id, "type": "call", "status": status, "timestamp": str(timestamp)}
+    if user.wa_id:
+        item["recipient_id"] = user.wa_id
+    if user.user_id:
+        item["recipient_user_id"] = user.user_id
     if biz_opaque_callback_data is not None:
         item["biz_opaque_callback_data"] = biz_opaque_callback_data
     return Update(f"status:{status}", waba_id, number, "calls", "statuses", item, call_id, user)
@@ -159,9 +167,9 @@ def permission_reply(
         if expiration_timestamp is not None:
             reply["expiration_timestamp"] = expiration_timestamp
     reply["response_source"] = "user_action"
-    item = {
+    item: dict[str, Any] = {
         "context": {"from": number.display_phone_number, "id": request_message_id},
-        "from": user.wa_id,
+        **_user_fields("from", user),
         "id": new_message_id(),
         "timestamp": str(timestamp),
         "type": "interactive",
@@ -173,17 +181,53 @@ def permission_reply(
 def _call_item(
     call_id: str, event: str, direction: str, number: BusinessNumber, user: Contact, timestamp: int
 ) -> dict[str, Any]:
-    """What every ``calls[]`` item carries; ``from`` is whoever placed the call."""
-    business, user_number = number.display_phone_number, user.wa_id
-    caller, callee = (user_number, business) if direction == USER_INITIATED else (business, user_number)
-    return {
-        "id": call_id,
-        "from": caller,
-        "to": callee,
-        "event": event,
-        "timestamp": str(timestamp),
-        "direction": direction,
-    }
+    """What every ``calls[]`` item carries; ``from`` is whoever placed the call. A username-only user has
+    no ``from``/``to``, only ``from_user_id``/``to_user_id`` (2026)."""
+    business = (
+        {"to": number.display_phone_number}
+        if direction == USER_INITIATED
+        else {"from": number.display_phone_number}
+    )
+    side = "from" if direction == USER_INITIATED else "to"
+    item: dict[str, Any] = {"id": call_id, **_user_fields(side, user), **business}
+    item.update({"event": event, "timestamp": str(timestamp), "direction": direction})
+    return item
+
+
+def _user_fields(side: str, user: Contact) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if user.wa_id:
+        fields[side] = user.wa_id
+    if user.user_id:
+        fields[f"{side}_user_id"] = user.user_id
+    return fields
+
+
+def call_media_available(
+    *,
+    waba_id: str,
+    number: BusinessNumber,
+    call_id: str,
+    user: Contact,
+    direction: str,
+    kind: str,
+    media_id: str,
+    sha256: str,
+    mime_type: str,
+    url: str,
+    timestamp: int,
+) -> Update:
+    """``call_recording_available`` (kind ``recording``) / ``call_transcription_available``."""
+    item = _call_item(call_id, "", direction, number, user, timestamp)
+    media = {"id": media_id, "sha256": sha256, "mime_type": mime_type, "url": url}
+    if kind == "recording":
+        item["event"] = "call_recording_available"
+        item["call_recording"] = {"type": "audio", "audio": media}
+    else:
+        item["event"] = "call_transcription_available"
+        item["call_transcript"] = {"type": "document", "document": media}
+    item.pop("direction", None)
+    return Update(item["event"], waba_id, number, "calls", "calls", item, call_id, user)
 
 
 def envelope(updates: Sequence[Update]) -> dict[str, Any]:
@@ -197,7 +241,7 @@ def envelope(updates: Sequence[Update]) -> dict[str, Any]:
     for update in updates:
         changes = entries.setdefault(update.waba_id, [])
         key = (update.waba_id, update.number.phone_number_id, update.field)
-        value = None if update.errors else open_changes.get(key)
+        value = None if update.errors or not update.items_key else open_changes.get(key)
         if value is None:
             value = _new_value(update)
             changes.append({"value": value, "field": update.field})
@@ -224,6 +268,10 @@ def _new_value(update: Update) -> dict[str, Any]:
 
 
 def _add_item(value: dict[str, Any], update: Update) -> None:
+    if not update.items_key:  # a change whose value is the item itself (account_update)
+        value.clear()
+        value.update(update.item)
+        return
     if update.contact is not None:
         contacts: list[dict[str, Any]] = value.setdefault("contacts", [])
         contact = _contact_json(update.contact)
@@ -237,9 +285,16 @@ def _add_item(value: dict[str, Any], update: Update) -> None:
 
 
 def _contact_json(contact: Contact) -> dict[str, Any]:
-    if contact.name is None:
-        return {"wa_id": contact.wa_id}
-    return {"profile": {"name": contact.name}, "wa_id": contact.wa_id}
+    json_contact: dict[str, Any] = {}
+    if contact.name is not None:
+        json_contact["profile"] = {"name": contact.name}
+    if contact.wa_id:
+        json_contact["wa_id"] = contact.wa_id
+    if contact.user_id:
+        json_contact["user_id"] = contact.user_id
+    if contact.username:
+        json_contact["username"] = contact.username
+    return json_contact
 
 
 def encode(body: dict[str, Any], *, escape_slashes: bool = True) -> bytes:
@@ -262,3 +317,15 @@ def signature_sha1(body: bytes, app_secret: str) -> str:
 
 def kinds(updates: Iterable[Update]) -> tuple[str, ...]:
     return tuple(update.kind for update in updates)
+
+
+def account_restriction(
+    *, waba_id: str, number: BusinessNumber, restriction_type: str, expiration: int
+) -> Update:
+    """``account_update`` ``ACCOUNT_RESTRICTION`` (e.g. RESTRICTED_BUSINESS_INITIATED_CALLING for 7 days)."""
+    item = {
+        "phone_number": number.display_phone_number,
+        "event": "ACCOUNT_RESTRICTION",
+        "restriction_info": [{"restriction_type": restriction_type, "expiration": expiration}],
+    }
+    return Update("account_update", waba_id, number, "account_update", "", item)

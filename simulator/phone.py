@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,8 @@ _AIORTC_SDP_ERRORS = (
     KeyError,
     IndexError,
 )
+# (first sample, count, rate) -> float samples in [-1, 1] to add to a leg
+Overlay = Callable[[int, int, int], npt.NDArray[np.float32]]
 NO_MEDIA = "no_media"
 MEDIA_TIMEOUT = "media_timeout"
 
@@ -100,6 +103,7 @@ class SignalTrack(MediaStreamTrack):
         self._start: float | None = None
         self._next_sample = 0
         self.sent_times: list[float] = []  # monotonic time each frame was handed to the encoder
+        self.overlay: Overlay | None = None  # Meta's audio mixed into this leg (simulator/platform.py)
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
@@ -112,6 +116,8 @@ class SignalTrack(MediaStreamTrack):
         if wait > 0:
             await asyncio.sleep(wait)
         samples = self._signal.render(self._next_sample, SAMPLES_PER_FRAME, SEND_RATE)
+        if self.overlay is not None:
+            samples = np.clip(samples + self.overlay(self._next_sample, SAMPLES_PER_FRAME, SEND_RATE), -1, 1)
         pcm = np.round(samples * 32767).astype(np.int16).reshape(1, -1)
         frame = AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate = SEND_RATE
@@ -133,6 +139,7 @@ class _Ears:
         self.frames = 0
         self.last_at: float | None = None
         self.changes = Changes()
+        self.overlay: Overlay | None = None  # Meta's audio mixed into what the phone hears
 
     def hear(self, frame: AudioFrame) -> None:
         now = time.monotonic()
@@ -141,7 +148,11 @@ class _Ears:
         if len(self.chunks) < self._limit_frames:
             channels = len(frame.layout.channels)
             pcm = frame.to_ndarray().reshape(-1, channels).mean(axis=1)
-            self.chunks.append(np.round(downsample_48k_to_16k(pcm)).astype(np.int16))
+            heard = downsample_48k_to_16k(pcm)
+            if self.overlay is not None:
+                start = sum(len(chunk) for chunk in self.chunks)
+                heard = heard + 32767 * self.overlay(start, len(heard), 16_000)
+            self.chunks.append(np.round(np.clip(heard, -32768, 32767)).astype(np.int16))
             self.arrivals.append(now)
         self.changes.notify()
 
@@ -255,6 +266,11 @@ class Phone:
         await press(self.rtp, digits, pt, tone_seconds=tone_seconds, gap_seconds=gap_seconds)
 
     # Media
+    def mix_in(self, overlay: Overlay) -> None:
+        """Mix Meta's own audio (the consent announcement) into both legs from the next frame on."""
+        self._track.overlay = overlay
+        self._ears.overlay = overlay
+
     def start_talking(self) -> None:
         if not self._talking.is_set():
             self._talking_since = time.monotonic()

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from callhook.ice import restrict_host_addresses
-from simulator import payloads
+from simulator import payloads, platform
+from simulator.call_settings import CallSettingsBook
 from simulator.calls import (
     LIVE_STATES,
     TERMINAL_STATES,
@@ -119,6 +120,7 @@ class SimulatedCall:
         self.answer_sent = False  # outgoing: the connect webhook with the phone's answer went out
         self.history: list[StateChange] = [StateChange(self.created_at, self.call_id, str(self.state))]
         self.lock = asyncio.Lock()  # one Graph request at a time per call
+        self.capture: platform.CaptureChoice | None = None  # recording/transcription opt-in (2026)
         self._changes = Changes()
         self._report: AudioReport | None = None
 
@@ -238,6 +240,9 @@ class Simulator:
         self._server: GraphServer | None = None
         self._webhooks: WebhookSender | None = None
         self._closed = False
+        self.platform = platform.PlatformSettings()  # 2026 platform behaviour (simulator/platform.py)
+        self.media = platform.MediaStore()
+        self.call_settings = CallSettingsBook()
 
     # Lifecycle
     async def __aenter__(self) -> Simulator:
@@ -359,7 +364,8 @@ class Simulator:
                 (
                     c
                     for c in self._calls.values()
-                    if (user is None or c.user.wa_id == user) and (wanted is None or c.direction is wanted)
+                    if (user is None or user in (c.user.wa_id, c.user.user_id))
+                    and (wanted is None or c.direction is wanted)
                 ),
                 None,
             )
@@ -385,6 +391,8 @@ class Simulator:
         name: str | None = "Test User",
         connects_media: bool = True,
         net: NetProfile | None = None,
+        user_id: str | None = None,
+        username: str | None = None,
     ) -> SimulatedCall:
         """A user calls the business: the phone makes its offer and the connect webhook goes out.
 
@@ -407,7 +415,7 @@ class Simulator:
             self,
             direction=Direction.INCOMING,
             number=number,
-            user=payloads.Contact(from_, name),
+            user=payloads.Contact(from_, name, user_id, username),
             phone=phone,
             offer_sdp=offer,
         )
@@ -438,7 +446,7 @@ class Simulator:
         return sum(
             1
             for c in self._calls.values()
-            if c.number == number and c.state in LIVE_STATES and (user is None or c.user.wa_id == user)
+            if c.number == number and c.state in LIVE_STATES and (user is None or c.user.ref == user)
         )
 
     def _register(self, call: SimulatedCall, behaviour: CalleeBehaviour | None = None) -> None:
@@ -470,6 +478,7 @@ class Simulator:
 
     async def _business_action(self, call: SimulatedCall, action: Event, body: Json) -> None:
         session = body.get("session")
+        capture = platform.capture_of(str(action), body)  # refuses the objects anywhere but accept
         check_graph_action(call.facts(), action, session)
         if action is Event.PRE_ACCEPT and call.answer_sdp is None:
             assert isinstance(session, dict)
@@ -486,14 +495,22 @@ class Simulator:
                 raise MetaError(138007, f"media (ICE+DTLS) did not connect within {timeout:g}s of accept")
             if opaque is not None:
                 call.biz_opaque_callback_data = opaque
+            if capture is not None:
+                call.capture = capture
         # Re-checked now: a timer or the phone may have moved the call while this request awaited.
         self._commit(call, check_graph_action(call.facts(), action, session))
 
     async def _connect(self, number: payloads.BusinessNumber, body: Json, record: GraphRequest) -> Json:
-        to = body.get("to")
-        if not isinstance(to, str) or not to.isdigit():
+        to, recipient = body.get("to"), body.get("recipient")
+        if to is not None and (not isinstance(to, str) or not to.isdigit()):
             raise invalid_parameter("to must be the user's phone number (digits)")
+        if to is None and (not isinstance(recipient, str) or not recipient):
+            raise invalid_parameter("to (a phone number) or recipient (a user id) is required")
+        user_id = recipient if isinstance(recipient, str) and recipient else None
+        to = to or user_id
+        assert isinstance(to, str)
         record.to = to
+        capture = platform.capture_of("connect", body)
         offer = session_sdp(body.get("session"), "offer")
         opaque = _biz_opaque(body)
         behaviour = self.callee(to)
@@ -512,12 +529,13 @@ class Simulator:
             self,
             direction=Direction.OUTGOING,
             number=number,
-            user=payloads.Contact(to, None),
+            user=payloads.Contact(to if to != user_id else "", None, user_id),
             phone=phone,
             offer_sdp=offer,
             answer_sdp=answer,
             biz_opaque_callback_data=opaque,
         )
+        call.capture = capture
         record.call_id = call.call_id
         self._initiations.setdefault(number.phone_number_id, deque()).append(time.time())
         self._register(call, behaviour)
@@ -543,9 +561,9 @@ class Simulator:
             raise MetaError(138005, f"{CALL_INITIATIONS_PER_DAY} call initiations per 24 h")
 
     async def send_message(self, phone_number_id: str, body: Json, record: GraphRequest) -> Json:
-        to = body.get("to")
+        to = body.get("to") or body.get("recipient")  # Meta: when both are given, ``to`` wins
         if not isinstance(to, str) or not to:
-            raise invalid_parameter("to is required")
+            raise invalid_parameter("to or recipient is required")
         record.to = to
         message_id = payloads.new_message_id()
         interactive = body.get("interactive")
@@ -580,7 +598,7 @@ class Simulator:
             payloads.permission_reply(
                 waba_id=self.config.waba_id,
                 number=number,
-                user=payloads.Contact(user, None),
+                user=payloads.Contact("", None, user) if not user.isdigit() else payloads.Contact(user, None),
                 request_message_id=request_id,
                 timestamp=int(now),
                 response="reject" if reply is PermissionReply.REJECT else "accept",
@@ -649,10 +667,12 @@ class Simulator:
         for command in transition.commands:
             if isinstance(command, StartTalking):
                 call.accepted_at = time.time()
+                if call.capture is not None and call.capture.announced:
+                    call.phone.mix_in(platform.Announcement(self.platform.announcement_seconds).render)
                 call.phone.start_talking()
                 if call.direction is Direction.OUTGOING:
                     self.permissions.record_connected_call(
-                        call.number.phone_number_id, call.user.wa_id, time.time()
+                        call.number.phone_number_id, call.user.ref, time.time()
                     )
             elif isinstance(command, EndCall):
                 call.end_reason = command.reason
@@ -663,6 +683,8 @@ class Simulator:
                 self._send_answer(call)
             elif isinstance(command, SendTerminate):
                 self._send_terminate(call, command)
+                if call.capture is not None and call.capture.announced and call.accepted_at is not None:
+                    self._spawn(self._deliver_media(call))
         self._changes.notify()
 
     # Webhooks
@@ -731,6 +753,78 @@ class Simulator:
                 error=error,
             )
         )
+
+    # 2026 platform: media, settings
+    async def _deliver_media(self, call: SimulatedCall) -> None:
+        """After the terminate: the call's recording and/or transcript, stored, announced by webhook."""
+        await asyncio.sleep(self.platform.media_delay_seconds)  # Meta's post-processing
+        capture = call.capture
+        assert capture is not None
+        self.media.url_lifetime_seconds = self.platform.url_lifetime_seconds
+        updates = []
+        heard = call.phone.recording().heard
+        duration = max(0.5, len(heard) / platform.RECORDING_RATE)
+        if capture.recording:
+            announcement = platform.Announcement(self.platform.announcement_seconds)
+            data = await asyncio.to_thread(
+                platform.ogg_opus_recording, heard, self.config.signal_seed, announcement
+            )
+            updates.append(self._media_update(call, "recording", data, "audio/ogg; codecs=opus"))
+        if capture.transcription:
+            data = platform.transcript_document(duration)
+            updates.append(self._media_update(call, "transcript", data, "application/json"))
+        if self.platform.transcript_first:
+            updates.reverse()
+        for update in updates:
+            for _ in range(self.platform.media_copies):
+                self._send(update)
+
+    def _media_update(self, call: SimulatedCall, kind: str, data: bytes, mime: str) -> payloads.Update:
+        stored = self.media.put(data, mime)
+        return payloads.call_media_available(
+            waba_id=self.config.waba_id,
+            number=call.number,
+            call_id=call.call_id,
+            user=call.user,
+            direction=payloads.USER_INITIATED
+            if call.direction is Direction.INCOMING
+            else payloads.BUSINESS_INITIATED,
+            kind=kind,
+            media_id=stored.media_id,
+            sha256=stored.sha256,
+            mime_type=mime,
+            url=self.media_url(self.media.token(stored.media_id, self.platform.webhook_url_lifetime_seconds)),
+            timestamp=int(time.time()),
+        )
+
+    def media_url(self, token: str) -> str:
+        return f"{self.graph_url}/media/{token}"
+
+    def media_info(self, media_id: str) -> Json:
+        return self.media.info(media_id, self.media_url)
+
+    def media_fetch(self, token: str) -> platform.StoredMedia | None:
+        return self.media.fetch(token)
+
+    def restrict_account(
+        self, restriction_type: str = "RESTRICTED_BUSINESS_INITIATED_CALLING", *, days: float = 7.0
+    ) -> asyncio.Future[None]:
+        """Meta's feedback-based pause: an ``account_update`` ACCOUNT_RESTRICTION webhook."""
+        return self._send(
+            payloads.account_restriction(
+                waba_id=self.config.waba_id,
+                number=self.config.numbers[0],
+                restriction_type=restriction_type,
+                expiration=int(time.time() + days * DAY),
+            )
+        )
+
+    def settings(self, phone_number_id: str) -> Json:
+        return self.call_settings.get(phone_number_id, time.time())
+
+    def update_settings(self, phone_number_id: str, body: Json) -> Json:
+        self.call_settings.post(phone_number_id, body, time.time())
+        return {"success": True}
 
     # Reporting
     def statistics(self) -> SimulatorStatistics:

@@ -32,7 +32,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "lifecycle events (call.dialed/ringing/answered/ended) until it ends. Needs CALLHOOK_AMQP_URL and "
         "the business number's id (--from or CALLHOOK_PHONE_NUMBER_ID).",
     )
-    dial.add_argument("to", help="the user's phone number, international format (e.g. 15551234567)")
+    dial.add_argument(
+        "to", help="the user's phone number (international format, e.g. 15551234567) or, for a user with a "
+        "WhatsApp username and no number, their user id (BSUID, e.g. US.13491208655302741918)",
+    )  # fmt: skip
     dial.add_argument(
         "--from", dest="from_id", help="business phone number id (default CALLHOOK_PHONE_NUMBER_ID)"
     )
@@ -43,6 +46,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="check call permission first; 'request' also asks the user for it when missing",
     )  # fmt: skip
     dial.add_argument("--wait", type=float, metavar="SECONDS", help="follow the call's events this long")
+    dial.add_argument(
+        "--recording", choices=("enabled", "disabled"),
+        help="Meta records the call (opt-in sent on connect; default: the worker's CALLHOOK_RECORDING)",
+    )  # fmt: skip
+    dial.add_argument(
+        "--transcription", choices=("enabled", "disabled"),
+        help="Meta transcribes the call (default: the worker's CALLHOOK_TRANSCRIPTION)",
+    )  # fmt: skip
+    dial.add_argument("--purpose", help="why the call is recorded, read aloud to both parties (1-250 chars)")
+    dial.add_argument("--announcement-language", help="language of Meta's announcement (e.g. en_US, pt, es)")
     dial.set_defaults(handler=_dial)
 
 
@@ -55,13 +68,20 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 def _dial(args: argparse.Namespace) -> int:
     import asyncio
+    import dataclasses
 
-    from ingress.commands import CommandError
+    from ingress.commands import CommandError, Consent
     from worker.dial_cli import dial, options_from
 
     options, amqp_url = options_from(
         args.to, args.from_id, args.app, args.callback_data, args.permission, args.wait
     )
+    consents = {
+        name: Consent(choice.upper(), args.purpose, args.announcement_language)
+        for name, choice in (("recording", args.recording), ("transcription", args.transcription))
+        if choice is not None
+    }
+    options = dataclasses.replace(options, **consents)  # type: ignore[arg-type]
     try:
         return asyncio.run(dial(options, amqp_url))
     except CommandError as exc:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from callhook.env import BUILTIN_APPS, EnvReader
 from worker.apps import bridge_config
 from worker.apps.bridge_config import BridgeSettings
+from worker.capture import ANNOUNCEMENT_LANGUAGES, NO_CAPTURE, Capture, Consent
 from worker.handoff import config as handoff_config
 from worker.handoff.config import HandoffSettings
 
@@ -46,6 +47,13 @@ class WorkerConfig:
     handoff: HandoffSettings = field(default_factory=HandoffSettings)  # CALLHOOK_HANDOFF_* (docs/handoff.md)
     # The apps a dial may name (CALLHOOK_APPS=name=spec,...; "echo" always): loaded at start-up, nothing else.
     apps: Mapping[str, str] = field(default_factory=lambda: dict(BUILTIN_APPS), repr=False)
+    # Meta's recording/transcription opt-in, worker-wide default (worker/capture.py); a dial or an app's
+    # prepare step may override it per call
+    capture: Capture = NO_CAPTURE
+    capture_language: str = "en"  # purpose and language a dial's opt-in falls back to
+    capture_purpose: str = ""
+    # Meta's recordings and transcripts, downloaded and kept here (worker/archive.py); "" = not archived
+    archive_dir: str = ""
 
 
 def load(env: Mapping[str, str]) -> WorkerConfig:
@@ -80,10 +88,41 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         uvloop=r.bool("CALLHOOK_UVLOOP", True),
         handoff=handoff_config.read(r),
         apps=r.app_map("CALLHOOK_APPS"),
+        capture=_capture(r),
+        capture_language=r.str("CALLHOOK_ANNOUNCEMENT_LANGUAGE", "en"),
+        capture_purpose=r.str("CALLHOOK_CAPTURE_PURPOSE", ""),
+        archive_dir=r.str("CALLHOOK_ARCHIVE_DIR", ""),
     )
     r.min_length("CALLHOOK_ACCESS_TOKEN", (config.access_token,) if config.access_token else (), 16)
     for server in config.ice_servers:
         if not server.startswith(("stun:", "turn:", "turns:")):
             r.problems.append(f"CALLHOOK_ICE_SERVERS: {server!r} must start with stun:, turn: or turns:")
+    if config.capture_language not in ANNOUNCEMENT_LANGUAGES:
+        r.problems.append(
+            f"CALLHOOK_ANNOUNCEMENT_LANGUAGE: {config.capture_language!r} is not a language Meta speaks "
+            f"({', '.join(sorted(ANNOUNCEMENT_LANGUAGES))})"
+        )
     r.finish()
     return config
+
+
+def _capture(r: EnvReader) -> Capture:
+    """CALLHOOK_RECORDING / CALLHOOK_TRANSCRIPTION (enabled|disabled|omit), one purpose and language."""
+    purpose = r.str("CALLHOOK_CAPTURE_PURPOSE", "")
+    language = r.str("CALLHOOK_ANNOUNCEMENT_LANGUAGE", "en")
+    choices = ("omit", "enabled", "disabled")
+    record = r.choice("CALLHOOK_RECORDING", "omit", choices)
+    transcribe = r.choice("CALLHOOK_TRANSCRIPTION", "omit", choices)
+
+    def consent(choice: str) -> Consent | None:
+        if choice == "omit":
+            return None
+        return Consent("ENABLED" if choice == "enabled" else "DISABLED", purpose, language)
+
+    capture = Capture(consent(record), consent(transcribe))
+    for problem in capture.problems():
+        if "purpose" in problem:
+            r.problems.append(f"CALLHOOK_CAPTURE_PURPOSE: {problem}")
+        elif "announcement_language" not in problem:  # reported once, below, for the setting itself
+            r.problems.append(problem)
+    return capture

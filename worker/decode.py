@@ -5,10 +5,12 @@ never raises anything else, whatever the bytes (``tests/unit/test_decode_fuzz.py
 
 Output, in document order, for every entry x change x item:
 
-- ``field == "calls"``: ``calls[]`` -> :class:`CallConnect` / :class:`CallTerminate` / :class:`CallNotice`
-  (``call_created``, ``call_recording_available``, ``call_transcription_available``; Meta's item unchanged),
-  then ``statuses[]`` -> :class:`CallStatus`. Calls changes are consumed here, never passed through.
-- any other field: one :class:`Passthrough` per change, whose ``value`` is the exact bytes Meta sent.
+- ``field == "calls"``: ``calls[]`` -> :class:`CallConnect` / :class:`CallTerminate` /
+  :class:`CallMediaReady` (``call_recording_available``, ``call_transcription_available``) /
+  :class:`CallNotice` (``call_created``; Meta's item unchanged), then ``statuses[]`` -> :class:`CallStatus`.
+  Calls changes are consumed here, never passed through.
+- any other field: one :class:`Passthrough` per change, whose ``value`` is the exact bytes Meta sent. An
+  ``account_update`` change also yields one :class:`AccountAlert` per restriction or violation it names.
   A ``messages`` change also yields, after its Passthrough, one :class:`PermissionReply` per
   ``call_permission_reply`` and one :class:`CallStatus` per ``statuses[]`` item of ``type == "call"``.
   Message statuses and every other message stay in the Passthrough only.
@@ -38,6 +40,7 @@ metric label) and, when readable, the call id. Kinds:
 - ``sdp_too_large``: an SDP over :data:`MAX_SDP_CHARS` (64 KiB; Meta's are a few KB);
 - ``connect_without_sdp``, ``connect_without_sdp_type``, ``unknown_sdp_type``, ``connect_direction_mismatch``
   (``direction`` contradicts ``sdp_type``: we could not tell whether to answer or to apply the SDP);
+- ``recording_without_media``, ``transcript_without_media`` (a media-ready event without a media id);
 - ``call_status_without_status``, ``permission_reply_without_user``, ``permission_reply_without_response``,
   ``no_phone_number_id`` (call content in a ``messages`` change without ``metadata``);
 - ``malformed_messages_value``: a ``messages`` value that does not decode and whose bytes mention a call
@@ -52,7 +55,8 @@ unknown it is inferred from ``sdp_type`` (offer -> incoming, answer -> outgoing)
 ``direction`` when only the legacy SDP is present. ``session.sdp`` is preferred over the legacy
 ``connection.webrtc.sdp``. A ``terminate`` status given as a list takes its first element; missing ->
 ``unknown``. Times become ints; a missing ``timestamp`` is ``0``. A call's contact is the one whose
-``wa_id`` is the call's ``from``, else its ``to``, else the only contact if the change has only one call (in a
+``wa_id`` (or ``user_id``) is the call's ``from`` (or ``from_user_id``), else its ``to``, else the only
+contact if the change has only one call (in a
 batch, one contact cannot be told to belong to a call it does not match). ``value.errors[0]`` (``message``,
 else ``title``, then ``: details``) goes to the change's terminate only when the change has exactly one
 terminate and no unreadable item that might be another: a wrongly attributed failure is worse than none.
@@ -102,7 +106,9 @@ import msgspec
 from worker import wire
 from worker.errors import PoisonWebhook
 from worker.events import (
+    AccountAlert,
     CallConnect,
+    CallMediaReady,
     CallNotice,
     CallStatus,
     CallTerminate,
@@ -116,7 +122,8 @@ from worker.events import (
 __all__ = ["NOTICE_EVENTS", "WABA_OBJECT", "decode_webhook"]
 
 WABA_OBJECT: Final = "whatsapp_business_account"
-NOTICE_EVENTS: Final = frozenset({"call_created", "call_recording_available", "call_transcription_available"})
+NOTICE_EVENTS: Final = frozenset({"call_created"})
+MEDIA_EVENTS: Final = {"call_recording_available": "recording", "call_transcription_available": "transcript"}
 
 # Keyed by Meta's spelling and by lower case: one dict hit for what Meta sends, .lower() only for odd cases.
 _DIRECTIONS: Final[dict[str | None, Direction]] = {
@@ -170,6 +177,8 @@ def decode_webhook(body: bytes) -> list[Event]:
             events.append(Passthrough(field=change.field, value=change.value, waba_id=waba_id))
             if change.field == "messages":
                 _messages_change(change.value, waba_id, events)
+            elif change.field == "account_update":
+                _account_update(change.value, waba_id, events)
     return events
 
 
@@ -307,6 +316,9 @@ def _calls_context(
         else:
             # reversed: the first contact listed for a wa_id wins, as a scan would find it
             by_wa_id = {str(c.wa_id): c for c in reversed(contacts) if c.wa_id is not None}
+            for c in reversed(contacts):  # a username-only user is known by its user id alone
+                if c.user_id and c.user_id not in by_wa_id:
+                    by_wa_id[c.user_id] = c
     return _Change(
         waba_id,
         str(metadata.phone_number_id),
@@ -346,6 +358,8 @@ def _call_events(
             out.append(_connect(call_id, item, change))
         elif event == "terminate":
             out.append(_terminate(call_id, item, change))
+        elif event in MEDIA_EVENTS:
+            out.append(_media_ready(call_id, event, item, change))
         elif event in NOTICE_EVENTS:
             if raw_calls is None:
                 return False
@@ -390,14 +404,15 @@ def _connect(call_id: str, item: wire.CallItem, change: _Change) -> CallConnect 
             return Skipped(field="calls", kind="unknown_sdp_type", call_id=call_id)
     if direction is not None and direction != implied:
         return Skipped(field="calls", kind="connect_direction_mismatch", call_id=call_id)
-    caller = item.from_ if isinstance(item.from_, str) else _text(item.from_)
-    callee = item.to if isinstance(item.to, str) else _text(item.to)
-    contact = change.only_contact or change.contacts.get(caller) or change.contacts.get(callee)
-    contact_name = contact_wa_id = None
+    caller, caller_user_id = _party(item.from_, item.from_user_id)
+    callee, callee_user_id = _party(item.to, item.to_user_id)
+    contact = change.only_contact or _contact_of(change, caller, caller_user_id, callee, callee_user_id)
+    contact_name = contact_wa_id = contact_user_id = contact_username = None
     if contact is not None:
         if contact.profile is not None:
             contact_name = contact.profile.name
         contact_wa_id = (contact.wa_id if isinstance(contact.wa_id, str) else _text(contact.wa_id)) or None
+        contact_user_id, contact_username = contact.user_id, contact.username
     return CallConnect(
         call_id=call_id,
         phone_number_id=change.phone_number_id,
@@ -414,13 +429,77 @@ def _connect(call_id: str, item: wire.CallItem, change: _Change) -> CallConnect 
         biz_opaque_callback_data=item.biz_opaque_callback_data,
         deeplink_payload=item.deeplink_payload,
         cta_payload=item.cta_payload,
+        caller_user_id=caller_user_id,
+        caller_parent_user_id=item.from_parent_user_id,
+        callee_user_id=callee_user_id,
+        callee_parent_user_id=item.to_parent_user_id,
+        contact_user_id=contact_user_id,
+        contact_username=contact_username,
     )
+
+
+def _contact_of(
+    change: _Change, caller: str, caller_user_id: str | None, callee: str, callee_user_id: str | None
+) -> wire.Contact | None:
+    contacts = change.contacts
+    if not contacts:
+        return None
+    for key in (caller, caller_user_id, callee, callee_user_id):
+        if key and key in contacts:
+            return contacts[key]
+    return None
+
+
+def _media_ready(call_id: str, event: str, item: wire.CallItem, change: _Change) -> CallMediaReady | Skipped:
+    kind = MEDIA_EVENTS[event]
+    holder = item.call_recording if kind == "recording" else item.call_transcript
+    media = None
+    if holder is not None:
+        media = holder.audio if kind == "recording" else holder.document
+        media = media or holder.audio or holder.document  # the other key, should Meta rename one
+    if media is None:  # an early, unverified shape: ``recording``/``transcription`` holding the media itself
+        media = item.recording if kind == "recording" else item.transcription
+    if media is None or not media.id:
+        return Skipped(field="calls", kind=f"{kind}_without_media", call_id=call_id)
+    caller, caller_user_id = _party(item.from_, item.from_user_id)
+    callee, _ = _party(item.to, item.to_user_id)
+    return CallMediaReady(
+        call_id=call_id,
+        phone_number_id=change.phone_number_id,
+        kind="recording" if kind == "recording" else "transcript",
+        media_id=media.id,
+        timestamp=item.timestamp or 0,
+        sha256=media.sha256,
+        mime_type=media.mime_type,
+        url=media.url,
+        caller=caller,
+        caller_user_id=caller_user_id,
+        caller_parent_user_id=item.from_parent_user_id,
+        callee=callee,
+        waba_id=change.waba_id,
+    )
+
+
+def _party(value: int | str | None, user_id: str | None) -> tuple[str, str | None]:
+    """``(phone number or "", user id or None)`` of a ``from``/``to`` and its ``*_user_id``.
+
+    Meta's pages read two ways: a username-only user has no ``from`` and a ``from_user_id`` (the 2026
+    reference), or the BSUID stands in ``from`` itself (seen in early samples). A ``from`` that is not a phone
+    number (digits, an optional "+") is taken as the user id, so both readings give the same event."""
+    if value is None:
+        return "", user_id or None
+    text = value if isinstance(value, str) else str(value)
+    if not text or text.isdigit() or (text[0] == "+" and text[1:].isdigit()) or ":" in text:
+        return text, user_id or None  # a number, or an address such as a SIP URI (call_created)
+    return "", user_id or text
 
 
 def _terminate(call_id: str, item: wire.CallItem, change: _Change) -> CallTerminate:
     status = item.status
     if isinstance(status, list):
         status = status[0] if status else None
+    caller, caller_user_id = _party(item.from_, item.from_user_id)
+    callee, callee_user_id = _party(item.to, item.to_user_id)
     return CallTerminate(
         call_id=call_id,
         phone_number_id=change.phone_number_id,
@@ -434,6 +513,10 @@ def _terminate(call_id: str, item: wire.CallItem, change: _Change) -> CallTermin
         error_code=change.error_code,
         error_message=change.error_message,
         waba_id=change.waba_id,
+        caller=caller,
+        callee=callee,
+        caller_user_id=caller_user_id,
+        callee_user_id=callee_user_id,
     )
 
 
@@ -445,19 +528,51 @@ def _call_status(item: wire.StatusItem, change: _Change, field: str) -> Event:
         return Skipped(field=field, kind="call_without_id")
     if not item.status:
         return Skipped(field=field, kind="call_status_without_status", call_id=item.id)
-    recipient = item.recipient_id
+    number, user_id = _party(item.recipient_id, item.recipient_user_id)
     return CallStatus(
         call_id=item.id,
         phone_number_id=change.phone_number_id,
         timestamp=item.timestamp or 0,
         status=item.status.lower(),
-        recipient_id=(recipient if isinstance(recipient, str) else _text(recipient)) or None,
+        recipient_id=number or None,
         biz_opaque_callback_data=item.biz_opaque_callback_data,
         waba_id=change.waba_id,
+        recipient_user_id=user_id,
+        recipient_parent_user_id=item.recipient_parent_user_id,
     )
 
 
 # --- field = "messages" ---------------------------------------------------------------------------------
+
+
+_account_updates: Final = msgspec.json.Decoder(wire.AccountUpdateValue, strict=False)
+
+
+def _account_update(raw: msgspec.Raw, waba_id: str, out: list[Event]) -> None:
+    """After an account_update's Passthrough: one AccountAlert per restriction or violation it names."""
+    try:
+        value = _account_updates.decode(raw)
+    except _DECODE_ERRORS:
+        return  # not callhook's to judge: the Passthrough carries it
+    event = (value.event or "").upper()
+    if event == "ACCOUNT_RESTRICTION":
+        infos = list(value.restriction_info or ())
+        if value.restriction_type:
+            infos.append(
+                wire.RestrictionInfo(restriction_type=value.restriction_type, expiration=value.expiration)
+            )
+        out.extend(
+            AccountAlert(
+                kind="restriction", type=info.restriction_type, waba_id=waba_id, expiration=info.expiration
+            )
+            for info in infos
+            if info.restriction_type
+        )
+    elif event == "ACCOUNT_VIOLATION":
+        kind = value.violation_info.violation_type if value.violation_info is not None else None
+        kind = kind or value.violation_type
+        if kind:
+            out.append(AccountAlert(kind="violation", type=kind, waba_id=waba_id))
 
 
 def _messages_change(raw: msgspec.Raw, waba_id: str, out: list[Event]) -> None:
@@ -500,8 +615,8 @@ def _permission_reply(
     reply = interactive.call_permission_reply
     if reply is None or not reply.response:
         return Skipped(field="messages", kind="permission_reply_without_response")
-    user = _text(message.from_)
-    if not user:
+    user, user_id = _party(message.from_, message.from_user_id)
+    if not user and not user_id:
         return Skipped(field="messages", kind="permission_reply_without_user")
     if change is None:
         return _no_number(None)
@@ -514,6 +629,9 @@ def _permission_reply(
         expiration_timestamp=reply.expiration_timestamp,
         response_source=reply.response_source,
         message_id=message.id or "",
+        user_id=user_id,
+        parent_user_id=message.from_parent_user_id,
+        context_id=message.context.id if message.context is not None else None,
     )
 
 

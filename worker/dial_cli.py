@@ -18,7 +18,7 @@ import aio_pika
 from callhook.env import EnvReader
 from ingress import contract
 from ingress.broker import declare_topology
-from ingress.commands import Dial, Permission
+from ingress.commands import Consent, Dial, Permission, is_user_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,8 @@ class DialOptions:
     callback_data: str | None
     permission: Permission
     wait_seconds: float | None  # None: do not wait for the call's events
+    recording: Consent | None = None
+    transcription: Consent | None = None
 
 
 def options_from(to: str, from_id: str | None, app: str | None, callback_data: str | None,
@@ -42,8 +44,12 @@ def options_from(to: str, from_id: str | None, app: str | None, callback_data: s
 
 
 async def dial(options: DialOptions, amqp_url: str) -> int:
+    by_id = is_user_id(options.to)
     command = Dial(
-        to=options.to,
+        to="" if by_id else options.to,
+        recipient=options.to if by_id else "",
+        recording=options.recording,
+        transcription=options.transcription,
         phone_number_id=options.phone_number_id,
         app=options.app,
         biz_opaque_callback_data=options.callback_data,
@@ -66,7 +72,10 @@ async def dial(options: DialOptions, amqp_url: str) -> int:
         )
         await channel.default_exchange.publish(message, contract.DIALS_QUEUE, mandatory=True, timeout=10)
         print(
-            json.dumps({"request_id": command.request_id, "to": command.to, "status": "queued"}), flush=True
+            json.dumps(
+                {"request_id": command.request_id, "to": command.to or command.recipient, "status": "queued"}
+            ),
+            flush=True,
         )
         if events is None or options.wait_seconds is None:
             return 0

@@ -31,7 +31,14 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from callhook.env import APP_NAME
 from ingress import contract, idempotency
-from ingress.commands import GRAPH_ID, MAX_CALLBACK_DATA, has_control_characters, is_recipient, utf8_length
+from ingress.commands import (
+    GRAPH_ID,
+    MAX_CALLBACK_DATA,
+    has_control_characters,
+    is_recipient,
+    is_user_id,
+    utf8_length,
+)
 from worker.amqp import AMQP_FAILURES, AmqpLink, Session, settle
 from worker.errors import TransientError
 from worker.events import DialRequest, dial_decoder
@@ -191,8 +198,12 @@ def _marker_ttl(headers: dict[str, Any]) -> int:
 
 def dial_problem(request: DialRequest) -> str | None:
     """Why a dial from the queue must not be placed (the ingress checks the same), or None."""
-    if not is_recipient(request.to):
+    if not request.to and not request.recipient:
+        return "the dial names no user: 'to' or 'recipient' is required"
+    if request.to and not is_recipient(request.to):
         return "'to' is neither a phone number nor a WhatsApp user id"
+    if request.recipient and not is_user_id(request.recipient):
+        return "'recipient' is not a WhatsApp user id"
     if not GRAPH_ID.fullmatch(request.phone_number_id):
         return "'phone_number_id' is not ASCII digits"
     data = request.biz_opaque_callback_data

@@ -21,8 +21,8 @@ class CallConnect(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     call_id: str
     phone_number_id: str
     direction: Direction
-    caller: str  # Meta's ``from``
-    callee: str  # Meta's ``to``
+    caller: str  # Meta's ``from`` if it is a phone number, else "" (username-only user: caller_user_id)
+    callee: str  # Meta's ``to`` (same rule)
     timestamp: int
     sdp_type: str  # "offer" (incoming) or "answer" (outgoing)
     sdp: str
@@ -33,6 +33,13 @@ class CallConnect(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     biz_opaque_callback_data: str | None = None
     deeplink_payload: str | None = None
     cta_payload: str | None = None
+    # 2026 usernames: business-scoped user ids (BSUIDs) and the contact's username, whichever Meta sent
+    caller_user_id: str | None = None
+    caller_parent_user_id: str | None = None
+    callee_user_id: str | None = None
+    callee_parent_user_id: str | None = None
+    contact_user_id: str | None = None
+    contact_username: str | None = None
 
 
 class CallTerminate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="terminate"):
@@ -50,6 +57,10 @@ class CallTerminate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     error_code: int | None = None
     error_message: str | None = None
     waba_id: str = ""
+    caller: str = ""
+    callee: str = ""
+    caller_user_id: str | None = None
+    callee_user_id: str | None = None
 
 
 class CallStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="status"):
@@ -62,6 +73,8 @@ class CallStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     recipient_id: str | None = None
     biz_opaque_callback_data: str | None = None
     waba_id: str = ""
+    recipient_user_id: str | None = None
+    recipient_parent_user_id: str | None = None
 
 
 class HangupRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="hangup"):
@@ -75,16 +88,29 @@ class HangupRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
 CallEvent = CallConnect | CallTerminate | CallStatus | HangupRequest
 
 
+class CaptureRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Meta's ``recording`` / ``transcription`` opt-in, as a dial may override it (worker/capture.py)."""
+
+    status: str  # "ENABLED" | "DISABLED"
+    purpose: str | None = None
+    announcement_language: str | None = None
+
+
 class DialRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Place a call (``callhook.dials``), from the ingress API or ``callhook dial`` (ingress/commands.py)."""
+    """Place a call (``callhook.dials``), from the ingress API or ``callhook dial`` (ingress/commands.py).
+
+    ``to`` is the user's phone number, ``recipient`` their business-scoped user id (BSUID): at least one."""
 
     request_id: str
-    to: str
+    to: str = ""
     phone_number_id: str
     permission: Literal["skip", "check", "request"] = "skip"
     app: str | None = None
     biz_opaque_callback_data: str | None = None
     requested_at: float = 0.0
+    recipient: str | None = None
+    recording: CaptureRequest | None = None
+    transcription: CaptureRequest | None = None
 
 
 class CallNotice(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -100,17 +126,54 @@ class CallNotice(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     item: msgspec.Raw
 
 
+class CallMediaReady(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="media_ready"):
+    """``call_recording_available`` (kind ``recording``) or ``call_transcription_available`` (``transcript``):
+    Meta's recording or transcript of an ended call, a media id and a URL valid for 5 minutes."""
+
+    call_id: str
+    phone_number_id: str
+    kind: Literal["recording", "transcript"]
+    media_id: str
+    timestamp: int
+    sha256: str | None = None  # base64
+    mime_type: str | None = None
+    url: str | None = None
+    caller: str = ""
+    caller_user_id: str | None = None
+    caller_parent_user_id: str | None = None
+    callee: str = ""
+    waba_id: str = ""
+
+
 class PermissionReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A user's answer to a call permission request (an interactive ``messages`` reply)."""
 
     phone_number_id: str
-    user: str  # the user's wa id (``from`` of the message)
+    user: str  # the user's wa id (``from`` of the message), "" for a username-only user (see user_id)
     response: str  # "accept" | "reject" (lower case)
     timestamp: int
     is_permanent: bool = False
     expiration_timestamp: int | None = None
     response_source: str | None = None
     message_id: str = ""
+    user_id: str | None = None
+    parent_user_id: str | None = None
+    context_id: str | None = None  # the request's wamid, or the wacid of the call that granted it
+
+
+class AccountAlert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An ``account_update`` that restricts (``restriction``) or warns about (``violation``) the account, e.g.
+    ``RESTRICTED_BUSINESS_INITIATED_CALLING`` for 7 days after poor call feedback. Counted
+    (``callhook_account_restrictions_total``), alerted on, and published as ``account.<kind>``."""
+
+    kind: Literal["restriction", "violation"]
+    type: str  # Meta's restriction_type / violation_type, upper case as sent
+    waba_id: str = ""
+    expiration: int | None = None
+
+    @property
+    def calling(self) -> bool:
+        return "CALLING" in self.type or "CALL_BUTTON" in self.type
 
 
 class Passthrough(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -129,8 +192,19 @@ class Skipped(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     call_id: str | None = None
 
 
-Event = CallConnect | CallTerminate | CallStatus | CallNotice | PermissionReply | Passthrough | Skipped
+Event = (
+    CallConnect
+    | CallTerminate
+    | CallStatus
+    | CallNotice
+    | CallMediaReady
+    | PermissionReply
+    | AccountAlert
+    | Passthrough
+    | Skipped
+)
 
 call_event_encoder = msgspec.json.Encoder()
 call_event_decoder: msgspec.json.Decoder[CallEvent] = msgspec.json.Decoder(CallEvent)
 dial_decoder: msgspec.json.Decoder[DialRequest] = msgspec.json.Decoder(DialRequest)
+media_ready_decoder: msgspec.json.Decoder[CallMediaReady] = msgspec.json.Decoder(CallMediaReady)

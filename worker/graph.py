@@ -30,6 +30,7 @@ from typing import Any, Literal, Self, TypeVar
 import aiohttp
 import msgspec
 
+from worker.capture import Capture
 from worker.config import WorkerConfig
 from worker.errors import (
     GraphAuthError,
@@ -38,6 +39,7 @@ from worker.errors import (
     GraphRetryable,
     GraphUnknownOutcome,
 )
+from worker.meta_codes import describe
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -68,13 +70,34 @@ ERROR_CODES: dict[int, tuple[type[GraphError], str]] = {
     138013: (GraphRefused, "business-initiated calling unavailable for this number"),
     138014: (GraphRefused, "calling temporarily disabled for low quality"),
     138017: (GraphRefused, "permanent permission exists already"),
+    # 2026 reference: the rest of the calling codes (worker/meta_codes.py names them and says what to do)
+    131009: (GraphRefused, "interactive voice_call not supported"),
+    131026: (GraphRefused, "recipient's app is too old"),
+    131030: (GraphRefused, "recipient not on the test number's allowed list"),
+    131044: (GraphRefused, "no valid payment method"),
+    138015: (GraphRefused, "calling cannot be enabled: messaging limit under 2000"),
+    138018: (GraphRefused, "technical prerequisites not met (SIP, or calls subscription)"),
 }
 
 Action = Literal[
-    "pre_accept", "accept", "reject", "terminate", "connect", "call_permissions", "permission_request"
+    "pre_accept",
+    "accept",
+    "reject",
+    "terminate",
+    "connect",
+    "call_permissions",
+    "permission_request",
+    "media",
+    "media_download",
+    "settings",
+    "settings_update",
 ]
-# Actions that may be repeated when an attempt's outcome is unknown (see the module docstring).
-REPEATABLE: frozenset[str] = frozenset({"pre_accept", "accept", "reject", "terminate", "call_permissions"})
+# Actions that may be repeated when an attempt's outcome is unknown (see the module docstring). A settings
+# update writes the same whole object again: repeating it is harmless.
+REPEATABLE: frozenset[str] = frozenset(
+    {"pre_accept", "accept", "reject", "terminate", "call_permissions", "media", "media_download"}
+    | {"settings", "settings_update"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,20 +134,34 @@ class _Session(msgspec.Struct, frozen=True, kw_only=True):
 
 # ``omit_defaults`` leaves out only the optional fields (None); constants are passed explicitly so they are
 # always written.
+class _Consent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Meta's ``recording`` / ``transcription`` opt-in object (worker/capture.py)."""
+
+    status: str
+    purpose: str | None = None
+    announcement_language: str | None = None
+
+
 class _CallAction(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     messaging_product: str
     call_id: str
     action: str
     session: _Session | None = None
     biz_opaque_callback_data: str | None = None
+    # only ever set on accept: Meta refuses the opt-in anywhere else, and never on pre_accept
+    recording: _Consent | None = None
+    transcription: _Consent | None = None
 
 
 class _ConnectBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     messaging_product: str
-    to: str
     action: str
     session: _Session
+    to: str | None = None  # the user's phone number, and/or
+    recipient: str | None = None  # their business-scoped user id (BSUID): a username-only user has no number
     biz_opaque_callback_data: str | None = None
+    recording: _Consent | None = None
+    transcription: _Consent | None = None
 
 
 class _Text(msgspec.Struct, frozen=True):
@@ -141,12 +178,13 @@ class _PermissionInteractive(msgspec.Struct, frozen=True, kw_only=True, omit_def
     body: _Text | None = None
 
 
-class _PermissionMessage(msgspec.Struct, frozen=True, kw_only=True):
+class _PermissionMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     messaging_product: str
     recipient_type: str
-    to: str
     type: str
     interactive: _PermissionInteractive
+    to: str | None = None
+    recipient: str | None = None  # a username-only user's id (Meta: when both are given, ``to`` wins)
 
 
 WHATSAPP = "whatsapp"
@@ -171,11 +209,20 @@ class _Messages(msgspec.Struct, frozen=True):
 class _Permission(msgspec.Struct, frozen=True):
     status: str
     expiration_time: int | None = None
+    expiration: int | None = None  # the field table's name for expiration_time
+
+
+class _Limit(msgspec.Struct, frozen=True):
+    time_period: str = ""
+    max_allowed: int | None = None
+    current_usage: int | None = None
+    limit_expiration_time: int | None = None
 
 
 class _PermissionActionStatus(msgspec.Struct, frozen=True):
     action_name: str
     can_perform_action: bool
+    limits: list[_Limit] = []
 
 
 class _Permissions(msgspec.Struct, frozen=True):
@@ -183,11 +230,34 @@ class _Permissions(msgspec.Struct, frozen=True):
     actions: list[_PermissionActionStatus] = []
 
 
+class _MediaInfo(msgspec.Struct, frozen=True):
+    url: str
+    id: str = ""
+    mime_type: str | None = None
+    sha256: str | None = None
+    file_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInfo:
+    """``GET /<MEDIA_ID>``: a fresh short-lived URL for a media id (a recording, a transcript)."""
+
+    url: str
+    mime_type: str | None
+    sha256: str | None  # base64, as in the webhook
+    file_size: int | None
+
+
+class _ErrorData(msgspec.Struct, frozen=True):
+    details: str | None = None
+
+
 class _ErrorBody(msgspec.Struct, frozen=True):
     message: str = ""
     code: int | None = None
     error_subcode: int | None = None
     type: str = ""
+    error_data: _ErrorData | None = None
 
 
 class _ErrorEnvelope(msgspec.Struct, frozen=True):
@@ -204,7 +274,20 @@ _success_decoder = msgspec.json.Decoder(_Success)
 _calls_decoder = msgspec.json.Decoder(_Calls)
 _messages_decoder = msgspec.json.Decoder(_Messages)
 _permissions_decoder = msgspec.json.Decoder(_Permissions)
+_media_decoder = msgspec.json.Decoder(_MediaInfo)
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
 _usage_decoder = msgspec.json.Decoder(dict[str, list[_UsageEntry]])
+
+
+@dataclass(frozen=True, slots=True)
+class ActionLimit:
+    """One ``actions[].limits[]`` entry: ``max_allowed`` per ``time_period`` (ISO 8601, e.g. PT24H)."""
+
+    action: str
+    time_period: str
+    max_allowed: int | None
+    current_usage: int | None
+    limit_expiration_time: int | None  # when the limit frees again (only while it is reached)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +298,34 @@ class PermissionStatus:
     expiration_time: int | None
     can_start_call: bool | None  # None when Meta did not say
     can_request_permission: bool | None
+    limits: tuple[ActionLimit, ...] = ()
+
+    def blocking_limits(self, action: str) -> list[ActionLimit]:
+        """The limits of ``action`` that are reached (why Meta says it cannot be performed)."""
+        return [
+            limit
+            for limit in self.limits
+            if limit.action == action
+            and limit.max_allowed is not None
+            and limit.current_usage is not None
+            and limit.current_usage >= limit.max_allowed
+        ]
+
+    def start_call_refusal(self) -> str | None:
+        """None when a call may be placed now, else why not (status, reached limits and when they free)."""
+        if self.status not in ("temporary", "permanent"):
+            return f"call permission is {self.status}"
+        if self.can_start_call is not False:
+            return None
+        reached = self.blocking_limits("start_call")
+        if not reached:
+            return "Meta says start_call cannot be performed now"
+        parts = [
+            f"{limit.current_usage}/{limit.max_allowed} calls per {limit.time_period}"
+            + (f" until {limit.limit_expiration_time}" if limit.limit_expiration_time else "")
+            for limit in reached
+        ]
+        return "start_call limit reached: " + ", ".join(parts)
 
 
 class _TransportUnknown(GraphUnknownOutcome):
@@ -282,13 +393,17 @@ class GraphClient:
         *,
         deadline: float,
         biz_opaque_callback_data: str | None = None,
+        capture: Capture | None = None,
     ) -> None:
+        recording, transcription = _consents(capture)
         body = _CallAction(
             messaging_product=WHATSAPP,
             call_id=call_id,
             action="accept",
             session=_Session(sdp_type="answer", sdp=sdp),
             biz_opaque_callback_data=biz_opaque_callback_data,
+            recording=recording,
+            transcription=transcription,
         )
         await self._calls_action("accept", phone_number_id, body, deadline)
 
@@ -308,14 +423,23 @@ class GraphClient:
         *,
         biz_opaque_callback_data: str | None = None,
         deadline: float | None = None,
+        recipient: str | None = None,
+        capture: Capture | None = None,
     ) -> str:
-        """Place a call; returns Meta's call id. Never repeated once it may have reached Meta."""
+        """Place a call to ``to`` (phone number) and/or ``recipient`` (user id); returns Meta's call id.
+        Never repeated once it may have reached Meta."""
+        if not to and not recipient:
+            raise ValueError("connect needs a phone number (to) or a user id (recipient)")
+        recording, transcription = _consents(capture)
         body = _ConnectBody(
             messaging_product=WHATSAPP,
             action="connect",
-            to=to,
+            to=to or None,
+            recipient=recipient or None,
             session=_Session(sdp_type="offer", sdp=sdp),
             biz_opaque_callback_data=biz_opaque_callback_data,
+            recording=recording,
+            transcription=transcription,
         )
         url = f"{self._base}/{phone_number_id}/calls"
         return await self._with_retries(
@@ -324,9 +448,11 @@ class GraphClient:
 
     # -------------------------------------------------------------------------------------- permissions
     async def call_permissions(
-        self, phone_number_id: str, user_wa_id: str, *, deadline: float | None = None
+        self, phone_number_id: str, user_wa_id: str, *, deadline: float | None = None, recipient: str = ""
     ) -> PermissionStatus:
+        """``user_wa_id`` (a phone number) or, for a user known only by user id, ``recipient``."""
         url = f"{self._base}/{phone_number_id}/call_permissions"
+        params = {"user_wa_id": user_wa_id} if user_wa_id else {"recipient": recipient}
         return await self._with_retries(
             "call_permissions",
             "GET",
@@ -334,11 +460,17 @@ class GraphClient:
             None,
             self._deadline(deadline),
             _permission_status,
-            params={"user_wa_id": user_wa_id},
+            params=params,
         )
 
     async def send_permission_request(
-        self, phone_number_id: str, to: str, body_text: str | None = None, *, deadline: float | None = None
+        self,
+        phone_number_id: str,
+        to: str,
+        body_text: str | None = None,
+        *,
+        deadline: float | None = None,
+        recipient: str = "",
     ) -> str:
         """Send the interactive call-permission request; returns the message id."""
         interactive = _PermissionInteractive(
@@ -349,13 +481,40 @@ class GraphClient:
         message = _PermissionMessage(
             messaging_product=WHATSAPP,
             recipient_type="individual",
-            to=to,
+            to=to or None,
+            recipient=None if to else recipient or None,
             type="interactive",
             interactive=interactive,
         )
         url = f"{self._base}/{phone_number_id}/messages"
         return await self._with_retries(
             "permission_request", "POST", url, _encoder.encode(message), self._deadline(deadline), _message_id
+        )
+
+    # ---------------------------------------------------------------------------------------- settings
+    async def settings(self, phone_number_id: str, *, deadline: float | None = None) -> dict[str, Any]:
+        """``GET /<PHONE_NUMBER_ID>/settings``: the number's settings (``calling`` among them)."""
+        url = f"{self._base}/{phone_number_id}/settings"
+        return await self._with_retries("settings", "GET", url, None, self._deadline(deadline), _json_object)
+
+    async def update_settings(
+        self, phone_number_id: str, calling: dict[str, Any], *, deadline: float | None = None
+    ) -> None:
+        """``POST /<PHONE_NUMBER_ID>/settings`` with ``{"calling": ...}`` (each member replaced whole)."""
+        url = f"{self._base}/{phone_number_id}/settings"
+        body = msgspec.json.encode({"calling": calling})
+        await self._with_retries("settings_update", "POST", url, body, self._deadline(deadline), _success)
+
+    # ------------------------------------------------------------------------------------------- media
+    async def media(self, media_id: str, *, deadline: float | None = None) -> MediaInfo:
+        """A fresh download URL for ``media_id`` (Meta's webhook URLs expire after 5 minutes)."""
+        url = f"{self._base}/{media_id}"
+        return await self._with_retries("media", "GET", url, None, self._deadline(deadline), _media_info)
+
+    async def download(self, url: str, *, deadline: float | None = None) -> bytes:
+        """The bytes behind a media URL, fetched with the token (Meta's lookaside URLs require it)."""
+        return await self._with_retries(
+            "media_download", "GET", url, None, self._deadline(deadline), lambda _action, raw: raw
         )
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -435,6 +594,9 @@ class GraphClient:
             result = parse(action, await self._send(action, method, url, body, params, timeout_seconds))
         except GraphError as exc:
             self._observe(action, _outcome_of(exc), started, _code_label(exc))
+            if exc.code is not None and self._metrics is not None:
+                known = describe(exc.code)
+                self._metrics.meta_errors.labels(name=known.name, action=known.action.value).inc()
             raise
         self._observe(action, "ok", started, None)
         return result
@@ -493,6 +655,8 @@ def _classify(action: Action, status: int, raw: bytes, retry_after: float | None
         error = None
     code = error.code if error else None
     text = f"{action}: HTTP {status}" + (f", code {code}: {error.message}" if error else "")
+    if error is not None and error.error_data is not None and error.error_data.details:
+        text = f"{text} [{error.error_data.details[:300]}]"
     known = ERROR_CODES.get(code) if code is not None else None
     if known is not None:
         cls, reason = known
@@ -544,11 +708,39 @@ def _message_id(action: Action, raw: bytes) -> str:
 def _permission_status(action: Action, raw: bytes) -> PermissionStatus:
     decoded = _decode(action, _permissions_decoder, raw)
     can = {a.action_name: a.can_perform_action for a in decoded.actions}
+    permission = decoded.permission
     return PermissionStatus(
-        status=decoded.permission.status.lower(),
-        expiration_time=decoded.permission.expiration_time,
+        status=permission.status.lower(),
+        expiration_time=permission.expiration_time
+        if permission.expiration_time is not None
+        else permission.expiration,
         can_start_call=can.get("start_call"),
         can_request_permission=can.get("send_call_permission_request"),
+        limits=tuple(
+            ActionLimit(a.action_name, x.time_period, x.max_allowed, x.current_usage, x.limit_expiration_time)
+            for a in decoded.actions
+            for x in a.limits
+        ),
+    )
+
+
+def _json_object(action: Action, raw: bytes) -> dict[str, Any]:
+    return _decode(action, _object_decoder, raw)
+
+
+def _media_info(action: Action, raw: bytes) -> MediaInfo:
+    info = _decode(action, _media_decoder, raw)
+    return MediaInfo(url=info.url, mime_type=info.mime_type, sha256=info.sha256, file_size=info.file_size)
+
+
+def _consents(capture: Capture | None) -> tuple[_Consent | None, _Consent | None]:
+    if capture is None:
+        return None, None
+    fields = capture.validated().body_fields()
+    recording, transcription = fields.get("recording"), fields.get("transcription")
+    return (
+        _Consent(**recording) if recording is not None else None,
+        _Consent(**transcription) if transcription is not None else None,
     )
 
 

@@ -48,7 +48,7 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     call_id: str
     direction: str
     phone_number_id: str
-    user: str  # the WhatsApp user's number
+    user: str  # the WhatsApp user's number, "" for a username-only user (see user_id)
     timestamp: float
     user_name: str | None = None
     biz_opaque_callback_data: str | None = None
@@ -65,6 +65,12 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     queue: str | None = None
     agent: str | None = None
     wait_seconds: float | None = None
+    user_id: str | None = None  # the user's business-scoped id (BSUID), when known
+    username: str | None = None
+    error_name: str | None = None  # error_code's name and what to do: retry | stop | alert | fix
+    error_action: str | None = None  # (worker/meta_codes.py)
+    recording: bool | None = None  # Meta records / transcribes this call (opted in on accept or connect)
+    transcription: bool | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -86,6 +92,10 @@ class LifecyclePublisher:
             phone_number_id=info.phone_number_id,
             user=info.user_number,
             user_name=info.user_name,
+            user_id=info.user_id,
+            username=info.username,
+            recording=info.capture.recording if info.capture is not None else None,
+            transcription=info.capture.transcription if info.capture is not None else None,
             biz_opaque_callback_data=info.biz_opaque_callback_data,
             timestamp=round(time.time(), 3),
             **{k: v for k, v in fields.items() if v is not None},  # type: ignore[arg-type]

@@ -235,3 +235,34 @@ class WorkerMetrics:
             "Keypad digits (RFC 4733 telephone events) decoded from callers' media.",
             registry=registry,
         )
+        # Meta's 2026 platform: recordings, transcripts, restrictions, error codes (docs/platform-2026.md)
+        self.media_ready = Counter(
+            "callhook_media_ready_total",
+            "Recording/transcript webhooks judged, by kind and outcome (published, duplicate).",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.archive = Counter(
+            "callhook_archive_total",
+            "Recordings/transcripts archived, by kind and outcome (archived, exists, hash_mismatch, failed).",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.archive_url_refreshes = Counter(
+            "callhook_archive_url_refreshes_total",
+            "Media downloads that needed a fresh URL by media id (the webhook's had expired or was refused).",
+            ["kind"],
+            registry=registry,
+        )
+        self.account_restrictions = Counter(
+            "callhook_account_restrictions_total",
+            "account_update webhooks restricting calling (ACCOUNT_RESTRICTION), by restriction type.",
+            ["restriction_type"],
+            registry=registry,
+        )
+        self.meta_errors = Counter(
+            "callhook_meta_errors_total",
+            "Meta calling error codes seen (refused requests and terminate webhooks), by name and action.",
+            ["name", "action"],
+            registry=registry,
+        )

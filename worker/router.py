@@ -37,7 +37,9 @@ from worker.amqp import AMQP_FAILURES, AmqpLink, Session, header_float, publish,
 from worker.decode import decode_webhook
 from worker.errors import PoisonWebhook, TransientError
 from worker.events import (
+    AccountAlert,
     CallConnect,
+    CallMediaReady,
     CallNotice,
     CallStatus,
     CallTerminate,
@@ -142,6 +144,7 @@ class Router(Supervised):
             calls=await channel.get_exchange(contract.CALLS_EXCHANGE, ensure=False),
             events=await channel.get_exchange(contract.EVENTS_EXCHANGE, ensure=False),
             dead=await channel.get_exchange(contract.DEAD_EXCHANGE, ensure=False),
+            media=channel.default_exchange,
         )
         queue = await channel.get_queue(contract.WEBHOOKS_QUEUE, ensure=False)
 
@@ -220,11 +223,21 @@ class Router(Supervised):
                 return out.events, _message(event, received_at), f"call.{event.event}"
             case PermissionReply():
                 return out.events, _message(event, received_at), "call.permission_reply"
+            case CallMediaReady():  # judged once, after the call, by whoever consumes the media queue
+                return out.media, _message(event, received_at), contract.MEDIA_QUEUE
+            case AccountAlert():
+                return out.events, _message(event, received_at), f"account.{event.kind}"
             case Skipped():
                 return None
 
     def _count_event(self, event: Event) -> None:
         match event:
+            case AccountAlert(kind="restriction"):
+                label = event.type if _RESTRICTION_LABEL.fullmatch(event.type) else "OTHER"
+                self._metrics.account_restrictions.labels(restriction_type=label).inc()
+                log.warning("account restricted by Meta", extra={"restriction_type": event.type,
+                                                                 "expiration": event.expiration})  # fmt: skip
+                self._metrics.router_events.labels(kind="account_alert").inc()
             case Skipped():
                 self._metrics.router_skipped.labels(kind=event.kind).inc()
             case CallConnect() | CallTerminate() | CallStatus() if not _routable(event.call_id):
@@ -270,6 +283,7 @@ class _Outlets:
     calls: AbstractExchange
     events: AbstractExchange
     dead: AbstractExchange
+    media: AbstractExchange  # the default exchange (routing key = the media queue)
 
 
 class _SessionOver(Exception):
@@ -281,6 +295,8 @@ _KINDS: dict[type, str] = {
     CallTerminate: "terminate",
     CallStatus: "status",
     CallNotice: "notice",
+    CallMediaReady: "media_ready",
+    AccountAlert: "account_alert",
     PermissionReply: "permission_reply",
     Passthrough: "passthrough",
 }
@@ -298,6 +314,9 @@ def _message(event: Event, received_at: float | None) -> aio_pika.Message:
         content_type="application/json",
         delivery_mode=DeliveryMode.PERSISTENT,
     )
+
+
+_RESTRICTION_LABEL = re.compile(r"[A-Z_]{1,64}")
 
 
 def _routable(call_id: str) -> bool:

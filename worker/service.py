@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -28,6 +29,8 @@ from worker import call as machine
 from worker.amqp import AmqpLink
 from worker.apps.api import App, CallInfo
 from worker.apps.loader import APP_REFUSED, AppRegistry, AppSpecError
+from worker.archive import Archiver, ArchiveSettings
+from worker.capture import Capture, CaptureError, Consent, consent
 from worker.config import WorkerConfig
 from worker.dials import Ack, DialIntake
 from worker.errors import GraphError
@@ -39,6 +42,7 @@ from worker.handoff.transfer import Handoff
 from worker.health import HealthServer, watch_loop_lag
 from worker.lifecycle import LifecyclePublisher
 from worker.media import MediaSettings, MediaStatistics
+from worker.media_ready import MediaReadyConsumer
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, Ownership, OwnershipSettings, Reservation
 from worker.router import Router
@@ -125,6 +129,10 @@ class WorkerService:
             self._dials = await stack.enter_async_context(
                 DialIntake(self._link, self._ownership, self._take_dial, self.metrics)
             )
+            archiver = None
+            if config.archive_dir:
+                archiver = Archiver(ArchiveSettings(Path(config.archive_dir)), self._graph, self.metrics)
+            await stack.enter_async_context(MediaReadyConsumer(self._link, archiver, self.metrics))
             self.health = await stack.enter_async_context(
                 HealthServer(config.metrics_host, config.metrics_port, self.registry, self.ready)
             )
@@ -192,7 +200,7 @@ class WorkerService:
     # ------------------------------------------------------------------------------- CallHandler
     async def on_incoming(self, claim: Claim, event: CallConnect, received_at: float) -> None:
         info = CallInfo.from_connect(event)
-        session = self._session(info, claim=claim, received_at=received_at)
+        session = self._session(info, claim=claim, received_at=received_at, capture=self.config.capture)
         self._start(session, machine.Offered(event.sdp))
 
     async def on_stale(self, event: CallConnect) -> None:
@@ -221,12 +229,14 @@ class WorkerService:
         app: App | None = None,
         request_id: str = "",
         before_connect: Callable[[], Awaitable[None]] | None = None,
+        capture: Capture | None = None,
     ) -> CallSession:
         assert self._deps is not None
         settings = SessionSettings(
             answer_deadline_seconds=self.config.answer_deadline_seconds,
             media_connect_timeout_seconds=self.config.media_connect_timeout_seconds,
             request_id=request_id,
+            capture=capture,
         )
         return CallSession(
             self._deps, settings, info, app or self.app,
@@ -257,20 +267,32 @@ class WorkerService:
     async def _dial(self, request: DialRequest, reservation: Reservation, ack: Ack) -> None:
         """Check what the dial asks to be checked, then place the call in a session of its own."""
         assert self._deps is not None
+        capture: Capture | None = None
+        refusal: tuple[str, str] | None = None
+        try:
+            capture = dial_capture(self.config, request)
+        except CaptureError as exc:
+            refusal = ("bad_request", str(exc))
+        if not request.to and not request.recipient:
+            refusal = ("bad_request", "the dial names no user: 'to' or 'recipient' is required")
         info = CallInfo(
             call_id="",
             phone_number_id=request.phone_number_id,
             direction="outgoing",
             user_number=request.to,
+            user_id=request.recipient or None,
             biz_opaque_callback_data=request.biz_opaque_callback_data,
+            capture=capture if capture is not None and (capture.record or capture.transcribe) else None,
         )
-        try:
-            app = self._app(request.app)
-            refusal = await self._permission_refusal(request) if request.permission != "skip" else None
-        except AppSpecError:
-            refusal = ("bad_app", APP_REFUSED)  # never the loader's text: it may name paths or modules
-        except GraphError as exc:
-            refusal = (DIAL_REFUSALS.get(exc.code or 0, "failed"), f"permission check: {exc}")
+        app = self.app
+        if refusal is None:
+            try:
+                app = self._app(request.app)
+                refusal = await self._permission_refusal(request) if request.permission != "skip" else None
+            except AppSpecError:
+                refusal = ("bad_app", APP_REFUSED)  # never the loader's text: it may name paths or modules
+            except GraphError as exc:
+                refusal = (DIAL_REFUSALS.get(exc.code or 0, "failed"), f"permission check: {exc}")
         if refusal is not None:
             await ack()
             reservation.release()
@@ -282,20 +304,28 @@ class WorkerService:
             )
             return
         session = self._session(
-            info, reservation=reservation, app=app, request_id=request.request_id, before_connect=ack
-        )
+            info, reservation=reservation, app=app, request_id=request.request_id, before_connect=ack,
+            capture=capture if info.capture is not None else None,
+        )  # fmt: skip
         self._start(session, machine.Dialed())
 
     async def _permission_refusal(self, request: DialRequest) -> tuple[str, str] | None:
         """None when the user may be called now; else (outcome, reason). ``request`` mode asks the user."""
         assert self._graph is not None
-        status = await self._graph.call_permissions(request.phone_number_id, request.to)
-        if status.status in ("temporary", "permanent") and status.can_start_call is not False:
+        status = await self._graph.call_permissions(
+            request.phone_number_id, request.to, recipient=request.recipient or ""
+        )
+        refusal = status.start_call_refusal()
+        if refusal is None:
             return None
+        if status.status in ("temporary", "permanent"):  # permitted, but a limit (100 per 24 h) is reached
+            return ("call_limit", refusal)
         if request.permission == "request" and status.can_request_permission is not False:
-            await self._graph.send_permission_request(request.phone_number_id, request.to)
+            await self._graph.send_permission_request(
+                request.phone_number_id, request.to, recipient=request.recipient or ""
+            )
             return ("permission_requested", "no permission yet: a permission request was sent to the user")
-        return ("no_permission", f"call permission is {status.status}")
+        return ("no_permission", refusal)
 
     def _app(self, name: str | None) -> App:
         return self.apps.get(name)
@@ -321,6 +351,23 @@ class WorkerService:
             "ended", CallInfo.from_connect(event), outcome=outcome, reason=reason
         )
         call_id_var.reset(token)
+
+
+def dial_capture(config: WorkerConfig, request: DialRequest) -> Capture:
+    """The worker's default opt-in with the dial's own objects (purpose and language default to the
+    configured ones); CaptureError when Meta would refuse it."""
+    defaults = [config.capture.record, config.capture.transcribe]
+    fallback = next((c for c in defaults if c is not None), None)
+    if fallback is None and (config.capture_purpose or config.capture_language):
+        fallback = Consent("DISABLED", config.capture_purpose, config.capture_language)
+    record = transcribe = None
+    if request.recording is not None:
+        r = request.recording
+        record = consent(r.status, r.purpose, r.announcement_language, fallback)
+    if request.transcription is not None:
+        t = request.transcription
+        transcribe = consent(t.status, t.purpose, t.announcement_language, fallback)
+    return config.capture.overridden(record, transcribe).validated()
 
 
 def run(config: WorkerConfig) -> int:

@@ -24,6 +24,7 @@ import msgspec
 from callhook.logs import call_id_var
 from worker import call as machine
 from worker.apps.api import App, CallEnded, CallInfo, MediaCall
+from worker.capture import Capture, CaptureError
 from worker.crashpoints import crash_point
 from worker.errors import CallhookError, GraphError
 from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest
@@ -34,6 +35,7 @@ from worker.lifecycle import MediaQuality
 from worker.media import EndReason, MediaError, MediaSession, MediaSettings, MediaStatistics
 from worker.media.dtmf import Digit
 from worker.media.keypad import Keypad
+from worker.meta_codes import describe
 from worker.metrics import WorkerMetrics
 from worker.ownership import Claim, ClaimLost, MailboxItem, Reservation
 
@@ -85,6 +87,8 @@ class SessionSettings:
     # a ringing call's terminate waits this long for a REJECTED status it may have overtaken
     status_grace_seconds: float = 1.0
     request_id: str = ""  # the dial request an outgoing call came from
+    # Meta's recording/transcription opt-in (worker/capture.py): sent on accept or connect, never pre_accept
+    capture: Capture | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,8 @@ class CallSession:
         received_at: float = 0.0,
         before_connect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        if settings.capture is not None and info.capture is None:  # the app sees it from prepare on
+            info = dataclasses.replace(info, capture=settings.capture)
         self.info = info
         self._before_connect = before_connect
         self._deps, self._settings, self._app = deps, settings, app
@@ -258,12 +264,15 @@ class CallSession:
                 if not await self._app_ready(self._answer_deadline):
                     self._post(machine.GraphFailed("accept", "app not ready: accept not sent"))
                     return
+                capture = self._call_capture()
+                self.info = dataclasses.replace(self.info, capture=capture)
                 await graph.accept(
                     pid,
                     call_id,
                     request.sdp or "",
                     deadline=self._answer_deadline,
                     biz_opaque_callback_data=self.info.biz_opaque_callback_data,
+                    capture=capture,
                 )
                 crash_point("after_accept")
                 if self._claim is not None:  # answered: the connect may leave its queue now
@@ -313,6 +322,7 @@ class CallSession:
             call_id = await self._deps.graph.connect(
                 info.phone_number_id, info.user_number, offer,
                 biz_opaque_callback_data=info.biz_opaque_callback_data,
+                recipient=info.user_id, capture=self._settings.capture,
             )  # fmt: skip
         except GraphError as exc:
             outcome = DIAL_REFUSALS.get(exc.code or 0, "failed")
@@ -339,6 +349,18 @@ class CallSession:
         self._claim = claim
         self._spawn("mailbox", self._read_mailbox(claim))
         self._start_preparing()  # outgoing: the app gets ready while the callee's phone rings
+
+    def _call_capture(self) -> Capture | None:
+        """The worker's (or dial's) opt-in, unless the app's prepare step chose for this call (an attribute
+        ``capture`` on what ``prepare`` returned: a Capture, or None for neither)."""
+        capture = self._settings.capture
+        if self._prepared is not None and hasattr(self._prepared, "capture"):
+            chosen = self._prepared.capture
+            try:
+                capture = chosen.validated() if isinstance(chosen, Capture) else None
+            except CaptureError as exc:
+                log.warning("app's recording choice invalid: default used", extra={"error": str(exc)})
+        return capture
 
     def _hangup_deadline(self, floor: float = 0.0) -> float:
         return max(floor, time.monotonic() + self._settings.hangup_deadline_seconds)
@@ -472,6 +494,9 @@ class CallSession:
             quality = self._media_quality()
             if quality is not None:
                 fields["media"] = msgspec.convert(quality, MediaQuality)
+            if self._remote_error is not None:
+                known = describe(self._remote_error)
+                fields.update(error_name=known.name, error_action=known.action.value)
         if self._settings.request_id:
             fields["request_id"] = self._settings.request_id
         await self._deps.lifecycle.call_event(name, self.info, **fields)
@@ -520,6 +545,9 @@ class CallSession:
             return
         if isinstance(item.event, CallTerminate):
             self._remote_error = item.event.error_code
+            if item.event.error_code is not None:  # 138019-138023 arrive here, not as request errors
+                known = describe(item.event.error_code)
+                self._deps.metrics.meta_errors.labels(name=known.name, action=known.action.value).inc()
             if self.info.direction == "outgoing" and self._call.state is machine.CallState.RINGING:
                 # Meta sends REJECTED and then terminate FAILED, as two webhooks that may arrive in either
                 # order; terminate FAILED alone means unanswered. Let a REJECTED sent before it arrive first.

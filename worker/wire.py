@@ -75,8 +75,14 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class Contact(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """``contacts[]``: since 2026 a user with a WhatsApp username may come with ``user_id`` (BSUID) and
+    ``username`` and without ``wa_id`` (no phone number at all)."""
+
     wa_id: IntOrStr | None = None
     profile: Profile | None = None
+    user_id: str | None = None
+    parent_user_id: str | None = None
+    username: str | None = None
 
 
 # --- field = "calls" ------------------------------------------------------------------------------------
@@ -95,6 +101,21 @@ class Connection(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Legacy duplicate of the answer SDP on business-initiated ``connect`` (``connection.webrtc.sdp``)."""
 
     webrtc: WebRtc | None = None
+
+
+class MediaRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """``call_recording.audio`` / ``call_transcript.document``: a media id and a short-lived URL."""
+
+    id: str | None = None
+    sha256: str | None = None
+    mime_type: str | None = None
+    url: str | None = None
+
+
+class MediaHolder(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    type: str | None = None
+    audio: MediaRef | None = None
+    document: MediaRef | None = None
 
 
 class CallItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -117,6 +138,16 @@ class CallItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     end_time: Seconds | None = None
     duration: Seconds | None = None
     biz_opaque_callback_data: str | None = None
+    # 2026: business-scoped user ids (BSUIDs); ``from``/``to`` may be missing for a username-only user
+    from_user_id: str | None = None
+    from_parent_user_id: str | None = None
+    to_user_id: str | None = None
+    to_parent_user_id: str | None = None
+    # call_recording_available / call_transcription_available
+    call_recording: MediaHolder | None = None
+    call_transcript: MediaHolder | None = None
+    recording: MediaRef | None = None  # early samples: the media object directly under these names
+    transcription: MediaRef | None = None
 
 
 class StatusItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -128,6 +159,8 @@ class StatusItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     timestamp: Seconds | None = None
     recipient_id: IntOrStr | None = None
     biz_opaque_callback_data: str | None = None
+    recipient_user_id: str | None = None
+    recipient_parent_user_id: str | None = None
 
 
 class ErrorData(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -196,6 +229,10 @@ class Interactive(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     call_permission_reply: PermissionReplyBody | None = None
 
 
+class MessageContext(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    id: str | None = None  # the request's wamid, or the call's wacid when a callback granted permission
+
+
 class MessageItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One ``value.messages[]`` item, reduced to what a call permission reply needs."""
 
@@ -203,10 +240,14 @@ class MessageItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     from_: IntOrStr | None = msgspec.field(name="from", default=None)
     timestamp: Seconds | None = None
     interactive: Interactive | None = None
+    from_user_id: str | None = None
+    from_parent_user_id: str | None = None
+    context: MessageContext | None = None
 
 
 class MessagesValue(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     metadata: Metadata | None = None
+    contacts: list[Contact] | None = None
     messages: list[MessageItem] | None = None
     statuses: list[StatusItem] | None = None
 
@@ -215,3 +256,27 @@ class MessagesValueItems(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     metadata: Metadata | None = None
     messages: list[msgspec.Raw] | None = None
     statuses: list[msgspec.Raw] | None = None
+
+
+# --- field = "account_update" (the parts about calling restrictions) ----------------------------------
+
+
+class RestrictionInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    restriction_type: str | None = None
+    expiration: Seconds | None = None
+
+
+class ViolationInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    violation_type: str | None = None
+
+
+class AccountUpdateValue(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """``ACCOUNT_RESTRICTION`` (``restriction_info[]``, or one ``restriction_type`` as the 2026 calling page
+    words it) and ``ACCOUNT_VIOLATION`` (``violation_info.violation_type``); everything else is ignored."""
+
+    event: str | None = None
+    restriction_info: list[RestrictionInfo] | None = None
+    restriction_type: str | None = None
+    expiration: Seconds | None = None
+    violation_info: ViolationInfo | None = None
+    violation_type: str | None = None

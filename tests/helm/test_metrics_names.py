@@ -161,7 +161,39 @@ def _annotations(rendered: c.Rendered, alert: str, **labels: str) -> dict[str, s
 def _alert_tests(rendered: c.Rendered) -> list[dict[str, Any]]:
     """promtool unit tests: input series over time, the alerts expected to fire (or not) at given times."""
     query = rendered.one("ScaledObject")["spec"]["triggers"][1]["metadata"]["query"]
+    calling = "RESTRICTED_BUSINESS_INITIATED_CALLING"
     return [
+        {
+            # Meta pauses business-initiated calling at minute 5; a messaging restriction is not about calls.
+            "interval": "1m",
+            "input_series": [
+                {
+                    "series": f'callhook_account_restrictions_total{{{W},instance="w1",'
+                    f'restriction_type="{calling}"}}',
+                    "values": "0x5 1x15",
+                },
+                {
+                    "series": f'callhook_account_restrictions_total{{{W},instance="w1",'
+                    'restriction_type="RESTRICTED_BIZ_INITIATED_MESSAGING"}',
+                    "values": "0x5 1x15",
+                },
+            ],
+            "alert_rule_test": [
+                {"eval_time": "4m", "alertname": "CallhookCallingRestricted", "exp_alerts": []},
+                {
+                    "eval_time": "7m",
+                    "alertname": "CallhookCallingRestricted",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"severity": "critical", "restriction_type": calling},
+                            "exp_annotations": _annotations(
+                                rendered, "CallhookCallingRestricted", restriction_type=calling
+                            ),
+                        }
+                    ],
+                },
+            ],
+        },
         {
             # w1 is busy; w2 is draining and idle. Capacity used counts only workers that take calls: 38/40.
             "interval": "1m",

@@ -113,6 +113,7 @@ def test_twilio_opening_is_connected_then_start() -> None:
                 "user_name": "Ada",
                 "business_number": "15550001111",
                 "biz_opaque_callback_data": "order-7",
+                "caller_id": "15551234567",
             },
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
         },

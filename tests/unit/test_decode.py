@@ -13,7 +13,9 @@ from tests.corpus import golden
 from worker.decode import decode_webhook
 from worker.errors import PoisonWebhook
 from worker.events import (
+    AccountAlert,
     CallConnect,
+    CallMediaReady,
     CallNotice,
     CallStatus,
     CallTerminate,
@@ -102,7 +104,9 @@ def test_pywa_calls_cases_become_call_events_and_the_rest_passthrough() -> None:
         types = [type(e) for e in decode_webhook(body)]
         assert Skipped not in types, case_id
         if case_id.startswith(("account_update.", "message.", "message_status.")):
-            assert types == [Passthrough], case_id
+            assert types[0] is Passthrough, case_id
+            # an account restriction or violation also becomes one AccountAlert per restriction it names
+            assert set(types[1:]) <= {AccountAlert}, case_id
     assert [type(e) for e in decode_webhook(PYWA_CASES["call_connect.user_initiated"])] == [CallConnect]
     assert [type(e) for e in decode_webhook(PYWA_CASES["call_permission_update.accept"])] == [
         Passthrough,
@@ -335,10 +339,15 @@ def test_message_statuses_stay_in_the_passthrough_but_call_statuses_do_not() -> 
 
 def test_call_notices_carry_metas_item_unchanged() -> None:
     body = _body("call_notices")
-    notices = decode_webhook(body)
+    events = decode_webhook(body)
     items = json.loads(body)["entry"][0]["changes"][0]["value"]["calls"]
-    assert [type(n) for n in notices] == [CallNotice] * 3
-    assert [msgspec.json.decode(n.item) for n in notices if isinstance(n, CallNotice)] == items
+    assert [type(n) for n in events] == [CallNotice, CallMediaReady, CallMediaReady]
+    assert [msgspec.json.decode(n.item) for n in events if isinstance(n, CallNotice)] == items[:1]
+    # the early sample's shape (media directly under ``recording``/``transcription``) is read too
+    assert [(e.kind, e.media_id) for e in events if isinstance(e, CallMediaReady)] == [
+        ("recording", "1234567890"),
+        ("transcript", "987"),
+    ]
 
 
 def test_unknown_events_and_unusable_items_are_skipped_not_fatal() -> None:

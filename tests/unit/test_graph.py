@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from worker.config import load as load_config
 from worker.errors import GraphAuthError, GraphRefused, GraphRetryable, GraphUnknownOutcome
-from worker.graph import ERROR_CODES, GraphClient, GraphSettings, PermissionStatus
+from worker.graph import ERROR_CODES, ActionLimit, GraphClient, GraphSettings, PermissionStatus
 from worker.metrics import WorkerMetrics
 
 TOKEN = "EAAG-secret-token-value-1234567890"
@@ -198,8 +198,14 @@ async def test_call_permissions(meta: tuple[FakeMeta, str]) -> None:
     async with GraphClient(settings(url)) as graph:
         status = await graph.call_permissions(PNID, "15551234567")
     assert status == PermissionStatus(
-        status="temporary", expiration_time=1745343479, can_start_call=True, can_request_permission=False
+        status="temporary",
+        expiration_time=1745343479,
+        can_start_call=True,
+        can_request_permission=False,
+        limits=(ActionLimit("send_call_permission_request", "PT24H", 1, 1, None),),
     )
+    assert status.blocking_limits("send_call_permission_request") == list(status.limits)
+    assert status.start_call_refusal() is None
     [seen] = fake.seen
     assert (seen.method, seen.path, seen.query) == (
         "GET",

@@ -23,6 +23,8 @@ PURE_MODULES = [
     "worker.handoff.wire", "worker.handoff.board", "worker.handoff.config",
     "worker.crashpoints",
     "ingress.commands", "ingress.idempotency", "ingress.throttle",
+    "worker.capture", "worker.meta_codes", "worker.transcript",
+    "callhook.call_settings", "simulator.call_settings",
 ]  # fmt: skip
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 

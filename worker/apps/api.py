@@ -52,7 +52,11 @@ class CallEnded(CallhookError):
 
 @dataclass(frozen=True, slots=True)
 class CallInfo:
-    """Who is on the call. Numbers are as Meta wrote them (wa ids, digits without "+")."""
+    """Who is on the call. Numbers are as Meta wrote them (wa ids, digits without "+").
+
+    Since 2026 a WhatsApp user may have a username and no phone number visible to the business: then
+    ``user_number`` is "" and ``user_id`` (the business-scoped user id, BSUID) says who it is. Never assume a
+    number: :attr:`user_ref` (and :attr:`caller_id`) is whichever of the two exists."""
 
     call_id: str
     phone_number_id: str  # the business number's Graph API id
@@ -61,6 +65,34 @@ class CallInfo:
     user_name: str | None = None  # the user's profile name, when Meta sent it
     business_number: str = ""  # the business's display number, when known
     biz_opaque_callback_data: str | None = None
+    user_id: str | None = None  # the user's BSUID, when Meta sent it
+    username: str | None = None  # the user's WhatsApp username, when Meta sent it
+    parent_user_id: str | None = None
+    # Meta's recording/transcription of this call (worker/capture.py), None: neither
+    capture: CaptureView | None = None
+
+    @property
+    def user_ref(self) -> str:
+        """The user's phone number, else their user id: what ``to``/``recipient`` needs to reach them."""
+        return self.user_number or self.user_id or ""
+
+    @property
+    def caller_user_id(self) -> str | None:
+        return self.user_id if self.direction == "incoming" else None
+
+    @property
+    def caller_username(self) -> str | None:
+        return self.username if self.direction == "incoming" else None
+
+    @property
+    def caller_id(self) -> str:
+        """The caller's phone number, else their user id (incoming), the business number (outgoing)."""
+        return self.user_ref if self.direction == "incoming" else self.business_number
+
+    @property
+    def announced(self) -> bool:
+        """Meta plays a consent announcement to both parties first (a few seconds, docs/platform-2026.md)."""
+        return self.capture is not None and self.capture.announced
 
     @property
     def caller(self) -> str:
@@ -81,7 +113,25 @@ class CallInfo:
             user_name=event.contact_name,
             business_number=(event.callee if incoming else event.caller) or event.display_phone_number,
             biz_opaque_callback_data=event.biz_opaque_callback_data,
+            user_id=(event.caller_user_id if incoming else event.callee_user_id) or event.contact_user_id,
+            username=event.contact_username,
+            parent_user_id=event.caller_parent_user_id if incoming else event.callee_parent_user_id,
         )
+
+
+class CaptureView(Protocol):
+    """What an app may read of the call's recording/transcription opt-in (``worker.capture.Capture``)."""
+
+    @property
+    def announced(self) -> bool: ...
+
+    @property
+    def recording(self) -> bool: ...
+
+    @property
+    def transcription(self) -> bool: ...
+
+    def announcement_max_seconds(self) -> float: ...
 
 
 class Call(Protocol):

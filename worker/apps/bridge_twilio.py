@@ -121,7 +121,15 @@ _decoder = msgspec.json.Decoder(_AgentMessage)
 
 
 def custom_parameters(info: CallInfo) -> dict[str, str]:
-    """The call's facts as Twilio ``customParameters`` (``from_number``/``to_number`` as Pipecat reads)."""
+    """The call's facts as Twilio ``customParameters`` (``from_number``/``to_number`` as Pipecat reads).
+
+    A username-only caller has no number: ``from_number`` is then absent and ``caller_id`` (the number, else
+    the user id) always says who called. When Meta records or transcribes the call, ``meta_announcement``
+    says so (``recording``, ``transcription`` or both, comma-separated) and ``announcement_max_seconds`` how
+    long Meta's consent announcement may play over the call's first seconds (the agent should let it finish
+    before speaking)."""
+    capture = info.capture
+    announced = [name for name in ("recording", "transcription") if capture and getattr(capture, name)]
     values = {
         "call_id": info.call_id,
         "phone_number_id": info.phone_number_id,
@@ -132,6 +140,13 @@ def custom_parameters(info: CallInfo) -> dict[str, str]:
         "user_name": info.user_name,
         "business_number": info.business_number,
         "biz_opaque_callback_data": info.biz_opaque_callback_data,
+        "caller_id": info.caller_id,
+        "caller_user_id": info.caller_user_id,
+        "caller_username": info.caller_username,
+        "user_id": info.user_id,
+        "username": info.username,
+        "meta_announcement": ",".join(announced),
+        "announcement_max_seconds": str(capture.announcement_max_seconds()) if announced and capture else "",
     }
     return {key: value for key, value in values.items() if value}
 

@@ -130,6 +130,9 @@ Kubernetes expands $(VAR) from variables defined earlier in the same list. */}}
 {{- with $w.ice.servers }}
 {{- $env = append $env (dict "name" "CALLHOOK_ICE_SERVERS" "value" (join "," .)) }}
 {{- end }}
+{{- if $w.archive.enabled }}
+{{- $env = append $env (dict "name" "CALLHOOK_ARCHIVE_DIR" "value" $w.archive.mountPath) }}
+{{- end }}
 {{- $fromSecret = list (list "CALLHOOK_ACCESS_TOKEN" $v.secrets.keys.accessToken) (list "CALLHOOK_TURN_USERNAME" $v.secrets.keys.turnUsername) (list "CALLHOOK_TURN_CREDENTIAL" $v.secrets.keys.turnCredential) }}
 {{- end }}
 {{- range $fromSecret }}
