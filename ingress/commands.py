@@ -25,9 +25,8 @@ PERMISSION_MODES: tuple[Permission, ...] = ("skip", "check", "request")
 # Meta's ``to``: a phone number in international format, ASCII digits with an optional leading '+'.
 PHONE = re.compile(r"\+?[0-9]{6,20}")
 # A WhatsApp business-scoped user id (BSUID), for users known by a username: ``US.13491208655302741918``, or a
-# parent id ``US.ENT.11815799212886844830``. Meta has not published the format: a country code, a dot, then
-# ASCII letters, digits and dots (matched whole).
-USER_ID = re.compile(r"[A-Z]{2}\.[A-Za-z0-9.]{1,120}")
+# parent id ``US.ENT.11815799212886844830``. Country code, optional ``ENT``, ASCII digits (matched whole).
+USER_ID = re.compile(r"[A-Z]{2}(?:\.ENT)?\.[0-9]{1,40}")
 GRAPH_ID = re.compile(r"[0-9]{1,32}")  # goes into a Graph URL path: ASCII digits only
 # Meta's call ids are ``wacid.`` + base64; anything outside this set never came from Meta.
 CALL_ID = re.compile(r"[A-Za-z0-9._:=+/-]{1,200}")

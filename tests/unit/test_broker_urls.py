@@ -12,7 +12,10 @@ from worker import config as worker_config
 NODES = (
     "amqp://u:secret-pw@10.0.0.1:5672/vh, amqp://u:secret-pw@10.0.0.2:5672/vh,amqp://u:secret-pw@10.0.0.3/vh"
 )
-INGRESS = {"CALLHOOK_APP_SECRETS": "app-secret-one", "CALLHOOK_VERIFY_TOKEN": "verify-token-xyz"}
+INGRESS = {
+    "CALLHOOK_APP_SECRETS": "app-secret-one-0123456789",
+    "CALLHOOK_VERIFY_TOKEN": "verify-token-xyz-0123456789",
+}
 
 
 def test_a_list_is_split_in_order_and_one_url_is_a_list_of_one() -> None:
@@ -30,7 +33,9 @@ def test_both_processes_accept_a_list_and_redact_every_password() -> None:
     assert broker_urls(ingress.amqp_url) == broker_urls(NODES)
     assert "secret-pw" not in ingress.amqp_url_redacted
     assert ingress.amqp_url_redacted.count("amqp://") == 3
-    worker = worker_config.load({"CALLHOOK_AMQP_URL": NODES, "CALLHOOK_ACCESS_TOKEN": "t"})
+    worker = worker_config.load(
+        {"CALLHOOK_AMQP_URL": NODES, "CALLHOOK_ACCESS_TOKEN": "test-access-token-0123456789"}
+    )
     assert broker_urls(worker.amqp_url) == broker_urls(NODES)
 
 

@@ -23,7 +23,7 @@ from worker.events import (
 )
 
 UID = "US.13491208655302741918"
-ENV = {"CALLHOOK_ACCESS_TOKEN": "t"}
+ENV = {"CALLHOOK_ACCESS_TOKEN": "test-access-token-0123456789"}
 
 
 def only(name: str) -> object:
