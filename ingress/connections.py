@@ -25,7 +25,7 @@ import enum
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -54,8 +54,8 @@ class _Guarded(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's TCPTransport has the methods but not asyncio's base class.
+        self.transport = cast(asyncio.Transport, transport)
         self._guard._opened(self)
         self._inner.connection_made(transport)
 
