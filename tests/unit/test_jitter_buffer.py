@@ -153,7 +153,7 @@ def test_a_lost_packet_is_concealed_when_the_next_one_is_not_here_yet() -> None:
 
 
 def test_a_lost_packet_is_recovered_with_fec_from_the_next_one_when_that_is_buffered() -> None:
-    sender, buffer = Sender(), JitterBuffer(JitterSettings(min_target_delay_seconds=0.040))
+    sender, buffer = Sender(), JitterBuffer(JitterSettings(min_target_delay=0.040))
     packets = [p for p in clean(sender, range(20)) if p.sequence != 1010]
     ticks = play(buffer, packets, 24)
     fec = [t.playout for t in ticks if t.playout.kind is PlayoutKind.FEC]
@@ -189,7 +189,7 @@ def test_a_late_packet_is_counted_and_dropped_never_played() -> None:
 
 
 def test_reordering_within_the_target_is_put_back_in_order() -> None:
-    sender, buffer = Sender(), JitterBuffer(JitterSettings(min_target_delay_seconds=0.040))
+    sender, buffer = Sender(), JitterBuffer(JitterSettings(min_target_delay=0.040))
     packets = clean(sender, range(40))
     for i in range(10, 30, 4):  # swap pairs: i+1 arrives 1 ms before i
         packets[i], packets[i + 1] = (
@@ -347,9 +347,7 @@ def test_speech_is_dropped_too_when_there_is_no_silence_to_drop() -> None:
 def test_a_long_stalled_tick_resyncs_at_once() -> None:
     sender, buffer = Sender(), JitterBuffer()
     packets = clean(sender, range(300))
-    ticks = play(
-        buffer, packets, 300, skip=range(100, 150)
-    )  # 1 s without a tick: more than max_delay_seconds
+    ticks = play(buffer, packets, 300, skip=range(100, 150))  # 1 s without a tick: more than max_delay
     assert ticks[100].delay < ticks[80].delay + FRAME  # the first tick after the stall is back at the target
     assert buffer.statistics().frames_dropped >= 49
 
@@ -382,7 +380,7 @@ def test_recurring_network_stalls_raise_the_target_to_cover_them() -> None:
     assert ticks[150].delay < 0.030  # after the first stall: still the clean delay
     assert 0.100 <= ticks[350].delay <= 0.100 + 2 * FRAME  # the second one showed it recurs: covered
     assert "C" not in kinds(ticks)[350:990]  # and from then on the stalls cost no audio
-    assert ticks[-1].delay < 0.030  # stalls forgotten after peak_memory_seconds: back to the clean delay
+    assert ticks[-1].delay < 0.030  # stalls forgotten after peak_memory: back to the clean delay
     assert buffer.statistics().target_delay_seconds == pytest.approx(0.010)
 
 
@@ -423,9 +421,7 @@ def test_a_minute_of_a_clean_link_after_a_lossy_one_returns_to_the_clean_delay()
     calm = [sender.packet(i, sender.sent_at(i) + 1500 * FRAME + 0.040, numbered(i)) for i in range(500)]
     buffer = JitterBuffer()
     ticks = play(buffer, [*lossy, *calm], 2000)
-    assert (
-        ticks[-1].delay <= JitterSettings().min_target_delay_seconds + FRAME
-    )  # the jitter is gone: so is its delay
+    assert ticks[-1].delay <= JitterSettings().min_target_delay + FRAME  # the jitter is gone: so is its delay
 
 
 # -- invariants, for any arrival order and loss --------------------------------------------------------------
@@ -472,7 +468,7 @@ def test_every_tick_gets_one_playout_nothing_plays_twice_and_the_delay_stays_bou
     timestamps = [by_payload[payload].timestamp for payload in speech]
     unwrapped = [timestamps[0] + ((ts - timestamps[0]) % 2**32) for ts in timestamps] if timestamps else []
     assert unwrapped == sorted(unwrapped)  # played in timestamp order
-    limit = JitterSettings().max_delay_seconds
+    limit = JitterSettings().max_delay
     assert all(t.delay <= limit for t in ticks)
     stats = buffer.statistics()
     assert stats.frames_played == len(audio)
@@ -526,8 +522,8 @@ def test_interarrival_jitter_follows_rfc_3550() -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        {"min_target_delay_seconds": 0.5},  # above max_target_delay_seconds
-        {"max_delay_seconds": 0.3},  # no room above max_target_delay_seconds
+        {"min_target_delay": 0.5},  # above max_target_delay
+        {"max_delay": 0.3},  # no room above max_target_delay
         {"delay_quantile": 0.0},
         {"capacity_packets": 1},
         {"frame_samples": 0},

@@ -10,17 +10,16 @@ same code runs under the real loop and in a test that simulates a minute of a lo
 *Delay is measured against the fastest packet.* Every packet gives ``d = arrival - timestamp / clock_rate``.
 Over a sliding window (2 s) the smallest ``d`` is what the network does on a good day; a packet's *relative
 delay* is how much later than that it arrived. The *target delay* is a high quantile (97 %) of the relative
-delays in the window, clamped to ``min_target_delay_seconds``..``max_target_delay_seconds`` (libWebRTC's
-NetEQ sizes its target the same way). On a clean link the relative delays are ~0, so the target is the
-floor (10 ms) and a packet waits the floor plus the phase of the tick (0-20 ms): about one frame.
+delays in the window, never below ``min_target_delay`` nor above ``max_target_delay`` (libWebRTC's NetEQ
+sizes its target the same way). On a clean link the relative delays are ~0, so the target is the floor
+(10 ms) and a packet waits the floor plus the phase of the tick (0-20 ms): about one frame.
 
 *Stalls are peaks, not jitter.* A link that stalls and then flushes its queue delivers a dozen packets at
-once, with delays from the stall's length down to nothing. Packets arriving together
-(``burst_gap_seconds``) count as one sample, with the largest delay, so one stall does not fill the window
-and raise the target for seconds. A delay that far above the quantile (``peak_margin_seconds``) is a
-*peak*; once two peaks fall within ``peak_memory_seconds`` (10 s) the stalls recur, and the target covers
-the lower of them until they stop (the peak detector of older NetEQ versions). One stall costs a few
-concealed frames; a stalling link costs delay.
+once with delays from the stall's length down to nothing. Packets arriving together (``burst_gap``) count as
+one sample, with the largest delay, so one stall does not fill the window and raise the target for seconds.
+A delay that far above the quantile (``peak_margin``) is a *peak*; once two peaks fall within
+``peak_memory`` (10 s) the stalls recur, and the target covers the lower of them until they stop (the
+peak detector of older NetEQ versions). One stall costs a few concealed frames; a stalling link costs delay.
 
 *The playout delay* ``D`` of the sample at the play position is ``now`` minus the time that sample would have
 arrived over the fastest path. A packet with relative delay ``r`` is in the buffer when its turn comes iff
@@ -32,22 +31,22 @@ arrived over the fastest path. A packet with relative delay ``r`` is in the buff
 * ``D`` falls by dropping frames when it exceeds the target by a frame or more (after a burst, a stalled
   tick, a clock drift): silent frames first (DTX, an Opus packet of <= 3 bytes, or ``Packet.silent``),
   anywhere in the buffer; speech only after ``catch_up_patience_ticks`` ticks with no silence to drop;
-  everything older than the target at once when ``D`` passes ``max_delay_seconds``. Because the buffer can
-  always shed what it does not need, a loss or a burst cannot ratchet the delay up for the rest of the
-  call (aiortc #543).
+  everything older than the target at once when ``D`` passes ``max_delay``. Because the buffer can always
+  shed what it does not need, a loss or a burst cannot ratchet the delay up for the rest of the call
+  (aiortc #543).
 
 States, as a table (``pop`` decides, ``put`` only stores and measures)::
 
     WAITING --(a packet is due: D(its timestamp) >= target; older ones dropped)--> PLAYING
-    PLAYING --(next frame here, timestamps continue)-----------------------------> PLAYING, AUDIO
-    PLAYING --(next frame missing, D < target)-----------------------------------> PLAYING, CONCEAL (wait)
-    PLAYING --(next frame lost, the packet after it here)------------------------> PLAYING, FEC from it
-    PLAYING --(next frame lost, no packet after it yet)--------------------------> PLAYING, CONCEAL
-    PLAYING --(max_conceal_frames concealed with an empty buffer: a stall)-------> WAITING, SILENCE
-    PLAYING --(a timestamp gap with no packet missing, a marker bit,
-               a hole longer than PLC covers: a talkspurt)-----------------------> WAITING (timed afresh)
-    PLAYING --(D > max_delay_seconds: the tick stalled)--------------------------> WAITING (resync at once)
-    any     --(new SSRC, a sequence jump > max_dropout, a timeline jump)---------> WAITING, stream reset
+    PLAYING --(next frame here, timestamps continue)------------------------> PLAYING, AUDIO
+    PLAYING --(next frame missing, D < target)------------------------------> PLAYING, CONCEAL (wait for it)
+    PLAYING --(next frame lost, the packet after it here)--------------------> PLAYING, FEC from that packet
+    PLAYING --(next frame lost, no packet after it yet)------------------------> PLAYING, CONCEAL
+    PLAYING --(max_conceal_frames concealed with an empty buffer: a stall)--> WAITING, SILENCE
+    PLAYING --(a timestamp gap with no packet missing, a marker bit, a hole longer than PLC covers)
+                                                                            --> WAITING (timed afresh)
+    PLAYING --(D > max_delay: the tick stalled)-------------------------------> WAITING (resync at once)
+    any     --(new SSRC, a sequence jump > max_dropout, a timeline jump)----> WAITING, stream reset
 
 The play position is a timestamp: PLC over an empty buffer uses up time, not sequence numbers, so a packet is
 late when its timestamp is behind the play position (or its sequence number behind the last one played).
@@ -115,35 +114,29 @@ HELD = Playout(PlayoutKind.SILENCE, None, 0)
 class JitterSettings:
     clock_rate: int = 48000  # RTP clock of the payload (Opus: always 48000)
     frame_samples: int = 960  # one playout tick, in RTP clock units (20 ms)
-    min_target_delay_seconds: float = 0.010  # seconds: floor of the target (scheduling noise of both ends)
-    max_target_delay_seconds: float = (
-        0.300  # seconds: a link worse than this gets concealment, not more delay
-    )
-    max_delay_seconds: float = 0.500  # seconds: beyond this the buffer resyncs at once (a stalled tick)
+    min_target_delay: float = 0.010  # seconds: floor of the target (scheduling noise of both ends)
+    max_target_delay: float = 0.300  # seconds: a link worse than this gets concealment, not more delay
+    max_delay: float = 0.500  # seconds: beyond this the buffer resyncs at once (a stalled tick)
     delay_quantile: float = 0.97  # share of packets that should arrive before their playout time
-    delay_window_seconds: float = 2.0  # seconds of arrivals the target is computed from
-    burst_gap_seconds: float = (
-        0.002  # seconds: packets arriving this close together count as one delay sample
-    )
-    peak_margin_seconds: float = 0.040  # seconds above the quantile: a delay this far out is a peak (a stall)
-    peak_memory_seconds: float = (
-        10.0  # seconds: two peaks within this raise the target to cover them (NetEQ-style)
-    )
+    delay_window: float = 2.0  # seconds of arrivals the target is computed from
+    burst_gap: float = 0.002  # seconds: packets arriving this close together count as one delay sample
+    peak_margin: float = 0.040  # seconds above the quantile: a delay this far out is a peak (a stall)
+    peak_memory: float = 10.0  # seconds: two peaks within this raise the target to cover them (NetEQ-style)
     retarget_every: int = 5  # packets between recomputations of the quantile (sorting is the cost)
     capacity_packets: int = 64  # packets held at most; the oldest go first
     max_conceal_frames: int = 5  # concealed frames in a row with an empty buffer before SILENCE (a stall)
     catch_up_patience_ticks: int = 5  # ticks over target without silence to drop before speech is dropped
     max_dropout: int = 3000  # a forward sequence jump beyond this is a new stream (RFC 3550 A.1)
     max_misorder: int = 100  # a packet this far behind the newest is from an old stream, dropped as late
-    timeline_jump_seconds: float = 2.0  # seconds: a packet this far off the measured timeline restarts timing
+    timeline_jump: float = 2.0  # seconds: a packet this far off the measured timeline restarts timing
 
     def __post_init__(self) -> None:
         if self.clock_rate <= 0 or self.frame_samples <= 0:
             raise ValueError("clock_rate and frame_samples must be positive")
-        if not 0 <= self.min_target_delay_seconds <= self.max_target_delay_seconds:
-            raise ValueError("need 0 <= min_target_delay_seconds <= max_target_delay_seconds")
-        if self.max_delay_seconds < self.max_target_delay_seconds + 2 * self.frame_samples / self.clock_rate:
-            raise ValueError("max_delay_seconds must exceed max_target_delay_seconds by two frames at least")
+        if not 0 <= self.min_target_delay <= self.max_target_delay:
+            raise ValueError("need 0 <= min_target_delay <= max_target_delay")
+        if self.max_delay < self.max_target_delay + 2 * self.frame_samples / self.clock_rate:
+            raise ValueError("max_delay must exceed max_target_delay by two frames at least")
         if not 0 < self.delay_quantile <= 1:
             raise ValueError("delay_quantile must be in (0, 1]")
         if self.capacity_packets < 2 or self.max_conceal_frames < 1 or self.retarget_every < 1:
@@ -282,9 +275,9 @@ class _DelayWindow:
     transits: deque[float] = field(default_factory=deque)  # arrival - timestamp / clock rate
     minima: deque[tuple[float, float]] = field(default_factory=deque)  # monotonic: the window's minimum
 
-    def add(self, arrival: float, transit: float, burst_gap_seconds: float) -> bool:
+    def add(self, arrival: float, transit: float, burst_gap: float) -> bool:
         """Measure one packet; False if it came with the previous one (one event, counted once)."""
-        together = bool(self.arrivals) and abs(arrival - self.arrivals[-1]) <= burst_gap_seconds
+        together = bool(self.arrivals) and abs(arrival - self.arrivals[-1]) <= burst_gap
         if together:
             # delivered with the previous packet: one sample with the larger delay (a burst after a stall
             # would otherwise fill the window with delays that recur only if the stall does: see peaks)
@@ -331,13 +324,13 @@ class JitterBuffer:
         self._settings = settings
         self._tick = settings.frame_samples
         self._tolerance = settings.frame_samples // 2  # timestamps this close continue the timeline
-        self._window = _DelayWindow(settings.delay_window_seconds)
+        self._window = _DelayWindow(settings.delay_window)
         self._jitter = InterarrivalJitter(settings.clock_rate)
         self._counts = _Counters()
         self._expected_before = 0  # packets expected in streams before the last reset
         self._delay_sum = 0.0
         self._delay_ticks = 0
-        self._target = settings.min_target_delay_seconds
+        self._target = settings.min_target_delay
         self._last_delay = 0.0
         self._last_kind = PlayoutKind.SILENCE
         self._ssrc: int | None = None
@@ -398,7 +391,7 @@ class JitterBuffer:
             return
         transit = packet.arrival - timestamp / self._settings.clock_rate
         minimum = self._window.minimum
-        if minimum is not None and abs(transit - minimum) > self._settings.timeline_jump_seconds:
+        if minimum is not None and abs(transit - minimum) > self._settings.timeline_jump:
             self._restart()  # the sender's timestamps jumped (or the network held us for seconds)
             sequence, timestamp = packet.sequence, packet.timestamp
         out_of_order = self._highest_seq is not None and sequence < self._highest_seq
@@ -426,33 +419,31 @@ class JitterBuffer:
             self._highest_ts = timestamp
         self._jitter.update(packet.arrival, timestamp)
         settings = self._settings
-        new_event = self._window.add(packet.arrival, transit, settings.burst_gap_seconds)
+        new_event = self._window.add(packet.arrival, transit, settings.burst_gap)
         self._since_retarget += 1
         peak = new_event and self._is_peak(packet.arrival, transit)
         if peak or self._since_retarget >= settings.retarget_every or len(self._window) == 1:
             self._retarget()
 
     def _is_peak(self, arrival: float, transit: float) -> bool:
-        """Record a delay far above the window's quantile (a stall); forget peaks older than the memory."""
+        """Record a delay far above the window's quantile (a stall); forget those older than peak_memory."""
         peaks = self._peaks
-        while peaks and peaks[0][0] < arrival - self._settings.peak_memory_seconds:
+        while peaks and peaks[0][0] < arrival - self._settings.peak_memory:
             peaks.popleft()
         relative = transit - (self._window.minimum or transit)
-        if relative <= self._quantile + self._settings.peak_margin_seconds:
+        if relative <= self._quantile + self._settings.peak_margin:
             return False
         peaks.append((arrival, relative))
         return True
 
     def _retarget(self) -> None:
-        """Target: the quantile; or, once stalls recur (two peaks within the memory), the lower peak too."""
+        """Target: the quantile; or, once stalls recur (two peaks within peak_memory), the lower peak too."""
         self._since_retarget = 0
         self._quantile = self._window.quantile(self._settings.delay_quantile)
         wanted = self._quantile
         if len(self._peaks) >= 2:
             wanted = max(wanted, min(relative for _, relative in self._peaks))
-        self._target = min(
-            self._settings.max_target_delay_seconds, max(self._settings.min_target_delay_seconds, wanted)
-        )
+        self._target = min(self._settings.max_target_delay, max(self._settings.min_target_delay, wanted))
 
     def _store(self, packet: Packet, sequence: int, timestamp: int) -> None:
         samples = self._duration(packet)
@@ -498,8 +489,8 @@ class JitterBuffer:
 
     def _start(self, now: float) -> Playout:
         """WAITING: play the newest packet that is due, dropping the ones before it (they are too old)."""
-        while self._slots and self._delay(self._slots[0].timestamp, now) > self._settings.max_delay_seconds:
-            self._drop_front_unplayed()  # stale: playing it would hold the delay above max_delay_seconds
+        while self._slots and self._delay(self._slots[0].timestamp, now) > self._settings.max_delay:
+            self._drop_front_unplayed()  # stale: playing it would hold the delay above max_delay
         live = [slot for slot in self._slots if not slot.dropped]
         due = [slot for slot in live if self._delay(slot.timestamp, now) >= self._target]
         if not due:
@@ -521,7 +512,7 @@ class JitterBuffer:
 
     def _play(self, now: float) -> Playout:
         delay = self._delay(self._play_ts, now)
-        if delay > self._settings.max_delay_seconds:
+        if delay > self._settings.max_delay:
             self._state = _State.WAITING  # the tick stalled: resync at once
             return self._start(now)
         self._catch_up(delay)
