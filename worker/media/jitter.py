@@ -10,16 +10,16 @@ same code runs under the real loop and in a test that simulates a minute of a lo
 *Delay is measured against the fastest packet.* Every packet gives ``d = arrival - timestamp / clock_rate``.
 Over a sliding window (2 s) the smallest ``d`` is what the network does on a good day; a packet's *relative
 delay* is how much later than that it arrived. The *target delay* is a high quantile (97 %) of the relative
-delays in the window, never below ``min_target_delay`` nor above ``max_target_delay`` (libWebRTC's NetEQ
-sizes its target the same way). On a clean link the relative delays are ~0, so the target is the floor
-(10 ms) and a packet waits the floor plus the phase of the tick (0-20 ms): about one frame.
+delays in the window, clamped to ``min_target_delay``..``max_target_delay`` (libWebRTC's NetEQ sizes its
+target the same way). On a clean link the relative delays are ~0, so the target is the floor (10 ms) and a
+packet waits the floor plus the phase of the tick (0-20 ms): about one frame. (Settings are in seconds.)
 
 *Stalls are peaks, not jitter.* A link that stalls and then flushes its queue delivers a dozen packets at
-once with delays from the stall's length down to nothing. Packets arriving together (``burst_gap``) count as
-one sample, with the largest delay, so one stall does not fill the window and raise the target for seconds.
-A delay that far above the quantile (``peak_margin``) is a *peak*; once two peaks fall within
-``peak_memory`` (10 s) the stalls recur, and the target covers the lower of them until they stop (the
-peak detector of older NetEQ versions). One stall costs a few concealed frames; a stalling link costs delay.
+once, with delays from the stall's length down to nothing. Packets arriving together (``burst_gap``) count
+as one sample, with the largest delay, so one stall does not fill the window and raise the target for
+seconds. A delay that far above the quantile (``peak_margin``) is a *peak*; once two peaks fall within
+``peak_memory`` (10 s) the stalls recur, and the target covers the lower of them until they stop (the peak
+detector of older NetEQ versions). One stall costs a few concealed frames; a stalling link costs delay.
 
 *The playout delay* ``D`` of the sample at the play position is ``now`` minus the time that sample would have
 arrived over the fastest path. A packet with relative delay ``r`` is in the buffer when its turn comes iff
@@ -38,15 +38,15 @@ arrived over the fastest path. A packet with relative delay ``r`` is in the buff
 States, as a table (``pop`` decides, ``put`` only stores and measures)::
 
     WAITING --(a packet is due: D(its timestamp) >= target; older ones dropped)--> PLAYING
-    PLAYING --(next frame here, timestamps continue)------------------------> PLAYING, AUDIO
-    PLAYING --(next frame missing, D < target)------------------------------> PLAYING, CONCEAL (wait for it)
-    PLAYING --(next frame lost, the packet after it here)--------------------> PLAYING, FEC from that packet
-    PLAYING --(next frame lost, no packet after it yet)------------------------> PLAYING, CONCEAL
-    PLAYING --(max_conceal_frames concealed with an empty buffer: a stall)--> WAITING, SILENCE
-    PLAYING --(a timestamp gap with no packet missing, a marker bit, a hole longer than PLC covers)
-                                                                            --> WAITING (timed afresh)
-    PLAYING --(D > max_delay: the tick stalled)-------------------------------> WAITING (resync at once)
-    any     --(new SSRC, a sequence jump > max_dropout, a timeline jump)----> WAITING, stream reset
+    PLAYING --(next frame here, timestamps continue)-----------------------------> PLAYING, AUDIO
+    PLAYING --(next frame missing, D < target)-----------------------------------> PLAYING, CONCEAL (wait)
+    PLAYING --(next frame lost, the packet after it here)------------------------> PLAYING, FEC from it
+    PLAYING --(next frame lost, no packet after it yet)--------------------------> PLAYING, CONCEAL
+    PLAYING --(max_conceal_frames concealed with an empty buffer: a stall)-------> WAITING, SILENCE
+    PLAYING --(a timestamp gap with no packet missing, a marker bit,
+               a hole longer than PLC covers: a talkspurt)-----------------------> WAITING (timed afresh)
+    PLAYING --(D > max_delay: the tick stalled)----------------------------------> WAITING (resync at once)
+    any     --(new SSRC, a sequence jump > max_dropout, a timeline jump)---------> WAITING, stream reset
 
 The play position is a timestamp: PLC over an empty buffer uses up time, not sequence numbers, so a packet is
 late when its timestamp is behind the play position (or its sequence number behind the last one played).
