@@ -261,6 +261,27 @@ def test_a_talkspurt_after_a_silent_gap_is_timed_afresh_without_loss_or_endless_
     assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=0.001)
 
 
+def test_opus_dtx_plays_its_sparse_packets_and_silence_between_them_not_plc() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    # speech, then 2 s of DTX (one 1-byte packet per 400 ms: timestamps move on, sequence numbers do not
+    # skip), then speech again
+    frames = [*range(50), *range(50, 150, 20), *range(150, 200)]
+    packets = [
+        replace(sender.packet(f, sender.sent_at(f) + 0.040, DTX if 50 <= f < 150 else numbered(f)),
+                sequence=(sender.first_sequence + n) % 2**16)
+        for n, f in enumerate(frames)
+    ]  # fmt: skip
+    ticks = play(buffer, packets, 202)
+    pattern = kinds(ticks)
+    assert "C" not in pattern  # no PLC: between the DTX packets, silence
+    assert pattern[52:152].count("A") == 5  # the DTX packets themselves go to the decoder (comfort noise)
+    assert pattern[152:202] == "A" * 50  # speech resumes on time
+    stats = buffer.statistics()
+    assert (stats.packets_lost, stats.packets_late, stats.frames_dropped) == (0, 0, 0)
+    assert stats.frames_played == len(packets)
+    assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=0.001)
+
+
 def test_a_timestamp_jump_far_off_the_timeline_restarts_timing() -> None:
     sender, buffer = Sender(), JitterBuffer()
     before = clean(sender, range(50))

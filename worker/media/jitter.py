@@ -43,6 +43,7 @@ States, as a table (``pop`` decides, ``put`` only stores and measures)::
     PLAYING --(next frame lost, the packet after it here)------------------------> PLAYING, FEC from it
     PLAYING --(next frame lost, no packet after it yet)--------------------------> PLAYING, CONCEAL
     PLAYING --(max_conceal_frames concealed with an empty buffer: a stall)-------> WAITING, SILENCE
+    PLAYING --(the buffer is empty after a silent (DTX) frame: the phone is quiet)--> WAITING, SILENCE
     PLAYING --(a timestamp gap with no packet missing, a marker bit,
                a hole longer than PLC covers: a talkspurt)-----------------------> WAITING (timed afresh)
     PLAYING --(D > max_delay: the tick stalled)----------------------------------> WAITING (resync at once)
@@ -351,6 +352,7 @@ class JitterBuffer:
         self._held = 0  # RTP units of the last frame still covering coming ticks
         self._last_samples = self._tick
         self._concealed_in_row = 0
+        self._last_played_silent = False
         self._over_target_ticks = 0
         self._since_retarget = 0
         self._quantile = 0.0  # of the relative delays in the window, at the last retarget
@@ -519,6 +521,9 @@ class JitterBuffer:
         self._skip_dropped()
         delay = self._last_delay = self._delay(self._play_ts, now)
         if not self._slots:
+            if self._last_played_silent:  # DTX: the phone sends next when it has something to say
+                self._state = _State.WAITING
+                return Playout(PlayoutKind.SILENCE, samples=self._tick)
             return self._conceal(self._last_samples, wait=delay < self._target, empty=True)
         slot = self._slots[0]
         gap = slot.timestamp - self._play_ts
@@ -539,6 +544,7 @@ class JitterBuffer:
         self._next_seq = slot.sequence + 1
         self._play_ts = slot.timestamp + slot.samples
         self._played.add(slot.sequence)
+        self._last_played_silent = slot.silent
         if len(self._played) > 4 * self._settings.capacity_packets:
             horizon = self._next_seq - 2 * self._settings.capacity_packets
             self._played = {sequence for sequence in self._played if sequence >= horizon}
