@@ -527,6 +527,13 @@ class JitterBuffer:
             return self._conceal(self._last_samples, wait=delay < self._target, empty=True)
         slot = self._slots[0]
         gap = slot.timestamp - self._play_ts
+        while gap < -self._tolerance:  # behind the play position (a sender whose timestamps go back)
+            self._slots.pop(0)
+            self._counts.packets_late += 1
+            if not self._slots:
+                return self._conceal(self._last_samples, wait=False, empty=True)
+            slot = self._slots[0]
+            gap = slot.timestamp - self._play_ts
         if gap <= self._tolerance and not slot.packet.marker:
             return self._play_front()
         if slot.sequence == self._next_seq or gap > self._settings.max_conceal_frames * self._tick:
