@@ -463,9 +463,9 @@ def networks(draw: st.DrawFn) -> tuple[list[Packet], int]:
             continue  # lost
         delay = draw(st.floats(0, 0.6))
         silent = draw(st.integers(0, 5)) == 0
-        packet = sender.packet(
-            i, sender.sent_at(i) + delay, payload if silent else payload + i.to_bytes(2, "big")
-        )
+        marker = draw(st.integers(0, 9)) == 0  # a talkspurt starts
+        at = sender.sent_at(i) + delay
+        packet = sender.packet(i, at, payload if silent else payload + i.to_bytes(2, "big"), marker=marker)
         packets.append(packet)
         if draw(st.integers(0, 15)) == 0:
             packets.append(replace(packet, arrival=packet.arrival + draw(st.floats(0, 0.3))))  # duplicated
