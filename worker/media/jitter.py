@@ -44,8 +44,8 @@ States, as a table (``pop`` decides, ``put`` only stores and measures)::
     PLAYING --(next frame lost, no packet after it yet)--------------------------> PLAYING, CONCEAL
     PLAYING --(max_conceal_frames concealed with an empty buffer: a stall)-------> WAITING, SILENCE
     PLAYING --(the buffer is empty after a silent (DTX) frame: the phone is quiet)--> WAITING, SILENCE
-    PLAYING --(a timestamp gap with no packet missing, a marker bit,
-               a hole longer than PLC covers: a talkspurt)-----------------------> WAITING (timed afresh)
+    PLAYING --(a timestamp gap with no packet missing, or a hole longer than PLC
+               covers: a new talkspurt)------------------------------------------> WAITING (timed afresh)
     PLAYING --(D > max_delay: the tick stalled)----------------------------------> WAITING (resync at once)
     any     --(new SSRC, a sequence jump > max_dropout, a timeline jump)---------> WAITING, stream reset
 
@@ -88,7 +88,7 @@ class Packet:
     sequence: int  # 16-bit RTP sequence number
     timestamp: int  # 32-bit RTP timestamp
     ssrc: int
-    marker: bool
+    marker: bool  # a talkspurt starts; timing follows the timestamps, which say the same
     payload: bytes  # the Opus payload (or a telephone-event payload: the DTMF decoder reuses this type)
     arrival: float  # seconds on the injected monotonic clock
     silent: bool = False  # a hint from the sender side that the frame is silence (droppable first)
@@ -341,7 +341,7 @@ class JitterBuffer:
     # -- the stream: sequence/timestamp extension, resets -------------------------------------------------
 
     def _reset_stream(self) -> None:
-        self._state = _State.WAITING
+        self._wait(in_order=False)
         self._slots: list[_Slot] = []  # sorted by sequence
         self._first_seq: int | None = None
         self._highest_seq: int | None = None
@@ -489,11 +489,19 @@ class JitterBuffer:
         assert minimum is not None  # a buffered packet was measured
         return now - (timestamp / self._settings.clock_rate + minimum)
 
+    def _wait(self, *, in_order: bool) -> None:
+        """To WAITING. `in_order`: a talkspurt follows silence, start with its first packet once it is due;
+        else (the start, a stall, a resync) start with the newest packet that is due: the rest is stale."""
+        self._state = _State.WAITING
+        self._resume_in_order = in_order
+
     def _start(self, now: float) -> Playout:
-        """WAITING: play the newest packet that is due, dropping the ones before it (they are too old)."""
+        """WAITING: start playing once a packet is due (see :meth:`_wait` for which one)."""
         while self._slots and self._delay(self._slots[0].timestamp, now) > self._settings.max_delay:
             self._drop_front_unplayed()  # stale: playing it would hold the delay above max_delay
         live = [slot for slot in self._slots if not slot.dropped]
+        if self._resume_in_order:
+            live = live[:1]  # a talkspurt's first packet: never skip the onset of speech
         due = [slot for slot in live if self._delay(slot.timestamp, now) >= self._target]
         if not due:
             return Playout(PlayoutKind.SILENCE, samples=self._tick)
@@ -515,14 +523,14 @@ class JitterBuffer:
     def _play(self, now: float) -> Playout:
         delay = self._delay(self._play_ts, now)
         if delay > self._settings.max_delay:
-            self._state = _State.WAITING  # the tick stalled: resync at once
+            self._wait(in_order=False)  # the tick stalled: resync at once
             return self._start(now)
         self._catch_up(delay)
         self._skip_dropped()
         delay = self._last_delay = self._delay(self._play_ts, now)
         if not self._slots:
             if self._last_played_silent:  # DTX: the phone sends next when it has something to say
-                self._state = _State.WAITING
+                self._wait(in_order=True)
                 return Playout(PlayoutKind.SILENCE, samples=self._tick)
             return self._conceal(self._last_samples, wait=delay < self._target, empty=True)
         slot = self._slots[0]
@@ -534,11 +542,11 @@ class JitterBuffer:
                 return self._conceal(self._last_samples, wait=False, empty=True)
             slot = self._slots[0]
             gap = slot.timestamp - self._play_ts
-        if gap <= self._tolerance and not slot.packet.marker:
+        if gap <= self._tolerance:
             return self._play_front()
         if slot.sequence == self._next_seq or gap > self._settings.max_conceal_frames * self._tick:
             # time passes with no packet missing (DTX, a new talkspurt), or a hole longer than PLC covers
-            self._state = _State.WAITING
+            self._wait(in_order=True)
             return self._start(now)
         if delay < self._target:
             return self._conceal(self._tick, wait=True)  # it may still come: wait for it
@@ -571,7 +579,7 @@ class JitterBuffer:
         if empty:
             self._concealed_in_row += 1
             if self._concealed_in_row > self._settings.max_conceal_frames:
-                self._state = _State.WAITING  # a stall: silence until packets come back, no PLC forever
+                self._wait(in_order=False)  # a stall: silence until packets come back, no PLC forever
                 return Playout(PlayoutKind.SILENCE, samples=self._tick)
         if wait:
             samples = self._tick
