@@ -282,6 +282,21 @@ def test_opus_dtx_plays_its_sparse_packets_and_silence_between_them_not_plc() ->
     assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=0.001)
 
 
+def test_a_talkspurt_that_arrives_in_a_burst_still_starts_with_its_first_word() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    talk = clean(sender, range(50))
+    late_burst = sender.sent_at(104) + 0.040  # frames 100..104 of the next talkspurt arrive together
+    spurt = [
+        replace(sender.packet(f, max(sender.sent_at(f) + 0.040, late_burst), numbered(f)),
+                sequence=(sender.first_sequence + 50 + n) % 2**16)
+        for n, f in enumerate(range(100, 160))
+    ]  # fmt: skip
+    ticks = play(buffer, [*talk, *spurt], 162)
+    spurt_played = [t.playout.payload for t in ticks if t.playout.kind is PlayoutKind.AUDIO][50:]
+    assert spurt_played[0] == numbered(100)  # the onset is played, not skipped as stale
+    assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=FRAME)  # and the delay comes back down
+
+
 def test_a_timestamp_jump_far_off_the_timeline_restarts_timing() -> None:
     sender, buffer = Sender(), JitterBuffer()
     before = clean(sender, range(50))

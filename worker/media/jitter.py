@@ -500,7 +500,7 @@ class JitterBuffer:
         while self._slots and self._delay(self._slots[0].timestamp, now) > self._settings.max_delay:
             self._drop_front_unplayed()  # stale: playing it would hold the delay above max_delay
         live = [slot for slot in self._slots if not slot.dropped]
-        if self._resume_in_order:
+        if live and (self._resume_in_order or self._starts_talkspurt(live[0])):
             live = live[:1]  # a talkspurt's first packet: never skip the onset of speech
         due = [slot for slot in live if self._delay(slot.timestamp, now) >= self._target]
         if not due:
@@ -514,6 +514,10 @@ class JitterBuffer:
         self._over_target_ticks = 0
         self._last_delay = self._delay(chosen.timestamp, now)
         return self._play_front()
+
+    def _starts_talkspurt(self, slot: _Slot) -> bool:
+        """No packet missing since the last one played, yet time moved on: the phone was silent (no DTX)."""
+        return slot.sequence == self._next_seq and slot.timestamp - self._play_ts > self._tolerance
 
     def _drop_front_unplayed(self) -> None:
         slot = self._slots.pop(0)
@@ -544,7 +548,7 @@ class JitterBuffer:
             gap = slot.timestamp - self._play_ts
         if gap <= self._tolerance:
             return self._play_front()
-        if slot.sequence == self._next_seq or gap > self._settings.max_conceal_frames * self._tick:
+        if self._starts_talkspurt(slot) or gap > self._settings.max_conceal_frames * self._tick:
             # time passes with no packet missing (DTX, a new talkspurt), or a hole longer than PLC covers
             self._wait(in_order=True)
             return self._start(now)
