@@ -540,8 +540,8 @@ class JitterBuffer:
         slot = self._slots[0]
         gap = slot.timestamp - self._play_ts
         while gap < -self._tolerance:  # behind the play position (a sender whose timestamps go back)
-            self._slots.pop(0)
-            self._counts.packets_late += 1
+            if not self._slots.pop(0).dropped:  # (a dropped one is counted already)
+                self._counts.packets_late += 1
             if not self._slots:
                 return self._conceal(self._last_samples, wait=False, empty=True)
             slot = self._slots[0]
