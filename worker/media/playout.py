@@ -8,6 +8,10 @@ after one pass of the loop (the apps react) :meth:`Ticking.tick_send` encodes th
 for aiortc's sender. The worker's cost grows with frames, not with
 asyncio bookkeeping, and a slow app cannot hold the tick up: its queue drops the oldest frame.
 
+Time is ``time.monotonic()``, the clock the seam stamps packet arrivals with, not ``loop.time()``: uvloop's
+is libuv's loop time, cached once per loop iteration at millisecond resolution, so packets handled late in a
+long iteration would be stamped as early as its start (asyncio's ``loop.time()`` is ``time.monotonic()``).
+
 A loop stalled for longer than :data:`MAX_CATCH_UP_SECONDS` does not produce a burst of ticks afterwards: the
 schedule restarts from now and the skipped ticks are counted. A shorter stall is caught up tick by tick, so
 the calls' audio keeps its 50 frames per second. How late each tick ran goes to
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from typing import Protocol
 
@@ -27,14 +32,20 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.020
 MAX_CATCH_UP_SECONDS = 0.200
+# Loop passes from a datagram in the socket to its packet in the jitter buffer: aioice reads it, aiortc's DTLS
+# receive task (woken through its queue) decrypts it and the seam hands it over.
+_YIELDS_AFTER_A_STALL = 3
 
 
 class Ticking(Protocol):
     """A call's audio as the clock sees it."""
 
     def tick(self, now: float) -> None:
-        """One 20 ms step of the receive side; ``now`` is the loop's time as the tick runs (the clock packets
-        are stamped with, so a late tick is seen as late). Must not block."""
+        """One 20 ms step of the receive side. ``now`` is the tick's *scheduled* time on the loop's clock (the
+        clock packet arrivals are stamped with): the playout clock is the call's sound card, which consumes
+        one frame every 20 ms exactly. A tick that runs late (and the catch-up ticks after a stall, which run
+        back to back) must not look to the jitter buffer as if playout itself had slipped: that would make it
+        drop frames to "catch up" after every hiccup of the loop. Must not block."""
 
     def tick_send(self) -> None:
         """The same step's send side, after the apps had their turn (see :meth:`PlayoutClock._run`)."""
@@ -81,12 +92,18 @@ class PlayoutClock:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         period = self._period
         observe = self._metrics.media_tick_lag.observe if self._metrics is not None else None
-        due = self.started_at = loop.time()
+        clock = time.monotonic
+        due = self.started_at = clock()
         while self._calls:
-            now = loop.time()
+            if clock() - due > period:
+                # Woken a tick or more late: the loop stalled, and the calls' packets of that time are still
+                # in the sockets. Let the loop read them before playing the missed ticks, so those ticks play
+                # the audio rather than conceal it and then drop the real packets as stale.
+                for _ in range(_YIELDS_AFTER_A_STALL):
+                    await asyncio.sleep(0)
+            now = clock()
             lag = now - due
             if lag > MAX_CATCH_UP_SECONDS:
                 skipped = int(lag / period)
@@ -99,14 +116,14 @@ class PlayoutClock:
                 self.max_lag_seconds = lag
             if observe is not None:
                 observe(lag)
-            self._tick(now)
+            self._tick(due)
             due += period
             self.next_due = due
             # One pass of the loop: the apps woken by this tick's frames run now (an echo, a relay queues
             # its reply at once), so the send side below takes their audio in this tick, not 20 ms later.
             await asyncio.sleep(0)
             self._tick_send()
-            delay = due - loop.time()
+            delay = due - clock()
             # sleep(0) when behind: the missed ticks run back to back, yielding to the loop in between.
             await asyncio.sleep(delay if delay > 0 else 0)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -670,7 +671,7 @@ class MediaSession:
                 self._connect_outcome.set_result(None)
             if not self._ticking and not self._closing and self._ended_reason is None:
                 self._ticking = True
-                self._last_arrival = self._loop.time()
+                self._last_arrival = time.monotonic()
                 self._clock.add(self)
         elif state == "failed" and not self._closing:
             self._end(EndReason.CONNECTION_FAILED)
