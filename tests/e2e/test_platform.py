@@ -188,6 +188,7 @@ async def test_a_username_only_caller_reaches_the_app_with_their_user_id(env: En
     call = await env.sim.place_call(from_="", name="Ana", user_id=UID, username="@ana.calls")
     answered = await env.events.wait(call.call_id, "call.answered")
     assert (answered["user"], answered["user_id"], answered["username"]) == ("", UID, "@ana.calls")
+    assert answered["caller_id"] == UID
     assert (answered["recording"], answered["transcription"]) == (True, True)
     await talk(call)
     ended = await env.events.wait(call.call_id, "call.ended")
