@@ -2,7 +2,8 @@
 
 ``POST /v1/calls`` with ``{"to": "15551234567", "app"?, "biz_opaque_callback_data"?, "phone_number_id"?,
 "permission"?: "skip"|"check"|"request"}`` (``"recipient": "<user id>"`` instead of or with ``to``, and
-Meta's ``"recording"``/``"transcription"`` opt-in objects, checked strictly: docs/platform-2026.md) queues a dial (``callhook.dials``) and answers 202 with its request
+Meta's ``"recording"``/``"transcription"`` opt-in objects, checked strictly: docs/platform-2026.md) queues
+a dial (``callhook.dials``) and answers 202 with its request
 id; a worker with room takes it. ``POST /v1/calls/{call_id}/hangup`` sends a hang-up to the call's owner
 (``callhook.calls``, routing key = call id) and answers 202. What happens next is published on
 ``callhook.events`` (``call.*``, README "Call lifecycle events"), with the request id.
