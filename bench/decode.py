@@ -235,6 +235,8 @@ def _p_terminate(call: PCall, metadata: PMetadata, waba_id: str, error: PError |
         error_code=error.code if error else None,
         error_message=message,
         waba_id=waba_id,
+        caller=call.from_ or "",
+        callee=call.to or "",
     )
 
 

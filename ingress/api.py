@@ -1,11 +1,13 @@
 """The integrator API: place a call, end a call. Bearer tokens from ``CALLHOOK_API_TOKENS``.
 
 ``POST /v1/calls`` with ``{"to": "15551234567" | "US.1349...", "recipient"?, "app"?,
-"biz_opaque_callback_data"?, "phone_number_id"?, "permission"?: "skip"|"check"|"request"}`` queues a dial
+"biz_opaque_callback_data"?, "phone_number_id"?, "permission"?: "skip"|"check"|"request"}`` (and Meta's
+``"recording"``/``"transcription"`` opt-in objects, checked strictly: docs/platform-2026.md) queues a dial
 (``callhook.dials``) and answers 202 with its request id; a worker with room takes it. ``app`` names one of
-the operator's apps (``CALLHOOK_APPS``), never a spec. ``POST /v1/calls/{call_id}/hangup`` sends a hang-up to
-the call's owner (``callhook.calls``, routing key = call id) and answers 202. What happens next is
-published on ``callhook.events`` (``call.*``, README "Call lifecycle events"), with the request id.
+the operator's apps (``CALLHOOK_APPS``), never a spec. A user id given as ``to`` is sent as Meta's
+``recipient``. ``POST /v1/calls/{call_id}/hangup`` sends a hang-up to the call's owner (``callhook.calls``,
+routing key = call id) and answers 202. What happens next is published on ``callhook.events`` (``call.*``,
+README "Call lifecycle events"), with the request id.
 
 Both take an ``Idempotency-Key`` header (:mod:`ingress.idempotency`): a retry with the same key gets the same
 request id and never a second call; the same key with a different request is a 422.

@@ -198,8 +198,14 @@ class Archiver:
                 outcome, error, url = "hash_mismatch", "SHA-256 of the download differs from Meta's", None
                 continue
             metadata = self._metadata(ready, data, expected, refreshed)
-            await asyncio.to_thread(write_atomically, data_path, data)
-            await asyncio.to_thread(write_atomically, meta_path, metadata)
+            try:
+                await asyncio.to_thread(write_atomically, data_path, data)
+                await asyncio.to_thread(write_atomically, meta_path, metadata)
+            except (
+                OSError
+            ) as exc:  # full, read-only, gone: the next attempt may find room (a human is alerted)
+                outcome, error = "failed", f"cannot write {data_path.parent}: {exc}"
+                continue
             return Archived(
                 "archived",
                 str(data_path),

@@ -97,6 +97,8 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
     for server in config.ice_servers:
         if not server.startswith(("stun:", "turn:", "turns:")):
             r.problems.append(f"CALLHOOK_ICE_SERVERS: {server!r} must start with stun:, turn: or turns:")
+    if config.archive_dir and not config.archive_dir.startswith("/"):
+        r.problems.append(f"CALLHOOK_ARCHIVE_DIR: {config.archive_dir!r} must be an absolute path")
     if config.capture_language not in ANNOUNCEMENT_LANGUAGES:
         r.problems.append(
             f"CALLHOOK_ANNOUNCEMENT_LANGUAGE: {config.capture_language!r} is not a language Meta speaks "

@@ -188,6 +188,7 @@ class _PermissionMessage(msgspec.Struct, frozen=True, kw_only=True, omit_default
 
 
 WHATSAPP = "whatsapp"
+MAX_MEDIA_BYTES = 512 * 1024 * 1024  # a recording or transcript; Meta's media limit is far below
 
 
 class _Success(msgspec.Struct, frozen=True):
@@ -511,11 +512,41 @@ class GraphClient:
         url = f"{self._base}/{media_id}"
         return await self._with_retries("media", "GET", url, None, self._deadline(deadline), _media_info)
 
-    async def download(self, url: str, *, deadline: float | None = None) -> bytes:
-        """The bytes behind a media URL, fetched with the token (Meta's lookaside URLs require it)."""
-        return await self._with_retries(
-            "media_download", "GET", url, None, self._deadline(deadline), lambda _action, raw: raw
-        )
+    async def download(
+        self, url: str, *, deadline: float | None = None, max_bytes: int = MAX_MEDIA_BYTES
+    ) -> bytes:
+        """The bytes behind a media URL, fetched with the token (Meta's lookaside URLs require it).
+
+        One attempt, streamed, bounded by ``deadline`` (not by the per-request timeout: an hour of Opus is
+        tens of megabytes) and by ``max_bytes`` (not by the JSON answers' size limit). The archiver retries,
+        and asks for a fresh URL when this one is refused."""
+        action: Action = "media_download"
+        started = time.perf_counter()
+        remaining = self._deadline(deadline) - time.monotonic()
+        headers = {"Authorization": f"Bearer {self._settings.access_token}"}
+        try:
+            async with asyncio.timeout(max(0.1, remaining)):
+                async with self._http().get(url, headers=headers, allow_redirects=True) as response:
+                    if not 200 <= response.status < 300:
+                        error = _classify(action, response.status, await response.content.read(65536), None)
+                        self._observe(action, _outcome_of(error), started, _code_label(error))
+                        raise error
+                    chunks, size = [], 0
+                    async for chunk in response.content.iter_chunked(1 << 16):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise GraphRefused(f"{action}: media over {max_bytes} bytes", action=action)
+                        chunks.append(chunk)
+        except aiohttp.ClientConnectorError as exc:
+            self._observe(action, "retryable", started, "connection")
+            raise GraphRetryable(f"{action}: cannot connect: {exc.os_error}", action=action) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self._observe(action, "retryable", started, "timeout")
+            raise GraphRetryable(
+                f"{action}: no complete answer: {type(exc).__name__}", action=action
+            ) from exc
+        self._observe(action, "ok", started, None)
+        return b"".join(chunks)
 
     # ------------------------------------------------------------------------------------------ plumbing
     def _deadline(self, deadline: float | None) -> float:

@@ -66,6 +66,7 @@ class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     agent: str | None = None
     wait_seconds: float | None = None
     user_id: str | None = None  # the user's business-scoped id (BSUID), when known
+    caller_id: str | None = None  # who called: a number, else a user id (the business number when outgoing)
     username: str | None = None
     error_name: str | None = None  # error_code's name and what to do: retry | stop | alert | fix
     error_action: str | None = None  # (worker/meta_codes.py)
@@ -94,6 +95,7 @@ class LifecyclePublisher:
             user_name=info.user_name,
             user_id=info.user_id,
             username=info.username,
+            caller_id=info.caller_id or None,
             recording=info.capture.recording if info.capture is not None else None,
             transcription=info.capture.transcription if info.capture is not None else None,
             biz_opaque_callback_data=info.biz_opaque_callback_data,

@@ -143,6 +143,10 @@ class MediaReadyConsumer(Supervised):
                     log.warning("media event requeued", extra={"error": str(exc)})
                     await settle(message, ack=False, requeue=True)
                     session.abort(f"media consumer: {exc}")
+                except Exception:  # a bug must not hold the queue (prefetch 1): keep the event for a human
+                    log.exception("media event failed: dead-lettered")
+                    self._metrics.dead_letters.labels(source="media", reason="error").inc()
+                    await settle(message, ack=False, requeue=False)
 
             await queue.consume(on_message)
             await session.wait_lost()

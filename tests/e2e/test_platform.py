@@ -188,6 +188,7 @@ async def test_a_username_only_caller_reaches_the_app_with_their_user_id(env: En
     call = await env.sim.place_call(from_="", name="Ana", user_id=UID, username="@ana.calls")
     answered = await env.events.wait(call.call_id, "call.answered")
     assert (answered["user"], answered["user_id"], answered["username"]) == ("", UID, "@ana.calls")
+    assert answered["caller_id"] == UID
     assert (answered["recording"], answered["transcription"]) == (True, True)
     await talk(call)
     ended = await env.events.wait(call.call_id, "call.ended")
@@ -281,40 +282,6 @@ async def test_a_dial_past_the_daily_call_limit_is_refused_early_with_the_reason
     assert ended["outcome"] == "call_limit"
     assert "100/100 calls per PT24H" in ended["reason"]
     assert len(env.sim.journal.graph_requests("connect")) == connects  # refused before any connect
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def deciding(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Simulator]:
-    """A worker whose app decides per caller (tests/support/capture_app.py), over a worker default of none."""
-    graph_port = free_port()
-    system = System(
-        amqp_url=amqp_url,
-        graph_url=f"http://127.0.0.1:{graph_port}",
-        log_dir=tmp_path_factory.mktemp("deciding-logs"),
-        workers=1,
-        worker_env={"CALLHOOK_APP": "tests.support.capture_app:app", "CALLHOOK_DRAIN_TIMEOUT_SECONDS": "5"},
-    )
-    config = SimulatorConfig(
-        app_secret=APP_SECRET, access_token=ACCESS_TOKEN, ice_host_addresses=("127.0.0.1",)
-    )
-    async with system, Simulator(config, ingress_url=system.webhook_url, graph_port=graph_port) as sim:
-        yield sim
-
-
-async def test_an_app_decides_from_the_caller_whether_meta_records(deciding: Simulator) -> None:
-    brazil = await deciding.place_call(from_="5511987654321", name="Rui")
-    other = await deciding.place_call(from_="", name="Ana", user_id=UID)
-    for call in (brazil, other):
-        await talk(call)
-    assert brazil.capture is not None
-    assert (brazil.capture.recording, brazil.capture.transcription, brazil.capture.language) == (
-        True,
-        True,
-        "pt",
-    )
-    assert other.capture is None  # nothing sent: neither recorded nor transcribed
-    for call in (brazil, other):
-        assert [r.http_status for r in deciding.journal.graph_requests("pre_accept", call.call_id)] == [200]
 
 
 async def test_a_calling_restriction_is_counted_and_published(env: Env) -> None:

@@ -499,3 +499,27 @@ def test_settings_from_worker_config() -> None:
         1.5,
     )
     assert TOKEN not in repr(s)
+
+
+async def test_media_download_is_streamed_with_the_token_and_refusals_are_told_apart(
+    meta: tuple[FakeMeta, str],
+) -> None:
+    fake, url = meta
+    audio = b"OggS" + bytes(range(256)) * 64
+    expired = {"error": {"code": 100, "message": "URL signature expired", "type": "OAuthException"}}
+    fake.script = [
+        Reply(body={"url": f"{url}/media/fresh", "id": "1410", "sha256": "abc", "mime_type": "audio/ogg"}),
+        Reply(raw=audio),
+        Reply(status=404, body=expired),
+        Reply(raw=audio),
+    ]
+    async with GraphClient(settings(url)) as graph:
+        info = await graph.media("1410")
+        assert (info.url, info.sha256) == (f"{url}/media/fresh", "abc")
+        assert await graph.download(info.url) == audio
+        with pytest.raises(GraphRefused):  # the archiver then asks for a fresh URL by media id
+            await graph.download(f"{url}/media/stale")
+        with pytest.raises(GraphRefused, match="over 100 bytes"):
+            await graph.download(info.url, max_bytes=100)
+    assert [s.path for s in fake.seen] == ["/v23.0/1410", "/media/fresh", "/media/stale", "/media/fresh"]
+    assert all(s.authorization == f"Bearer {TOKEN}" for s in fake.seen)

@@ -120,11 +120,17 @@ def test_worker_configuration_validates_the_default_opt_in_at_start_up() -> None
     assert not loaded.capture.transcription
     with pytest.raises(ConfigError) as caught:
         worker_config.load(
-            {**ENV, "CALLHOOK_TRANSCRIPTION": "enabled", "CALLHOOK_ANNOUNCEMENT_LANGUAGE": "klingon"}
+            {
+                **ENV,
+                "CALLHOOK_TRANSCRIPTION": "enabled",
+                "CALLHOOK_ANNOUNCEMENT_LANGUAGE": "klingon",
+                "CALLHOOK_ARCHIVE_DIR": "relative/dir",
+            }
         )
     problems = caught.value.problems
     assert any("CALLHOOK_CAPTURE_PURPOSE" in p for p in problems)
     assert any("CALLHOOK_ANNOUNCEMENT_LANGUAGE" in p for p in problems)
+    assert any("CALLHOOK_ARCHIVE_DIR" in p for p in problems)
 
 
 def test_a_dial_may_name_a_user_id_and_its_own_opt_in() -> None:
