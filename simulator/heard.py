@@ -23,6 +23,7 @@ missing packets at the socket), so the caller's side and the worker's side rate 
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,9 +154,16 @@ class HeardLog:
     _late: int = 0
     _mic: OnsetDetector = field(default_factory=lambda: OnsetDetector(48_000))  # on the signal's own clock
     _leaving: dict[int, int] = field(default_factory=dict)  # frame index -> its onset in _mic, to be dated
-    _from_mic: dict[int, int] = field(
-        default_factory=dict
-    )  # sent onset -> _mic onset whose tone may be pending
+    _from_mic: dict[int, int] = field(default_factory=dict)  # sent onset -> _mic onset, tone maybe pending
+    _departures: deque[float] = field(default_factory=lambda: deque(maxlen=3000))  # packet left - its slot
+
+    def send_jitter(self) -> float | None:
+        """p90 of how late the phone's own packets left against their 20 ms schedule (the last minute), in
+        seconds: what the phone's sender (aiortc, in a busy process) adds before the network does."""
+        if not self._departures:
+            return None
+        lateness = np.asarray(self._departures) - min(self._departures)
+        return float(np.percentile(lateness, 90))
 
     def microphone(self, frame_index: int, samples: Samples) -> None:
         """Frame ``frame_index`` (20 ms, 48 kHz) of what the phone plays. Its onsets are dated once the
@@ -166,6 +174,7 @@ class HeardLog:
 
     def left_socket(self, frame_index: int, at: float) -> None:
         """The packet of frame ``frame_index`` was handed to the phone's network at ``at``."""
+        self._departures.append(at - frame_index * PACKET_SECONDS)
         mic = self._leaving.pop(frame_index, None)
         if mic is None:
             return
