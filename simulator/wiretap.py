@@ -14,7 +14,8 @@ place (``tests/integration/test_simulator_net.py`` fails loudly if one moves):
 * :class:`RtpStream`: ``RTCDtlsTransport._send_rtp``, called with each plain RTP packet the phone's sender
   emits. The stream numbers the phone's packets itself (aiortc keeps its sequence counter in a local variable
   of ``RTCRtpSender._run_rtp``), so extra packets (RFC 4733 telephone events) can be put into the audio
-  SSRC's sequence between two audio packets, as a phone does.
+  SSRC's sequence between two audio packets, as a phone does. It also clears the marker bit aiortc sets on
+  every audio packet but the first, as a phone talking without a break would send them.
 """
 
 from __future__ import annotations

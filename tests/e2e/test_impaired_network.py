@@ -42,9 +42,8 @@ async def test_five_percent_loss_towards_the_business_still_echoes_the_caller(de
     assert up.lost > 0.02 * up.datagrams  # the link really lost packets on the way to the business
     heard = call.phone.heard_report()
     assert heard.bursts_sent >= 8
-    # The echo kept coming back, burst by burst (loosely: the echo's content after a loss is the worker's
-    # concern, measured by bench/media_latency.py; a burst whose first tone was concealed is not counted).
-    assert heard.bursts_heard >= 0.5 * heard.bursts_sent, heard
+    # The echo kept coming back, burst by burst (a burst whose first tone was concealed is not counted).
+    assert heard.bursts_heard >= 0.8 * heard.bursts_sent, heard
     assert heard.packets_lost == 0, heard  # the way back was clean: nothing missing at the phone's socket
     assert heard.delay_median_seconds is not None
     assert heard.delay_median_seconds < 1.0, heard  # bounded, loosely: the bench has the real figures
