@@ -54,6 +54,7 @@ from worker.apps.loader import load_app
 from worker.media import MediaSession, MediaSettings
 
 WARMUP_SECONDS = 2.0
+BUSY_SEND_SECONDS = 0.03  # the phones' packets later than this (p90): the run measures the machine
 AFTER_BURST_SECONDS = 2.0
 BURST_SECONDS = 0.12
 SCENARIOS = {
@@ -271,6 +272,12 @@ async def main(args: argparse.Namespace) -> int:
     for name in args.scenarios:
         results += await run_scenario(name, args.seconds, args.both)
     print(report(results))
+    busy = sorted({LABELS[r.scenario] for r in results if r.send_jitter > BUSY_SEND_SECONDS})
+    if busy:
+        print(
+            f"\nWARNING: the phones' own packets left more than {BUSY_SEND_SECONDS * 1000:.0f} ms late (p90)"
+            f" in: {', '.join(busy)}. The machine was too busy there: those figures measure it, not the echo."
+        )
     print(
         "\ndelay: a tone burst's onset leaving the phone's socket -> its echo's onset in an RTP packet as"
         " it arrived there (decoded per packet, no phone jitter buffer); median and p90 over"
