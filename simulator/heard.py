@@ -23,6 +23,7 @@ missing packets at the socket), so the caller's side and the worker's side rate 
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,9 +154,16 @@ class HeardLog:
     _late: int = 0
     _mic: OnsetDetector = field(default_factory=lambda: OnsetDetector(48_000))  # on the signal's own clock
     _leaving: dict[int, int] = field(default_factory=dict)  # frame index -> its onset in _mic, to be dated
-    _from_mic: dict[int, int] = field(
-        default_factory=dict
-    )  # sent onset -> _mic onset whose tone may be pending
+    _from_mic: dict[int, int] = field(default_factory=dict)  # sent onset -> _mic onset, tone maybe pending
+    _departures: deque[float] = field(default_factory=lambda: deque(maxlen=3000))  # packet left - its slot
+
+    def send_jitter(self) -> float | None:
+        """p90 of how late the phone's own packets left against their 20 ms schedule (the last minute), in
+        seconds: what the phone's sender (aiortc, in a busy process) adds before the network does."""
+        if not self._departures:
+            return None
+        lateness = np.asarray(self._departures) - min(self._departures)
+        return float(np.percentile(lateness, 90))
 
     def microphone(self, frame_index: int, samples: Samples) -> None:
         """Frame ``frame_index`` (20 ms, 48 kHz) of what the phone plays. Its onsets are dated once the
@@ -166,6 +174,7 @@ class HeardLog:
 
     def left_socket(self, frame_index: int, at: float) -> None:
         """The packet of frame ``frame_index`` was handed to the phone's network at ``at``."""
+        self._departures.append(at - frame_index * PACKET_SECONDS)
         mic = self._leaving.pop(frame_index, None)
         if mic is None:
             return
@@ -231,10 +240,11 @@ class HeardLog:
         first tone at random from twelve). Two candidates can share a tone, and some other audio can match one
         by chance, so each candidate's delay must be *supported*: a neighbouring heard burst (up to
         :data:`NEIGHBOURS` either side) has a candidate delay within :data:`SUPPORT_SECONDS` of it (an echo's
-        delay moves, it does not jump by a whole period from one burst to the next). The best supported
-        candidate wins, ties going to the delay nearest the previous echo's. A heard onset whose tone is
-        unknown (audio missing right after it) has one candidate: the latest burst, if less than a period
-        before it. Each burst is matched once.
+        delay moves, it does not jump by a whole period from one burst to the next). Then each burst goes to
+        the onset that fits it best: the most supported, ties going to the delay nearest the local consensus
+        (the median of the neighbours' best delays). A heard onset whose tone is unknown (audio missing right
+        after it) has one candidate: the latest burst, if less than a period before it. Each burst and each
+        onset is matched once.
         """
         self._settle_tones()
         sent, sent_tones = self.sent.onsets, self.sent.tones
@@ -252,31 +262,40 @@ class HeardLog:
                 found = [i for i in range(lo, hi) if same_tone(tone, sent_tones[i])]
             options.append([(i, at - sent[i]) for i in found])
         lonely = len(options) < 2
+
+        def neighbours(j: int) -> range:
+            return range(max(0, j - NEIGHBOURS), min(len(options), j + NEIGHBOURS + 1))
+
+        def support(j: int, delay: float) -> int:
+            return sum(
+                1
+                for k in neighbours(j)
+                if k != j and any(abs(delay - d) < SUPPORT_SECONDS for _, d in options[k])
+            )
+
+        # Each onset's best supported delay, then the local consensus: the median of its neighbours' bests.
+        supported = [[(i, d, support(j, d)) for i, d in candidates] for j, candidates in enumerate(options)]
+        best: list[float | None] = []
+        for entries in supported:
+            top = max(entries, key=lambda x: x[2]) if entries else None
+            best.append(top[1] if top is not None and (top[2] or lonely) else None)
+        scored: list[tuple[int, float, int, int, float]] = []  # (-support, distance, onset, burst, delay)
+        for j, entries in enumerate(supported):
+            around = [b for k in neighbours(j) if (b := best[k]) is not None]
+            reference = float(np.median(around)) if around else 0.0
+            scored += [(-n, abs(d - reference), j, i, d) for i, d, n in entries if n or lonely]
+        # Every burst goes to the onset that fits it best (onsets from concealment dips compete with the
+        # real one for a burst whose tone they share), and every onset to one burst at most.
         pairs: list[tuple[float, float]] = []
-        used: set[int] = set()
-        previous: float | None = None
-        for j, candidates in enumerate(options):
-            neighbours = [
-                options[k]
-                for k in range(max(0, j - NEIGHBOURS), min(len(options), j + NEIGHBOURS + 1))
-                if k != j
-            ]
-            scored = []
-            for i, delay in candidates:
-                if i in used:
-                    continue
-                support = sum(
-                    1 for other in neighbours if any(abs(delay - d) < SUPPORT_SECONDS for _, d in other)
-                )
-                if support or lonely:
-                    distance = abs(delay - previous) if previous is not None else -sent[i]
-                    scored.append((-support, distance, i, delay))
-            if not scored:
+        used_bursts: set[int] = set()
+        used_onsets: set[int] = set()
+        for _, _, j, i, d in sorted(scored):
+            if i in used_bursts or j in used_onsets:
                 continue
-            _, _, best, delay = min(scored)
-            used.add(best)
-            previous = delay
-            pairs.append((sent[best], delay))
+            used_bursts.add(i)
+            used_onsets.add(j)
+            pairs.append((sent[i], d))
+        pairs.sort()
         return pairs
 
     def report(

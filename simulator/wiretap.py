@@ -14,7 +14,8 @@ place (``tests/integration/test_simulator_net.py`` fails loudly if one moves):
 * :class:`RtpStream`: ``RTCDtlsTransport._send_rtp``, called with each plain RTP packet the phone's sender
   emits. The stream numbers the phone's packets itself (aiortc keeps its sequence counter in a local variable
   of ``RTCRtpSender._run_rtp``), so extra packets (RFC 4733 telephone events) can be put into the audio
-  SSRC's sequence between two audio packets, as a phone does.
+  SSRC's sequence between two audio packets, as a phone does. It also clears the marker bit aiortc sets on
+  every audio packet but the first, as a phone talking without a break would send them.
 """
 
 from __future__ import annotations
@@ -216,7 +217,10 @@ class RtpStream:
             self.on_audio(((timestamp - self._first_timestamp) & 0xFFFFFFFF) // self._frame_samples, now)
         if self.recording:
             self.sent.append((seq, data[1] & 0x7F, False))
-        return data[:2] + seq.to_bytes(2, "big") + data[4:]
+        # aiortc marks every audio packet (the last payload of each frame); a phone marks only the first
+        # packet of a talkspurt, and the phone talks without a break: the marker goes on the first only.
+        second = data[1] if self.audio_packets == 1 else data[1] & 0x7F
+        return data[:1] + bytes([second]) + seq.to_bytes(2, "big") + data[4:]
 
     def current_timestamp(self) -> int:
         """The audio clock now, in the stream's RTP units (from the last audio packet sent)."""

@@ -2,8 +2,8 @@
 
 Real ingress, one echo worker, RabbitMQ, the simulator as Meta; the phone's datagrams towards the business
 lose 5 % (seeded) on the way. What the caller heard is judged at the phone's socket (simulator.heard): the
-echo of nearly every tone burst comes back, the business -> phone direction loses nothing, and the echo's
-delay stays below a loose bound (a value, not a timing of the test: the bench measures the real figures).
+echo of most tone bursts comes back recognisably, the business -> phone direction loses nothing, and the
+echo's delay stays below a loose bound (a value, not a timing of the test: the bench has the real figures).
 """
 
 from __future__ import annotations
@@ -34,15 +34,16 @@ async def dep(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
 async def test_five_percent_loss_towards_the_business_still_echoes_the_caller(dep: Deployment) -> None:
     call = await dep.sim.place_call("15559000001", net=NetProfile(up=parse_link("loss=5%")))
     await call.wait_state(CallState.ACCEPTED, timeout=WAIT_SECONDS)
-    await call.wait_heard(6.0, timeout=WAIT_SECONDS)
+    await call.wait_heard(10.0, timeout=WAIT_SECONDS)
     await call.hangup()
     await call.wait_ended(timeout=WAIT_SECONDS)
 
     up = call.phone.net.up.stats
     assert up.lost > 0.02 * up.datagrams  # the link really lost packets on the way to the business
     heard = call.phone.heard_report()
-    assert heard.bursts_sent >= 6
-    assert heard.bursts_heard >= 0.8 * heard.bursts_sent, heard  # the echo kept coming back, burst by burst
+    assert heard.bursts_sent >= 8
+    # The echo kept coming back, burst by burst (a burst whose first tone was concealed is not counted).
+    assert heard.bursts_heard >= 0.8 * heard.bursts_sent, heard
     assert heard.packets_lost == 0, heard  # the way back was clean: nothing missing at the phone's socket
     assert heard.delay_median_seconds is not None
     assert heard.delay_median_seconds < 1.0, heard  # bounded, loosely: the bench has the real figures

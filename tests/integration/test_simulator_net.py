@@ -155,6 +155,9 @@ async def test_a_key_press_is_sent_as_a_phone_sends_it(make_call: object) -> Non
     # One sequence for audio and events together: no number skipped, none used twice, events between audio.
     numbers = [seq for seq, _, _ in call.tap.sequence]
     assert sorted(numbers) == list(range(numbers[0], numbers[0] + len(numbers)))  # no wrap in this short call
+    # Like a phone (not like aiortc, which marks every audio packet): the marker starts the talkspurt only.
+    audio = [p for _, pt, p in sorted(call.tap.sequence, key=lambda item: item[0]) if pt == 111]
+    assert not any(p.marker for p in audio[1:])
     kinds = [pt for _, pt, _ in sorted(call.tap.sequence, key=lambda item: item[0])]
     first_event = kinds.index(126)
     assert 111 in kinds[first_event:]  # audio kept flowing between the digits' packets

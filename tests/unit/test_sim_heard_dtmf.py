@@ -180,3 +180,14 @@ def test_the_phones_bursts_are_dated_when_their_packets_leave_not_when_the_micro
     assert onsets[0] - 50.0 == pytest.approx(0.6 + 0.015, abs=0.004)
     assert onsets[1] - 50.0 == pytest.approx(1.2 + 0.1, abs=0.004)
     assert not any(np.isnan(log.sent.tones))
+
+
+def test_the_phones_own_send_lateness_is_measured_against_its_schedule() -> None:
+    log = HeardLog()
+    assert log.send_jitter() is None
+    for k in range(100):
+        log.left_socket(k, 7.0 + k * 0.02 + (0.05 if k % 10 == 0 else 0.001))
+    assert log.send_jitter() < 0.005  # 90 % of the packets on time: the 10 % late ones hardly show
+    for k in range(100, 200):
+        log.left_socket(k, 7.0 + k * 0.02 + (0.05 if k % 2 == 0 else 0.001))
+    assert log.send_jitter() == pytest.approx(0.049, abs=1e-6)
