@@ -207,8 +207,14 @@ async def cluster(*args: str, timeout_seconds: float = 180.0) -> str:
     process = await asyncio.create_subprocess_exec(
         CLUSTER_SCRIPT, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    async with asyncio.timeout(timeout_seconds):
-        out, err = await process.communicate()
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            out, err = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        command = " ".join(args)
+        raise RuntimeError(f"rabbitmq-cluster {command}: no answer within {timeout_seconds} s") from None
     if process.returncode != 0:
         raise RuntimeError(f"rabbitmq-cluster {' '.join(args)}: {err.decode(errors='replace').strip()}")
     return out.decode(errors="replace").strip()
@@ -251,6 +257,10 @@ class Drill:
         # in that gap would be invisible to the audit (reported as lost).
         self._blocked: set[int] = set()
         self._reviving = asyncio.Lock()
+        # One node fault at a time, each until its node is back: two nodes of three lost at once is no quorum
+        # (a total outage, not the fault meant). On a slow machine a node takes tens of seconds to come back,
+        # so a node fault may begin after its slot: its logged window says when it really ran.
+        self._node_faults = asyncio.Lock()
         self._load_over = False
         self._broker_down = False
         self.cpu = CpuSampler()
@@ -449,7 +459,10 @@ class Drill:
         log.started_at = time.time()
         end = await self._begin(log)
         self._log(f"fault {window.kind} begins ({log.target})")
-        await asyncio.sleep(max(0.0, self.t0 + window.end - time.time()))
+        # A fault that began late (a node fault waits for the one before) still lasts its duration.
+        assert log.started_at is not None
+        ends_at = max(self.t0 + window.end, log.started_at + window.duration)
+        await asyncio.sleep(max(0.0, ends_at - time.time()))
         await end()
         log.ended_at = time.time()
         self._log(f"fault {window.kind} ends ({log.target}){': ' + log.note if log.note else ''}")
@@ -520,6 +533,8 @@ class Drill:
         function returned starts it again (or heals it) and turns the firehose on there again."""
         if not self.s.broker.cluster:
             raise ValueError(f"{log.window.kind} needs --cluster")
+        await self._node_faults.acquire()
+        log.started_at = time.time()
         node = await cluster("leader", contract.WEBHOOKS_QUEUE, self.vhost)
         log.target = f"node {node}"
         await self._block(self.s.broker.ports[int(node) - 1])
@@ -531,9 +546,12 @@ class Drill:
             await cluster("partition", node)
 
         async def end() -> None:
-            await self._revive_nodes()
-            leader = await cluster("leader", contract.WEBHOOKS_QUEUE, self.vhost)
-            log.note = f"webhooks leader now node {leader}"
+            try:
+                await self._revive_nodes()
+                leader = await cluster("leader", contract.WEBHOOKS_QUEUE, self.vhost)
+                log.note = f"webhooks leader now node {leader}"
+            finally:
+                self._node_faults.release()
 
         return end
 
@@ -549,11 +567,17 @@ class Drill:
     async def _revive_nodes_now(self) -> None:
         revived = []
         for node in sorted(self._partitioned):
-            await cluster("heal", node)
+            try:
+                await cluster("heal", node)
+            except RuntimeError as exc:
+                self._log(f"could not heal node {node}: {exc}")
             self._partitioned.discard(node)
             revived.append(node)
         for node in sorted(self._nodes_down):
-            await cluster("start-node", node)
+            try:
+                await cluster("start-node", node)
+            except RuntimeError as exc:
+                self._log(f"could not start node {node}: {exc}")
             self._nodes_down.discard(node)
             revived.append(node)
         for node in revived:

@@ -55,7 +55,12 @@ from typing import Any, Literal, Protocol, Self
 import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, DeliveryMode
-from aiormq.exceptions import ChannelAccessRefused, ChannelInvalidStateError, ChannelPreconditionFailed
+from aiormq.exceptions import (
+    ChannelAccessRefused,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+)
 
 from ingress import contract
 from worker.amqp import (
@@ -875,7 +880,24 @@ class Ownership(Supervised):
         check_marker: bool,
     ) -> Claim | None:
         """Declare and bind the mailbox, then consume it exclusively on a channel of its own (a refusal
-        closes that channel only). None: another consumer holds it (another worker owns the call)."""
+        closes that channel only). None: another consumer holds it (another worker owns the call). A mailbox
+        deleted between the declare and the consume (a tombstone's end) is declared again, twice at most."""
+        for attempt in range(3):
+            try:
+                return await self._declare_once(live, call_id, kind, seen_connect, check_marker)
+            except ChannelNotFoundEntity as exc:
+                if attempt == 2:
+                    raise TransientError(f"claim of {call_id} failed: {exc!r}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _declare_once(
+        self,
+        live: _Live,
+        call_id: str,
+        kind: Literal["call", "tombstone"],
+        seen_connect: bool,
+        check_marker: bool,
+    ) -> Claim | None:
         session = live.session
         channel = await session.channel(prefetch=self._settings.mailbox_prefetch, critical=False)
         claim = Claim(self, live, call_id, kind, channel)
@@ -899,6 +921,9 @@ class Ownership(Supervised):
             log.warning("mailbox queue exists with other arguments", extra={"call_id": call_id})
             await session.close_channel(channel)
             return None
+        except ChannelNotFoundEntity:
+            await session.close_channel(channel)
+            raise
         except AMQP_FAILURES as exc:
             await session.close_channel(channel)
             raise TransientError(f"claim of {call_id} failed: {exc!r}") from exc

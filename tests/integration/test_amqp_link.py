@@ -11,6 +11,7 @@ import asyncio
 import pytest
 from yarl import URL
 
+from ingress.publisher import Publisher
 from tests.support.system import free_port
 from tests.support.tcpproxy import TcpProxy
 from worker.amqp import AmqpLink
@@ -48,3 +49,19 @@ async def test_a_reconnect_goes_to_the_other_broker_when_one_is_gone(amqp_url: s
             async with asyncio.timeout(WAIT):
                 await link.wait_session(after=second)
             assert one.active_connections == 1
+
+
+async def test_the_ingress_publisher_goes_to_the_other_broker_too(amqp_url: str) -> None:
+    """The ingress's publisher takes the same list: a webhook is stored through the node that is left."""
+    async with TcpProxy("127.0.0.1", 5672) as one, TcpProxy("127.0.0.1", 5672) as two:
+        urls = ",".join(str(URL(amqp_url).with_port(p.port)) for p in (one, two))
+        async with Publisher(urls, reconnect_initial_seconds=0.05, reconnect_max_seconds=0.2) as publisher:
+            async with asyncio.timeout(WAIT):
+                await publisher.wait_connected()
+            assert (one.active_connections, two.active_connections) == (1, 0)
+            await one.cut()
+            async with asyncio.timeout(WAIT):
+                await publisher.wait_disconnected()
+                await publisher.wait_connected()
+            assert two.active_connections == 1
+            await publisher.publish(b"{}", received_at=0.0, secret_id="test")
