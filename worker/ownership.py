@@ -742,10 +742,10 @@ class Ownership(Supervised):
                 m.dropped_events.labels(reason="stale").inc()
             case Verdict.REJECT_STALE | Verdict.OVERFLOW:
                 assert isinstance(event, CallConnect)
-                if (
-                    event.call_id in self._calls
-                    or await self._claim(live, event.call_id, "tombstone") is None
-                ):
+                tombstone = None
+                if event.call_id not in self._calls:
+                    tombstone = await self._claim(live, event.call_id, "tombstone", check_marker=True)
+                if tombstone is None or tombstone.answered_before:  # owned, or answered by someone
                     m.dropped_events.labels(reason="duplicate").inc()
                 elif verdict is Verdict.OVERFLOW:
                     m.overflow.inc()

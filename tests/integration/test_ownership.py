@@ -660,6 +660,27 @@ async def test_a_fenced_owner_back_within_the_grace_keeps_its_call(
         await again.release()
 
 
+async def test_a_stale_copy_of_an_answered_call_is_not_rejected(
+    workers: Callable[..., Awaitable[Worker]], bus: aio_pika.abc.AbstractChannel, amqp_url: str
+) -> None:
+    """A stale copy of a connect that reaches ``unclaimed`` (its mailbox was lost with a broker node) while
+    the call's owner is away: the marker says the call may be answered, so it is not rejected."""
+    async with TcpProxy("127.0.0.1", 5672) as proxy:
+        a = await workers(str(URL(amqp_url).with_port(proxy.port)))
+        call_id = new_id()
+        claim = await a.ownership.claim(call_id)
+        assert claim is not None
+        await claim.fence()
+        await proxy.cut()
+        async with asyncio.timeout(WAIT):
+            await claim.wait_lost()
+        b = await workers()
+        body = call_event_encoder.encode(connect_event(call_id, age_seconds=40))
+        await bus.default_exchange.publish(aio_pika.Message(body), contract.UNCLAIMED_QUEUE)
+        await wait_until(lambda: b.count("callhook_call_events_dropped_total", reason="duplicate") >= 1)
+        assert took_nothing(b)
+
+
 async def test_the_mailbox_of_an_owner_gone_for_good_expires(
     workers: Callable[..., Awaitable[Worker]], bus: aio_pika.abc.AbstractChannel, amqp_url: str
 ) -> None:
