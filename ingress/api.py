@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from ingress import contract
-from ingress.commands import PERMISSION_MODES, CommandError, Dial, hangup
+from ingress.commands import PERMISSION_MODES, CommandError, Dial, hangup, transfer
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics, Outcome, Route
 from ingress.publisher import Publisher, PublishError
@@ -47,6 +47,7 @@ class CallsApi:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/calls", self._measured(Route.DIAL, self._dial))
         app.router.add_post("/v1/calls/{call_id}/hangup", self._measured(Route.HANGUP, self._hangup))
+        app.router.add_post("/v1/calls/{call_id}/transfer", self._measured(Route.TRANSFER, self._transfer))
 
     def _measured(
         self, route: Route, handler: Callable[[web.Request], Awaitable[tuple[Outcome, web.Response]]]
@@ -135,6 +136,23 @@ class CallsApi:
         log.info("hangup sent", extra={"request_id": request_id, "call_id": call_id})
         body = {"request_id": request_id, "call_id": call_id, "status": "sent"}
         return Outcome.OK, web.json_response(body, status=202)
+
+    async def _transfer(self, request: web.Request) -> tuple[Outcome, web.Response]:
+        """Hand the call to a person (docs/handoff.md): ``{"queue", "reason"?, "context"?}``."""
+        call_id = request.match_info["call_id"]
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return _outcome_of(body), body
+        request_id = f"transfer-{hashlib.sha256(f'{call_id}{time.time_ns()}'.encode()).hexdigest()[:24]}"
+        try:
+            message = transfer(call_id, body, request_id)
+        except CommandError as exc:
+            return Outcome.BAD_REQUEST, _error(400, str(exc))
+        published = await self._publish(message, contract.CALLS_EXCHANGE, call_id, request_id)
+        if published is not None:
+            return published
+        log.info("transfer sent", extra={"request_id": request_id, "call_id": call_id})
+        return Outcome.OK, web.json_response({"request_id": request_id, "status": "sent"}, status=202)
 
     async def _publish(
         self, body: bytes, exchange: str, routing_key: str, request_id: str

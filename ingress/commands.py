@@ -86,3 +86,30 @@ def hangup(call_id: str, request_id: str = "") -> bytes:
         "timestamp": int(time.time()),
     }
     return json.dumps(body).encode()
+
+
+def transfer(call_id: str, body: dict[str, object], request_id: str) -> bytes:
+    """A ``TransferRequestEvent`` for ``callhook.calls`` (routing key = the call id): the owner's app stops
+    and the caller waits in ``body["queue"]`` for a person (docs/handoff.md)."""
+    if not call_id or len(call_id) > 200:
+        raise CommandError("a call id is required (at most 200 characters)")
+    queue, reason, context = body.get("queue"), body.get("reason", ""), body.get("context", {})
+    if not isinstance(queue, str) or not 0 < len(queue) <= 100:
+        raise CommandError("queue: a queue name is required (at most 100 characters)")
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise CommandError("reason: a string of at most 500 characters")
+    if not isinstance(context, dict) or len(context) > 20:
+        raise CommandError("context: an object of at most 20 string values")
+    pairs = context.items()
+    if not all(isinstance(k, str) and isinstance(v, str) and len(k) + len(v) <= 500 for k, v in pairs):
+        raise CommandError("context: keys and values are strings (at most 500 characters each pair)")
+    message = {
+        "type": "transfer",
+        "call_id": call_id,
+        "queue": queue,
+        "reason": reason,
+        "context": context,
+        "request_id": request_id,
+        "timestamp": int(time.time()),
+    }
+    return json.dumps(message).encode()

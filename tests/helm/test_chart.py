@@ -200,9 +200,7 @@ def test_probes_point_at_real_ports_and_paths(
             "ingress": "CALLHOOK_INGRESS_PORT",
             "worker": "CALLHOOK_METRICS_PORT",
             "console": "CALLHOOK_CONSOLE_PORT",
-        }[
-            container["name"]
-        ]
+        }[container["name"]]
         # The process listens where the probes and the Service look.
         assert int(env[port_setting]["value"]) == next(iter(ports.values()))
         assert container["args"] == [container["name"]]
