@@ -267,7 +267,12 @@ def make_app(config: ConsoleConfig, registry: CollectorRegistry | None = None) -
         async with console.broker:
             yield
 
+    async def close_sockets(app: web.Application) -> None:
+        for socket in list(console.sockets):  # agents' pages reconnect to another replica
+            await socket.ws.close(code=1001, message=b"console shutting down")
+
     app.cleanup_ctx.append(broker_ctx)
+    app.on_shutdown.append(close_sockets)
     app.router.add_get("/", index)
     app.router.add_post("/api/session", sign_in)
     app.router.add_get("/ws", agent_socket)

@@ -389,6 +389,7 @@ class CallSession:
             log.warning("transfer request ignored: the call has no running app")
             return
         request = TransferRequest(queue=event.queue, reason=event.reason, context=dict(event.context))
+        log.info("transfer requested through the API", extra={"queue": event.queue})
         self._app_task = self._spawn("app", self._serve_transfer(task, request))
 
     async def _serve_transfer(self, app: asyncio.Task[None], request: TransferRequest) -> None:
@@ -502,13 +503,13 @@ class CallSession:
                 return
 
     def _apply_mailbox(self, item: MailboxItem) -> None:
+        if isinstance(item.event, TransferRequestEvent):  # not the state machine's: the app's part ends
+            self._spawn("ack", item.ack())
+            self._transfer_from_api(item.event)
+            return
         event = _machine_event(item.event, self.info.direction)
         if event is None:
             self._spawn("ack", item.ack())
-            return
-        if isinstance(item.event, TransferRequestEvent):
-            self._spawn("ack", item.ack())
-            self._transfer_from_api(item.event)
             return
         if isinstance(item.event, CallTerminate):
             self._remote_error = item.event.error_code
