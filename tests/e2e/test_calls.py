@@ -123,6 +123,10 @@ async def test_phone_hang_up_ends_the_call_on_its_worker(dep: Deployment) -> Non
     assert sum(await dep.values("callhook_call_duration_seconds_count")) == sum(durations) + 1
     assert_answered_once(dep, call)
     assert_echoed(call)
+    # The call's final log line carries the caller's audio as the worker received it.
+    [ended] = dep.log_records(call.call_id, msg="call ended")
+    assert ended["media"]["received"] >= 50, ended
+    assert ended["media"]["mos"] is not None, ended
     # Meta ended the call: the worker waited for its terminate webhook instead of sending a terminate of
     # its own (which Meta would refuse with code 100, counted as a Graph error).
     assert statuses(dep, "terminate", call) == []

@@ -16,6 +16,7 @@ class Call:
 
     def __init__(self, until: int = 10, fail_at: int | None = None) -> None:
         self.ticks: list[float] = []
+        self.sent = 0
         self.failed: BaseException | None = None
         self.done = asyncio.Event()
         self._until = until
@@ -27,6 +28,9 @@ class Call:
             raise RuntimeError("a bug in this call")
         if len(self.ticks) >= self._until:
             self.done.set()
+
+    def tick_send(self) -> None:
+        self.sent += 1
 
     def tick_failed(self, error: BaseException) -> None:
         self.failed = error
@@ -43,11 +47,14 @@ async def test_one_tick_serves_every_call_on_a_drift_free_schedule() -> None:
         await first.done.wait()
         await second.done.wait()
     await clock.close()
-    # Both calls are ticked by the same tick, at the same scheduled times: start + n * 20 ms, whatever the
-    # loop's lateness (the schedule never slips by how late a tick ran).
+    # Both calls are ticked by the same tick, at its scheduled time: start + n * 20 ms whatever the loop's
+    # lateness (the schedule never slips by how late a tick ran).
     assert first.ticks[:20] == second.ticks[:20]
-    start = first.ticks[0]
+    start = clock.started_at
     assert first.ticks[:20] == [pytest.approx(start + n * TICK_SECONDS, abs=1e-9) for n in range(20)]
+    assert clock.next_due == pytest.approx(
+        clock.started_at + (clock.ticks + clock.skipped_ticks) * TICK_SECONDS, abs=1e-9
+    )
     observed = metrics.registry.get_sample_value("callhook_media_tick_lag_seconds_count")
     assert observed is not None
     assert observed >= 20
@@ -87,3 +94,44 @@ async def test_the_clock_stops_when_no_call_is_left_and_starts_again() -> None:
 
 async def test_one_shared_clock_per_loop() -> None:
     assert shared_clock() is shared_clock()
+
+
+async def test_the_send_side_takes_what_an_app_queued_in_reaction_to_the_same_tick() -> None:
+    """An echo's reply leaves in the tick that delivered the frame it answers, not 20 ms later."""
+
+    class Echoing:
+        def __init__(self) -> None:
+            self.frame_ready = asyncio.Event()
+            self.queued: list[int] = []  # what the "app" queued, by tick number
+            self.sent: list[tuple[int, list[int]]] = []  # (tick, what was queued when the send side ran)
+            self.done = asyncio.Event()
+            self.count = 0
+
+        def tick(self, now: float) -> None:
+            self.count += 1
+            self.frame_ready.set()
+
+        def tick_send(self) -> None:
+            self.sent.append((self.count, list(self.queued)))
+            if self.count >= 5:
+                self.done.set()
+
+        def tick_failed(self, error: BaseException) -> None:
+            raise AssertionError(error)
+
+    call = Echoing()
+
+    async def app() -> None:
+        while True:
+            await call.frame_ready.wait()
+            call.frame_ready.clear()
+            call.queued.append(call.count)
+
+    clock = PlayoutClock()
+    task = asyncio.get_running_loop().create_task(app())
+    clock.add(call)
+    async with asyncio.timeout(10):
+        await call.done.wait()
+    await clock.close()
+    task.cancel()
+    assert all(queued and queued[-1] == tick for tick, queued in call.sent), call.sent

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.media.jitter import (
+    InterarrivalJitter,
     JitterBuffer,
     JitterSettings,
     Packet,
@@ -271,6 +272,17 @@ def test_a_timestamp_jump_far_off_the_timeline_restarts_timing() -> None:
     assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=0.001)
 
 
+def test_a_sequence_number_jump_beyond_max_dropout_is_a_new_stream() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    before = clean(sender, range(50))
+    restarted = Sender(first_sequence=1000 + 20000 - 50)  # same SSRC, sequence numbers jump 20000 ahead
+    after = [restarted.packet(i, sender.sent_at(i) + 0.040, numbered(i)) for i in range(50, 100)]
+    ticks = play(buffer, [*before, *after], 102)
+    assert played_sequences(ticks, [*before, *after]) == [p.sequence for p in [*before, *after]]
+    stats = buffer.statistics()
+    assert (stats.resyncs, stats.packets_expected, stats.packets_lost) == (1, 100, 0)
+
+
 # -- frame sizes --------------------------------------------------------------------------------------------
 
 
@@ -340,22 +352,36 @@ def test_a_long_stalled_tick_resyncs_at_once() -> None:
     assert buffer.statistics().frames_dropped >= 49
 
 
-def test_a_network_stall_with_a_burst_afterwards_leaves_no_lasting_delay() -> None:
+def held_network(sender: Sender, frames: int, stalls: Iterable[int], hold: float) -> list[Packet]:
+    """A clean link that holds the packets for `hold` seconds at each frame in `stalls`, then delivers them
+    all at once (a Wi-Fi or mobile link that stalls and flushes its queue)."""
+    arrivals = [sender.sent_at(i) + 0.040 for i in range(frames)]
+    for stall in stalls:
+        until = arrivals[stall] + hold
+        arrivals = [max(at, until) if i >= stall else at for i, at in enumerate(arrivals)]
+    return [sender.packet(i, at, numbered(i)) for i, at in enumerate(arrivals)]
+
+
+def test_one_network_stall_and_its_burst_leave_no_delay_behind() -> None:
     sender, buffer = Sender(), JitterBuffer()
-    held_until = sender.sent_at(110) + 0.040 + 0.300  # the network holds packets for 300 ms, then delivers
-    arrivals = [sender.sent_at(i) + 0.040 for i in range(600)]
-    packets = [
-        sender.packet(i, max(at, held_until) if i >= 110 else at, numbered(i))
-        for i, at in enumerate(arrivals)
-    ]
-    ticks = play(buffer, packets, 600)
+    ticks = play(buffer, held_network(sender, 600, [110], hold=0.300), 600)
     settled = ticks[100].delay
-    assert max(t.delay for t in ticks) < JitterSettings().max_delay
-    assert ticks[-1].delay == pytest.approx(settled, abs=0.002)
-    seconds_to_recover = (
-        next(i for i in range(len(ticks) - 1, 0, -1) if ticks[i].delay > settled + FRAME) - 110
-    )
-    assert seconds_to_recover * FRAME < 4.0
+    assert kinds(ticks)[108:130].count("C") == JitterSettings().max_conceal_frames  # then silence, no PLC
+    assert max(t.delay for t in ticks[110:]) < settled + FRAME  # the stale burst is dropped, not played late
+    stats = buffer.statistics()
+    assert stats.target_delay_seconds == pytest.approx(0.010)  # one stall is not a reason to wait longer
+    assert stats.frames_dropped + stats.packets_late >= 14
+
+
+def test_recurring_network_stalls_raise_the_target_to_cover_them() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    stalls = range(100, 1000, 100)  # the link stalls for 100 ms every 2 s for 20 s, then is clean for 20 s
+    ticks = play(buffer, held_network(sender, 2000, stalls, hold=0.100), 2000)
+    assert ticks[150].delay < 0.030  # after the first stall: still the clean delay
+    assert 0.100 <= ticks[350].delay <= 0.100 + 2 * FRAME  # the second one showed it recurs: covered
+    assert "C" not in kinds(ticks)[350:990]  # and from then on the stalls cost no audio
+    assert ticks[-1].delay < 0.030  # stalls forgotten after peak_memory: back to the clean delay
+    assert buffer.statistics().target_delay_seconds == pytest.approx(0.010)
 
 
 # -- the long run -------------------------------------------------------------------------------------------
@@ -446,7 +472,63 @@ def test_every_tick_gets_one_playout_nothing_plays_twice_and_the_delay_stays_bou
     assert all(t.delay <= limit for t in ticks)
     stats = buffer.statistics()
     assert stats.frames_played == len(audio)
+    held = sum(1 for t in ticks if t.playout.samples == 0)
+    assert (
+        stats.frames_played + stats.frames_fec + stats.frames_concealed + stats.frames_silence + held
+        == len(ticks)
+    )
+    # every packet that came is accounted for: played, dropped, late, or still waiting
+    assert stats.packets_received == (
+        stats.frames_played + stats.frames_dropped + stats.packets_late + stats.packets_buffered
+    )
     assert stats.packets_received + stats.packets_duplicate <= len(packets)  # some may arrive after the end
     for t in ticks:
         assert t.playout.samples in (0, 960, 1920, 2880) or t.playout.kind is not PlayoutKind.AUDIO
         assert (t.playout.payload is None) == (t.playout.kind in (PlayoutKind.CONCEAL, PlayoutKind.SILENCE))
+
+
+@pytest.mark.parametrize("drift", [-0.002, 0.002])
+def test_the_senders_clock_drifting_against_ours_neither_grows_the_delay_nor_loses_audio(
+    drift: float,
+) -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    rng = random.Random(5)
+    # 0.2 % is twenty times a bad crystal: over a minute the sender is 120 ms ahead of or behind our tick
+    packets = [
+        sender.packet(i, START + i * FRAME * (1 + drift) + 0.040 + rng.uniform(0, 0.005), numbered(i))
+        for i in range(3000)
+    ]
+    ticks = play(buffer, packets, int(3000 * (1 + drift)) - 5)
+    stats = buffer.statistics()
+    assert max(t.delay for t in ticks[500:]) <= stats.target_delay_seconds + 2 * FRAME
+    assert stats.packets_late <= 10
+    assert stats.frames_played >= 2900
+
+
+# -- measures and settings ---------------------------------------------------------------------------------
+
+
+def test_interarrival_jitter_follows_rfc_3550() -> None:
+    jitter = InterarrivalJitter(48000)
+    for i in range(400):  # transit alternates 0 / 10 ms: every D(i-1, i) is 10 ms
+        jitter.update(i * FRAME + (0.010 if i % 2 else 0.0), 960 * i)
+    assert jitter.jitter_seconds == pytest.approx(0.010, rel=1e-3)
+    steady = InterarrivalJitter(48000)
+    for i in range(400):
+        steady.update(5.0 + i * FRAME, 960 * i)
+    assert steady.jitter_seconds == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_target_delay": 0.5},  # above max_target_delay
+        {"max_delay": 0.3},  # no room above max_target_delay
+        {"delay_quantile": 0.0},
+        {"capacity_packets": 1},
+        {"frame_samples": 0},
+    ],
+)
+def test_settings_that_cannot_work_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=r"must|need"):
+        JitterSettings(**bad)  # type: ignore[arg-type]

@@ -104,7 +104,10 @@ def test_the_fields_for_call_ended_are_flat_and_rounded() -> None:
     assert fields["jitter_ms"] == 2.0
     assert fields["loss_percent"] == 3.0
     assert isinstance(fields["mos"], float)
-    assert set(fields) >= {"received", "lost", "late", "fec", "buffer_delay_ms"}
+    assert set(fields) == {  # call.ended's media quality (worker/lifecycle.py) is built from these
+        "expected", "received", "lost", "late", "concealed", "fec", "jitter_ms", "buffer_delay_ms", "rtt_ms",
+        "loss_percent", "mos",
+    }  # fmt: skip
 
 
 def test_a_call_that_played_nothing_has_no_rating() -> None:

@@ -4,15 +4,22 @@ Theory of operation
 -------------------
 Packets come in with :meth:`JitterBuffer.put` whenever the network delivers them; the worker's playout tick
 calls :meth:`JitterBuffer.pop` once every 20 ms and gets exactly one :class:`Playout` back. All times are
-arguments (``Packet.arrival``, ``pop(now)``), so the same code runs under the real loop and in a test that
-simulates a minute of a lossy network in a few milliseconds.
+arguments (``Packet.arrival``, ``pop(now)``, both on the same monotonic clock, e.g. ``loop.time()``), so the
+same code runs under the real loop and in a test that simulates a minute of a lossy network in milliseconds.
 
 *Delay is measured against the fastest packet.* Every packet gives ``d = arrival - timestamp / clock_rate``.
 Over a sliding window (2 s) the smallest ``d`` is what the network does on a good day; a packet's *relative
 delay* is how much later than that it arrived. The *target delay* is a high quantile (97 %) of the relative
-delays in the window, never below ``min_target_delay`` nor above ``max_target_delay`` (libWebRTC's NetEQ
-sizes its target the same way). On a clean link the relative delays are ~0, so the target is the floor
-(10 ms) and a packet waits the floor plus the phase of the tick (0-20 ms): about one frame.
+delays in the window, clamped to ``min_target_delay``..``max_target_delay`` (libWebRTC's NetEQ sizes its
+target the same way). On a clean link the relative delays are ~0, so the target is the floor (10 ms) and a
+packet waits the floor plus the phase of the tick (0-20 ms): about one frame. (Settings are in seconds.)
+
+*Stalls are peaks, not jitter.* A link that stalls and then flushes its queue delivers a dozen packets at
+once, with delays from the stall's length down to nothing. Packets arriving together (``burst_gap``) count
+as one sample, with the largest delay, so one stall does not fill the window and raise the target for
+seconds. A delay that far above the quantile (``peak_margin``) is a *peak*; once two peaks fall within
+``peak_memory`` (10 s) the stalls recur, and the target covers the lower of them until they stop (the peak
+detector of older NetEQ versions). One stall costs a few concealed frames; a stalling link costs delay.
 
 *The playout delay* ``D`` of the sample at the play position is ``now`` minus the time that sample would have
 arrived over the fastest path. A packet with relative delay ``r`` is in the buffer when its turn comes iff
@@ -23,24 +30,29 @@ arrived over the fastest path. A packet with relative delay ``r`` is in the buff
   ever stretched while audio is there.
 * ``D`` falls by dropping frames when it exceeds the target by a frame or more (after a burst, a stalled
   tick, a clock drift): silent frames first (DTX, an Opus packet of <= 3 bytes, or ``Packet.silent``),
-  anywhere in the buffer; speech only when the excess lasted ``catch_up_patience_ticks`` ticks; everything
-  older than the target at once when ``D`` passes ``max_delay``. Because the buffer can always shed what it
-  does not need, a single loss or burst cannot ratchet the delay up for the rest of the call (aiortc #543).
+  anywhere in the buffer; speech only after ``catch_up_patience_ticks`` ticks with no silence to drop;
+  everything older than the target at once when ``D`` passes ``max_delay``. Because the buffer can always
+  shed what it does not need, a loss or a burst cannot ratchet the delay up for the rest of the call
+  (aiortc #543).
 
 States, as a table (``pop`` decides, ``put`` only stores and measures)::
 
     WAITING --(a packet is due: D(its timestamp) >= target; older ones dropped)--> PLAYING
-    PLAYING --(next frame here, timestamps continue)------------------------> PLAYING, AUDIO
-    PLAYING --(next frame missing, D < target)------------------------------> PLAYING, CONCEAL (wait for it)
-    PLAYING --(next frame lost, the one after it here)-----------------------> PLAYING, FEC from that one
-    PLAYING --(next frame lost, nothing after it)-----------------------------> PLAYING, CONCEAL
-    PLAYING --(max_conceal_frames concealed with an empty buffer: a stall)--> WAITING, SILENCE
-    PLAYING --(a gap in timestamps with no lost packet, or a marker bit: a talkspurt)--> WAITING (re-timed)
-    PLAYING --(D > max_delay: the tick stalled)-------------------------------> WAITING (resync at once)
-    any     --(new SSRC, a sequence jump > max_dropout, a timeline jump)----> WAITING, stream reset
+    PLAYING --(next frame here, timestamps continue)-----------------------------> PLAYING, AUDIO
+    PLAYING --(next frame missing, D < target)-----------------------------------> PLAYING, CONCEAL (wait)
+    PLAYING --(next frame lost, the packet after it here)------------------------> PLAYING, FEC from it
+    PLAYING --(next frame lost, no packet after it yet)--------------------------> PLAYING, CONCEAL
+    PLAYING --(max_conceal_frames concealed with an empty buffer: a stall)-------> WAITING, SILENCE
+    PLAYING --(a timestamp gap with no packet missing, a marker bit,
+               a hole longer than PLC covers: a talkspurt)-----------------------> WAITING (timed afresh)
+    PLAYING --(D > max_delay: the tick stalled)----------------------------------> WAITING (resync at once)
+    any     --(new SSRC, a sequence jump > max_dropout, a timeline jump)---------> WAITING, stream reset
+
+The play position is a timestamp: PLC over an empty buffer uses up time, not sequence numbers, so a packet is
+late when its timestamp is behind the play position (or its sequence number behind the last one played).
 
 A frame longer than a tick (40/60 ms Opus packets) is returned once with its ``samples``; the ticks it covers
-then return ``Playout(SILENCE, samples=0)`` ("nothing new: the previous frame still covers this tick").
+then return :data:`HELD`, ``Playout(SILENCE, samples=0)``: nothing new, the previous frame covers this tick.
 Frames shorter than a tick (10 ms packets) are not supported: each tick plays one packet.
 """
 
@@ -53,6 +65,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = [
+    "HELD",
     "InterarrivalJitter",
     "JitterBuffer",
     "JitterSettings",
@@ -106,6 +119,9 @@ class JitterSettings:
     max_delay: float = 0.500  # seconds: beyond this the buffer resyncs at once (a stalled tick)
     delay_quantile: float = 0.97  # share of packets that should arrive before their playout time
     delay_window: float = 2.0  # seconds of arrivals the target is computed from
+    burst_gap: float = 0.002  # seconds: packets arriving this close together count as one delay sample
+    peak_margin: float = 0.040  # seconds above the quantile: a delay this far out is a peak (a stall)
+    peak_memory: float = 10.0  # seconds: two peaks within this raise the target to cover them (NetEQ-style)
     retarget_every: int = 5  # packets between recomputations of the quantile (sorting is the cost)
     capacity_packets: int = 64  # packets held at most; the oldest go first
     max_conceal_frames: int = 5  # concealed frames in a row with an empty buffer before SILENCE (a stall)
@@ -124,7 +140,7 @@ class JitterSettings:
         if not 0 < self.delay_quantile <= 1:
             raise ValueError("delay_quantile must be in (0, 1]")
         if self.capacity_packets < 2 or self.max_conceal_frames < 1 or self.retarget_every < 1:
-            raise ValueError("capacity_packets >= 2, max_conceal_frames >= 1, retarget_every >= 1")
+            raise ValueError("need capacity_packets >= 2, max_conceal_frames >= 1, retarget_every >= 1")
 
     @property
     def tick_seconds(self) -> float:
@@ -153,6 +169,8 @@ class JitterStatistics:
     target_delay_seconds: float = 0.0
     buffer_delay_seconds: float = 0.0  # playout delay D at the last tick (0 while waiting)
     mean_buffer_delay_seconds: float = 0.0  # mean D over the ticks that played something
+    packets_buffered: int = 0  # waiting for their turn now
+    buffered_audio_seconds: float = 0.0  # the audio they hold
 
 
 def opus_packet_samples(payload: bytes) -> int | None:
@@ -202,6 +220,24 @@ class InterarrivalJitter:
         self._previous = None
 
 
+@dataclass(slots=True)
+class _Counters:
+    """The cumulative counters of :class:`JitterStatistics`, mutable while the call runs."""
+
+    packets_received: int = 0
+    packets_late: int = 0
+    packets_duplicate: int = 0
+    packets_reordered: int = 0
+    frames_played: int = 0
+    frames_concealed: int = 0
+    concealment_runs: int = 0
+    frames_fec: int = 0
+    frames_dropped: int = 0
+    frames_silent_dropped: int = 0
+    frames_silence: int = 0
+    resyncs: int = 0
+
+
 class _State(enum.Enum):
     WAITING = "waiting"
     PLAYING = "playing"
@@ -239,9 +275,16 @@ class _DelayWindow:
     transits: deque[float] = field(default_factory=deque)  # arrival - timestamp / clock rate
     minima: deque[tuple[float, float]] = field(default_factory=deque)  # monotonic: the window's minimum
 
-    def add(self, arrival: float, transit: float) -> None:
-        self.arrivals.append(arrival)
-        self.transits.append(transit)
+    def add(self, arrival: float, transit: float, burst_gap: float) -> bool:
+        """Measure one packet; False if it came with the previous one (one event, counted once)."""
+        together = bool(self.arrivals) and abs(arrival - self.arrivals[-1]) <= burst_gap
+        if together:
+            # delivered with the previous packet: one sample with the larger delay (a burst after a stall
+            # would otherwise fill the window with delays that recur only if the stall does: see peaks)
+            self.transits[-1] = max(self.transits[-1], transit)
+        else:
+            self.arrivals.append(arrival)
+            self.transits.append(transit)
         minima = self.minima
         while minima and minima[-1][1] >= transit:
             minima.pop()
@@ -252,6 +295,7 @@ class _DelayWindow:
             self.transits.popleft()
         while len(minima) > 1 and minima[0][0] < horizon:
             minima.popleft()
+        return not together
 
     @property
     def minimum(self) -> float | None:
@@ -282,14 +326,7 @@ class JitterBuffer:
         self._tolerance = settings.frame_samples // 2  # timestamps this close continue the timeline
         self._window = _DelayWindow(settings.delay_window)
         self._jitter = InterarrivalJitter(settings.clock_rate)
-        self._counts: dict[str, int] = dict.fromkeys(
-            (
-                "packets_received", "packets_late", "packets_duplicate", "packets_reordered",
-                "frames_played", "frames_concealed", "concealment_runs", "frames_fec", "frames_dropped",
-                "frames_silent_dropped", "frames_silence", "resyncs",
-            ),
-            0,
-        )  # fmt: skip
+        self._counts = _Counters()
         self._expected_before = 0  # packets expected in streams before the last reset
         self._delay_sum = 0.0
         self._delay_ticks = 0
@@ -316,12 +353,14 @@ class JitterBuffer:
         self._concealed_in_row = 0
         self._over_target_ticks = 0
         self._since_retarget = 0
+        self._quantile = 0.0  # of the relative delays in the window, at the last retarget
+        self._peaks: deque[tuple[float, float]] = deque()  # (arrival, relative delay) of recent stalls
         self._window.clear()
         self._jitter.reset()
 
     def _restart(self) -> None:
         self._expected_before += self._expected_in_stream()
-        self._counts["resyncs"] += 1
+        self._counts.resyncs += 1
         self._reset_stream()
 
     def _expected_in_stream(self) -> int:
@@ -334,7 +373,7 @@ class JitterBuffer:
     def put(self, packet: Packet) -> None:
         if packet.ssrc != self._ssrc:
             if packet.ssrc == self._previous_ssrc:  # a straggler of the stream we left
-                self._counts["packets_late"] += 1
+                self._counts.packets_late += 1
                 return
             if self._ssrc is not None:
                 self._restart()
@@ -344,11 +383,11 @@ class JitterBuffer:
             self._restart()
             sequence = packet.sequence
         if self._highest_seq is not None and self._highest_seq - sequence > self._settings.max_misorder:
-            self._counts["packets_late"] += 1
+            self._counts.packets_late += 1
             return
         timestamp = _unwrap(packet.timestamp, self._highest_ts, 32)
         if self._is_duplicate(sequence):
-            self._counts["packets_duplicate"] += 1
+            self._counts.packets_duplicate += 1
             return
         transit = packet.arrival - timestamp / self._settings.clock_rate
         minimum = self._window.minimum
@@ -358,10 +397,10 @@ class JitterBuffer:
         out_of_order = self._highest_seq is not None and sequence < self._highest_seq
         self._measure(packet, sequence, timestamp, transit)  # late packets measure the jitter too
         if self._next_seq is not None and (sequence < self._next_seq or timestamp < self._play_ts):
-            self._counts["packets_late"] += 1  # its turn has passed: concealed, recovered or skipped
+            self._counts.packets_late += 1  # its turn has passed: concealed, recovered or skipped
             return
         if out_of_order:
-            self._counts["packets_reordered"] += 1
+            self._counts.packets_reordered += 1
         self._store(packet, sequence, timestamp)
 
     def _is_duplicate(self, sequence: int) -> bool:
@@ -371,7 +410,7 @@ class JitterBuffer:
         return index < len(self._slots) and self._slots[index].sequence == sequence
 
     def _measure(self, packet: Packet, sequence: int, timestamp: int, transit: float) -> None:
-        self._counts["packets_received"] += 1
+        self._counts.packets_received += 1
         if self._first_seq is None or sequence < self._first_seq:
             self._first_seq = sequence
         if self._highest_seq is None or sequence > self._highest_seq:
@@ -379,14 +418,31 @@ class JitterBuffer:
         if self._highest_ts is None or timestamp > self._highest_ts:
             self._highest_ts = timestamp
         self._jitter.update(packet.arrival, timestamp)
-        self._window.add(packet.arrival, transit)
+        settings = self._settings
+        new_event = self._window.add(packet.arrival, transit, settings.burst_gap)
         self._since_retarget += 1
-        if self._since_retarget >= self._settings.retarget_every or len(self._window) == 1:
+        peak = new_event and self._is_peak(packet.arrival, transit)
+        if peak or self._since_retarget >= settings.retarget_every or len(self._window) == 1:
             self._retarget()
 
+    def _is_peak(self, arrival: float, transit: float) -> bool:
+        """Record a delay far above the window's quantile (a stall); forget those older than peak_memory."""
+        peaks = self._peaks
+        while peaks and peaks[0][0] < arrival - self._settings.peak_memory:
+            peaks.popleft()
+        relative = transit - (self._window.minimum or transit)
+        if relative <= self._quantile + self._settings.peak_margin:
+            return False
+        peaks.append((arrival, relative))
+        return True
+
     def _retarget(self) -> None:
+        """Target: the quantile; or, once stalls recur (two peaks within peak_memory), the lower peak too."""
         self._since_retarget = 0
-        wanted = self._window.quantile(self._settings.delay_quantile)
+        self._quantile = self._window.quantile(self._settings.delay_quantile)
+        wanted = self._quantile
+        if len(self._peaks) >= 2:
+            wanted = max(wanted, min(relative for _, relative in self._peaks))
         self._target = min(self._settings.max_target_delay, max(self._settings.min_target_delay, wanted))
 
     def _store(self, packet: Packet, sequence: int, timestamp: int) -> None:
@@ -418,7 +474,7 @@ class JitterBuffer:
         playout = self._start(now) if self._state is _State.WAITING else self._play(now)
         if playout.kind is PlayoutKind.SILENCE:
             self._last_kind = PlayoutKind.SILENCE
-            self._counts["frames_silence"] += 1
+            self._counts.frames_silence += 1
             self._last_delay = 0.0
         else:
             self._delay_sum += self._last_delay
@@ -487,14 +543,14 @@ class JitterBuffer:
             horizon = self._next_seq - 2 * self._settings.capacity_packets
             self._played = {sequence for sequence in self._played if sequence >= horizon}
         self._concealed_in_row = 0
-        self._counts["frames_played"] += 1
+        self._counts.frames_played += 1
         return self._emit(PlayoutKind.AUDIO, slot.packet.payload, slot.samples)
 
     def _recover(self, slot: _Slot, gap: int) -> Playout:
         """The frame before `slot` is lost: Opus in-band FEC in `slot` carries it."""
         self._play_ts = slot.timestamp
         self._concealed_in_row = 0
-        self._counts["frames_fec"] += 1
+        self._counts.frames_fec += 1
         return self._emit(PlayoutKind.FEC, slot.packet.payload, gap)
 
     def _conceal(self, samples: int, *, wait: bool, empty: bool = False) -> Playout:
@@ -508,9 +564,9 @@ class JitterBuffer:
             samples = self._tick
         else:
             self._play_ts += samples
-        self._counts["frames_concealed"] += 1
+        self._counts.frames_concealed += 1
         if self._last_kind is not PlayoutKind.CONCEAL:
-            self._counts["concealment_runs"] += 1
+            self._counts.concealment_runs += 1
         return self._emit(PlayoutKind.CONCEAL, None, samples)
 
     def _emit(self, kind: PlayoutKind, payload: bytes | None, samples: int) -> Playout:
@@ -534,6 +590,7 @@ class JitterBuffer:
         pending = sum(slot.samples for slot in self._slots if slot.dropped) / rate
         for slot in self._slots:
             if excess - pending < tick_seconds:
+                self._over_target_ticks = 0  # the silence already marked will do: wait for it to play
                 return
             if slot.silent and not slot.dropped:
                 slot.dropped = True
@@ -551,9 +608,9 @@ class JitterBuffer:
         return slot.timestamp - self._play_ts <= self._tolerance
 
     def _count_drop(self, slot: _Slot) -> None:
-        self._counts["frames_dropped"] += 1
+        self._counts.frames_dropped += 1
         if slot.silent:
-            self._counts["frames_silent_dropped"] += 1
+            self._counts.frames_silent_dropped += 1
 
     def _skip_dropped(self) -> None:
         while self._slots and self._slots[0].dropped and self._continues(self._slots[0]):
@@ -569,13 +626,16 @@ class JitterBuffer:
 
     def statistics(self) -> JitterStatistics:
         expected = self._expected_before + self._expected_in_stream()
-        received = self._counts["packets_received"]
+        received = self._counts.packets_received
+        waiting = [slot.samples for slot in self._slots if not slot.dropped]
         return JitterStatistics(
+            packets_buffered=len(waiting),
+            buffered_audio_seconds=sum(waiting) / self._settings.clock_rate,
             packets_expected=expected,
             packets_lost=max(0, expected - received),
             interarrival_jitter_seconds=self._jitter.jitter_seconds,
             target_delay_seconds=self._target,
             buffer_delay_seconds=self._last_delay,
             mean_buffer_delay_seconds=self._delay_sum / self._delay_ticks if self._delay_ticks else 0.0,
-            **self._counts,
+            **{name: getattr(self._counts, name) for name in _Counters.__slots__},
         )

@@ -52,11 +52,11 @@ class CodecImpairment:
 
 # Opus values from Alahmadi, Pocta, Melvin, "An Adaptive Bitrate Switching Algorithm for Speech Applications
 # in Context of WebRTC", ACM TOMM 17(4) 133 (2021), fitted on random packet loss:
-# - wideband (what WhatsApp sends, 16 kHz): Ie,wb 18.1-20.0 at 13-15 kb/s, Bpl 18.7-19.5. On the wideband
-#   scale (G.107.1, R0 = 129) narrowband G.711 sits at Ie,wb ~ 36, so wideband Opus is better than anything
-#   the narrowband scale can express: Ie = max(0, Ie,wb - 36) = 0 here; Bpl 19.5 (13 kb/s VBR).
+# - wideband (what WhatsApp sends, 16 kHz): Ie,wb 18.1-20.0 at 13-15 kb/s, Bpl 18.7-19.5. The wideband scale
+#   (G.107.1) tops out at 129, 35.8 above the narrowband 93.2 used here, so wideband Opus rates above anything
+#   the narrowband scale can express: Ie = max(0, Ie,wb - 35.8) = 0; Bpl 19.5 (13 kb/s VBR).
 # - narrowband (8 kHz): Ie 11.7, Bpl 18.9 (9 kb/s VBR).
-# Look-ahead: 20 ms frames + 6.5 ms (Opus "voip" application, RFC 6716 2.1.8 / 5.2: 4 ms + 2.5 ms).
+# Packetization: a 20 ms frame plus Opus' look-ahead, 26.5 ms of algorithmic delay in all (RFC 6716).
 OPUS_WIDEBAND: Final = CodecImpairment("opus-wb", ie=0.0, bpl=19.5, packetization_ms=26.5)
 OPUS_NARROWBAND: Final = CodecImpairment("opus-nb", ie=11.7, bpl=18.9, packetization_ms=26.5)
 

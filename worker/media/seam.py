@@ -23,6 +23,7 @@ fails loudly when an aiortc release moves them. Written for and verified with ai
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,8 +88,8 @@ OnPacket = Callable[[RtpPacket, float], None]
 class ReceiveSeam:
     """Takes one audio receiver over; see the module's docstring. Create it right after ``addTransceiver``.
 
-    ``on_packet(packet, arrival)`` gets every RTP packet of a negotiated payload type (and of the
-    ``extra_codecs`` given to :meth:`accept`), with ``arrival`` the loop's time when it was handled.
+    ``on_packet(packet, arrival)`` gets every RTP packet of a negotiated payload type (and of the codecs
+    given to :meth:`accept`), with ``arrival`` the ``time.monotonic()`` when it was handled.
     ``on_end()`` is called at most once, when the peer sends RTCP BYE or the DTLS transport closes.
     """
 
@@ -100,7 +101,7 @@ class ReceiveSeam:
         self._extra: list[RTCRtpCodecParameters] = []
         self._codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
         self._streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
-        self._time = asyncio.get_running_loop().time
+        self._time = time.monotonic  # not loop.time(): uvloop's is cached per loop iteration (playout.py)
         self._aiortc_rtcp = receiver._handle_rtcp_packet
         self._aiortc_disconnect = receiver._handle_disconnect
         # Instance attributes shadow the class's methods for this receiver only.

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -516,7 +517,7 @@ class MediaSession:
 
     # ------------------------------------------------------------------------------- the playout tick
     def tick(self, now: float) -> None:
-        """One 20 ms step, called by the worker's playout clock (worker/media/playout.py)."""
+        """One 20 ms step of the receive side, from the worker's playout clock (worker/media/playout.py)."""
         if now - self._last_arrival > self._settings.silence_timeout_seconds:
             self._end(EndReason.INBOUND_SILENCE)
             return
@@ -525,12 +526,15 @@ class MediaSession:
             pcm = self._decode(playout)
             for subscription in self._subscriptions:
                 subscription.put(pcm)
-        packet = self._outbound.next_packet()
-        if packet is not None:
-            self._track.deliver(packet)
         self._ticks += 1
         if self._ticks % self._report_every == 0:
             self._report()
+
+    def tick_send(self) -> None:
+        """The tick's send side: 20 ms of the app's audio (or silence) encoded for aiortc's sender."""
+        packet = self._outbound.next_packet()
+        if packet is not None:
+            self._track.deliver(packet)
 
     def tick_failed(self, error: BaseException) -> None:
         self._ticking = False
@@ -665,7 +669,7 @@ class MediaSession:
                 self._connect_outcome.set_result(None)
             if not self._ticking and not self._closing and self._ended_reason is None:
                 self._ticking = True
-                self._last_arrival = self._loop.time()
+                self._last_arrival = time.monotonic()
                 self._clock.add(self)
         elif state == "failed" and not self._closing:
             self._end(EndReason.CONNECTION_FAILED)
