@@ -1,16 +1,17 @@
 """The delay callhook's echo adds, heard at the phone's socket, on clean and impaired links, vs stock aiortc.
 
-Each scenario runs two calls at once in this process, from two simulated phones (``simulator.phone.Phone``,
+Each scenario runs two calls at once, from two simulated phones in this process (``simulator.phone.Phone``,
 Meta-shaped offers, the test signal with a tone burst every 600 ms):
 
 * **callhook**: a real ``MediaSession`` (the worker's media path) answering, the built-in ``echo`` app run on
-  a ``MediaCall`` as the worker's session does after accept;
+  a ``MediaCall`` as the worker's session does after accept, in a process of its own;
 * **stock**: a plain aiortc peer that answers the same kind of offer and sends the received track back
-  through aiortc's own path (its jitter buffer, decoder thread and encoder): the baseline, in the same run.
+  through aiortc's own path (its jitter buffer, decoder thread and encoder): the baseline, in the same run,
+  in a process of its own too.
 
-The phone dates each burst's onset as it leaves its microphone and again in each echoed RTP packet *as it
-arrives at its socket* (every packet's Opus decoded on its own, in arrival order; not through the phone's own
-jitter buffer): the difference is the delay the business adds, plus the phone's encoder and the network.
+The phone dates each burst's onset when the packet carrying it leaves for the network, and again in each
+echoed RTP packet *as it arrives at its socket* (every packet's Opus decoded on its own, in arrival order;
+not through the phone's own jitter buffer): the difference is the delay the business and the network add.
 Scenarios, the network impairing the phone -> business direction (``--both``: both directions):
 
 * **clean**: loopback as it is;
@@ -32,10 +33,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from _common import machine, ms, percentile, table
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -62,42 +65,82 @@ LABELS = {"clean": "clean", "loss3_jitter30": "3 % loss + 30 ms jitter", "burst1
 
 
 # ------------------------------------------------------------------------------------------ businesses
-@contextlib.asynccontextmanager
-async def callhook_echo(phone: Phone, name: str) -> AsyncIterator[None]:
+async def callhook_answer(offer: str, stack: contextlib.AsyncExitStack) -> tuple[str, Any]:
     """The worker's media path: MediaSession answers, the built-in echo app runs on its MediaCall."""
-    async with MediaSession(MediaSettings(silence_timeout_seconds=600)) as media:
-        await phone.accept_answer(await media.answer(await phone.create_offer()))
+    media = await stack.enter_async_context(MediaSession(MediaSettings(silence_timeout_seconds=600)))
+    answer = await media.answer(offer)
+
+    async def run() -> None:
         await media.wait_connected(10)
         media.start_sending()
 
         async def hangup() -> None:
             pass
 
-        info = CallInfo(call_id=name, phone_number_id="bench", direction="incoming", user_number="1")
-        task = asyncio.get_running_loop().create_task(load_app("echo")(MediaCall(info, media, hangup)))
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        info = CallInfo(call_id="bench", phone_number_id="bench", direction="incoming", user_number="1")
+        await load_app("echo")(MediaCall(info, media, hangup))
+
+    return answer, run
+
+
+async def stock_answer(offer: str, stack: contextlib.AsyncExitStack) -> tuple[str, Any]:
+    """Stock aiortc: answers the offer and sends the received track back through aiortc's own path."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    stack.push_async_callback(pc.close)
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        pc.addTrack(track)
+
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    await pc.setLocalDescription(await pc.createAnswer())
+
+    async def run() -> None:
+        await asyncio.Event().wait()  # aiortc echoes on its own until the connection closes
+
+    return business_answer(pc.localDescription.sdp), run
+
+
+async def serve_business(kind: str) -> None:
+    """``--serve-business KIND``: reads the phone's offer (one JSON line), prints the answer, echoes until
+    stdin closes. Each business runs in a process of its own, so the phones' CPU is not the business's."""
+    restrict_host_addresses(["127.0.0.1"])
+    loop = asyncio.get_running_loop()
+    offer = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
+    async with contextlib.AsyncExitStack() as stack:
+        answer, run = await (callhook_answer if kind == "callhook" else stock_answer)(offer, stack)
+        print(json.dumps(answer), flush=True)
+        task = loop.create_task(run())
+        await loop.run_in_executor(None, sys.stdin.read)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
-async def stock_echo(phone: Phone) -> AsyncIterator[None]:
-    """Stock aiortc: answers the offer and sends the received track back through aiortc's own path."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+async def business_process(kind: str, phone: Phone) -> AsyncIterator[None]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--serve-business",
+        kind,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
     try:
-
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            pc.addTrack(track)
-
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=await phone.create_offer(), type="offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        await phone.accept_answer(business_answer(pc.localDescription.sdp))
+        process.stdin.write(json.dumps(await phone.create_offer()).encode() + b"\n")
+        await process.stdin.drain()
+        answer = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
+        await phone.accept_answer(answer)
         yield
     finally:
-        await pc.close()
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 # --------------------------------------------------------------------------------------------- a run
@@ -136,8 +179,8 @@ async def run_scenario(name: str, seconds: float, both: bool) -> list[Result]:
     async with contextlib.AsyncExitStack() as stack:
         for phone in phones.values():
             stack.push_async_callback(phone.close)
-        await stack.enter_async_context(callhook_echo(phones["callhook"], name))
-        await stack.enter_async_context(stock_echo(phones["stock"]))
+        for kind, phone in phones.items():
+            await stack.enter_async_context(business_process(kind, phone))
         for phone in phones.values():
             assert await phone.wait_connected(10), "media did not connect"
         tasks = [loop.create_task(p.run_media()) for p in phones.values()]
@@ -147,7 +190,7 @@ async def run_scenario(name: str, seconds: float, both: bool) -> list[Result]:
         start = loop.time()
         windows: dict[str, tuple[float, float]]
         if name == "burst120":
-            before = max(2.0, seconds - AFTER_BURST_SECONDS - 4.0)
+            before = max(2.0, min(6.0, seconds / 3))  # clean before; the burst; 2 s after; the rest
             await asyncio.sleep(before)
             burst = loop.time()
             for phone in phones.values():
@@ -165,7 +208,7 @@ async def run_scenario(name: str, seconds: float, both: bool) -> list[Result]:
             await asyncio.sleep(seconds)
             end = loop.time()
             windows = {"all": (start, end)}
-        await asyncio.sleep(1.0)  # the last bursts come back
+        await asyncio.sleep(2.0)  # the last bursts come back
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -218,8 +261,8 @@ async def main(args: argparse.Namespace) -> int:
         results += await run_scenario(name, args.seconds, args.both)
     print(report(results))
     print(
-        "\ndelay: a tone burst's onset leaving the phone's microphone -> its echo's onset in an RTP packet as"
-        " it arrived at the phone's socket (decoded per packet, no phone jitter buffer); median and p90 over"
+        "\ndelay: a tone burst's onset leaving the phone's socket -> its echo's onset in an RTP packet as"
+        " it arrived there (decoded per packet, no phone jitter buffer); median and p90 over"
         " bursts.\nratios < 1: callhook adds less delay than stock aiortc echoing the same kind of phone"
         " in the same run."
     )
@@ -237,8 +280,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--both", action="store_true", help="impair both directions, not only phone -> business"
     )
+    parser.add_argument("--serve-business", choices=["callhook", "stock"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse(sys.argv[1:]))))
+    arguments = parse(sys.argv[1:])
+    if arguments.serve_business:
+        asyncio.run(serve_business(arguments.serve_business))
+        sys.exit(0)
+    sys.exit(asyncio.run(main(arguments)))

@@ -5,7 +5,8 @@ It is *not* callhook's worker. It exists so the simulator can be exercised witho
 verifies each webhook's ``X-Hub-Signature-256`` with hmac over the raw bytes, answers every incoming call
 (aiortc answer with SHA-256-only fingerprints and ``a=setup:active`` -> ``pre_accept`` -> media up ->
 ``accept``), echoes the caller's audio back, applies the answers of calls it placed (``connect``), and hangs
-up on request.
+up on request. It keeps ``telephone-event`` in its SDP and collects the caller's keypad presses
+(``BusinessCall.digits``), so ``callhook sim --self-check --dtmf`` checks the phone's keys end to end.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from aiortc.mediastreams import MediaStreamTrack
 from av.frame import Frame
 from av.packet import Packet
 
+from simulator import dtmf
 from simulator import sdp as sdp_edit
 from simulator.errors import SimulatorError
 from simulator.journal import Changes
 from simulator.tasks import TaskOwner
+from simulator.wiretap import DigitTap
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
@@ -69,6 +72,11 @@ class BusinessCall:
     statuses: list[str] = field(default_factory=list)
     accepted: bool = False
     ended: bool = False
+    keys: DigitTap | None = None  # the caller's keypad presses, when telephone-event was negotiated
+
+    @property
+    def digits(self) -> str:
+        return self.keys.digits if self.keys is not None else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +210,13 @@ class EchoBusiness:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             pc.addTrack(call.echo)
             await pc.setLocalDescription(await pc.createAnswer())
-            session = {"sdp_type": "answer", "sdp": sdp_edit.business_answer(pc.localDescription.sdp)}
+            answer = sdp_edit.business_answer(pc.localDescription.sdp)
+            dtmf_pt = dtmf.telephone_event_pt(offer)
+            if dtmf_pt is not None:  # keep the caller's keypad: telephone-event with the offer's type
+                answer = dtmf.add_telephone_event(answer, dtmf_pt)
+                call.keys = DigitTap(dtmf_pt)
+                call.keys.install(pc.getTransceivers()[0].receiver.transport)
+            session = {"sdp_type": "answer", "sdp": answer}
             await self._calls_action({"action": "pre_accept", "call_id": call_id, "session": session})
             await self._wait_media(pc)
             await self._calls_action({"action": "accept", "call_id": call_id, "session": session})
@@ -240,11 +254,10 @@ class EchoBusiness:
         echo = EchoTrack()
         pc.addTrack(echo)
         await pc.setLocalDescription(await pc.createOffer())
-        body: Json = {
-            "action": "connect",
-            "to": to,
-            "session": {"sdp_type": "offer", "sdp": sdp_edit.business_offer(pc.localDescription.sdp)},
-        }
+        keys = DigitTap(sdp_edit.DTMF_PT)  # offered like Meta's: the phone's keypad as telephone-event 126
+        keys.install(pc.getTransceivers()[0].receiver.transport)
+        offer = dtmf.add_telephone_event(sdp_edit.business_offer(pc.localDescription.sdp), sdp_edit.DTMF_PT)
+        body: Json = {"action": "connect", "to": to, "session": {"sdp_type": "offer", "sdp": offer}}
         if biz_opaque_callback_data is not None:
             body["biz_opaque_callback_data"] = biz_opaque_callback_data
         try:
@@ -253,7 +266,7 @@ class EchoBusiness:
             await pc.close()
             raise
         call_id: str = response["calls"][0]["id"]
-        call = BusinessCall(call_id, "outgoing", pc, echo)
+        call = BusinessCall(call_id, "outgoing", pc, echo, keys=keys)
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:

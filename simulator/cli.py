@@ -111,8 +111,28 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
         print(summary.format())
-    ok = summary.ok and (not args.self_check or summary.audio_matched == summary.answered)
-    return 0 if ok else 1
+    return 0 if self_check_ok(summary, args.self_check, impaired=config.net.impaired) else 1
+
+
+def self_check_ok(summary: ScenarioSummary, self_check: bool, *, impaired: bool) -> bool:
+    """Every call answered and ended normally; with --self-check also every echo intact, every key received.
+
+    On an impaired network the echo business (stock aiortc) distorts its echo past what the recording's
+    analysis accepts (its jitter buffer, aiortc-notes trap 5), so the echo is then judged at the phone's
+    socket instead: at least half the tone bursts came back (stock aiortc itself mangles about a quarter of
+    them at 5 % loss: a concealed onset, a jump of its jitter buffer).
+    """
+    if not summary.ok:
+        return False
+    if not self_check:
+        return True
+    if impaired:
+        heard = summary.heard()
+        echoed = len(heard) == summary.answered and all(r.heard_fraction >= 0.5 for r in heard)
+    else:
+        echoed = summary.audio_matched == summary.answered
+    keys = summary.dtmf_received is None or summary.dtmf_received == summary.answered
+    return echoed and keys
 
 
 def _with_flags(config: SimulatorConfig, args: argparse.Namespace) -> SimulatorConfig:
@@ -180,6 +200,7 @@ async def _main(config: SimulatorConfig, args: argparse.Namespace) -> ScenarioSu
     async with AsyncExitStack() as stack:
         sim = await stack.enter_async_context(Simulator(config))
         hangup = None
+        business: EchoBusiness | None = None
         if args.self_check:
             business = await stack.enter_async_context(
                 EchoBusiness(
@@ -205,6 +226,14 @@ async def _main(config: SimulatorConfig, args: argparse.Namespace) -> ScenarioSu
                 file=sys.stderr,
             )
         summary = await run_scenario(sim, scenario, business_hangup=hangup) if scenario.calls else None
+        if summary is not None and business is not None and scenario.dtmf:
+            summary.dtmf_received = sum(
+                1
+                for o in summary.outcomes
+                if o.dtmf_pressed
+                and o.call_id in business.calls
+                and business.calls[o.call_id].digits == o.dtmf_pressed
+            )
         if args.serve:
             await _until_interrupted()
         return summary

@@ -157,3 +157,36 @@ def parse_event(payload: bytes) -> TelephoneEvent:
         raise ValueError("a telephone-event payload has 4 bytes")
     event, flags, duration = struct.unpack_from("!BBH", payload)
     return TelephoneEvent(event, bool(flags & 0x80), flags & 0x3F, duration)
+
+
+def add_telephone_event(sdp: str, pt: int) -> str:
+    """``sdp`` (one audio section) with ``telephone-event/8000`` as ``pt`` added after Opus, CRLF. aiortc's
+    own SDP never has it: a business that wants digits adds it back to its answer or offer."""
+    lines = [line for line in sdp.replace("\r\n", "\n").split("\n") if line]
+    if telephone_event_pt(sdp) is not None:
+        return "".join(f"{line}\r\n" for line in lines)
+    out: list[str] = []
+    for line in lines:
+        out.append(f"{line} {pt}" if line.startswith("m=audio ") else line)
+        if line.lower().startswith("a=rtpmap:") and " opus/" in line.lower():
+            out.append(f"a=rtpmap:{pt} telephone-event/8000")
+    return "".join(f"{line}\r\n" for line in out)
+
+
+class DigitCollector:
+    """The receiving end, minimal: one digit per RTP timestamp, in the order the presses began (enough for
+    the simulator's reference business; callhook's own decoder is in the worker)."""
+
+    def __init__(self) -> None:
+        self.digits = ""
+        self._seen: set[int] = set()
+
+    def packet(self, header: RtpHeader) -> None:
+        if header.timestamp in self._seen:
+            return
+        try:
+            event = parse_event(header.payload)
+        except ValueError:
+            return
+        self._seen.add(header.timestamp)
+        self.digits += event.digit if event.event in DIGITS else "?"

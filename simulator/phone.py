@@ -118,9 +118,8 @@ class SignalTrack(MediaStreamTrack):
         frame.pts = self._next_sample
         frame.time_base = fractions.Fraction(1, SEND_RATE)
         self._next_sample += SAMPLES_PER_FRAME
-        now = time.monotonic()
-        self.sent_times.append(now)
-        self._heard.sent.feed(samples, now)  # date each burst as it leaves the microphone
+        self.sent_times.append(time.monotonic())
+        self._heard.microphone(len(self.sent_times) - 1, samples)  # dated when its packet leaves
         return frame
 
 
@@ -173,6 +172,7 @@ class Phone:
         self._track = SignalTrack(self._signal, self._talking, self._heard)
         self.net = NetHook(settings.net, settings.net_seed)  # .up / .down: each direction's Link and stats
         self.rtp = RtpStream()
+        self.rtp.on_audio = self._heard.left_socket
         self._tap = InboundTap(self._heard, None)
         self._remote_sdp: str | None = None
         self._ears = _Ears(settings.record_seconds)
@@ -218,7 +218,8 @@ class Phone:
         self._install(self._pc.addTrack(self._track))
         self._remote_negotiated(offer_sdp)
         await self._pc.setLocalDescription(await self._pc.createAnswer())
-        return sdp_edit.meta_answer(self._pc.localDescription.sdp)
+        # Like a phone, it keeps the telephone-event the business offered (aiortc's own answer drops it).
+        return sdp_edit.meta_answer(self._pc.localDescription.sdp, dtmf_pt=dtmf.telephone_event_pt(offer_sdp))
 
     def _install(self, sender: RTCRtpSender) -> None:
         """The phone's network, its ears at the socket and its keypad (:mod:`simulator.wiretap`)."""

@@ -64,6 +64,7 @@ class CallOutcome:
     audio: AudioReport | None
     heard: HeardReport | None = None  # at the phone's socket: echo delay per burst, gaps, MOS
     dtmf_error: str | None = None  # the phone could not press its digits (no telephone-event negotiated)
+    dtmf_pressed: str = ""  # the digits the phone sent
 
 
 @dataclass(slots=True)
@@ -71,6 +72,7 @@ class ScenarioSummary:
     outcomes: list[CallOutcome] = field(default_factory=list)
     wall_seconds: float = 0.0
     statistics: dict[str, Any] = field(default_factory=dict)
+    dtmf_received: int | None = None  # calls whose business got exactly the keys pressed (when it can tell)
 
     @property
     def placed(self) -> int:
@@ -121,6 +123,9 @@ class ScenarioSummary:
             "audio_matched": self.audio_matched,
             "heard_at_socket": _heard_summary(self.heard()),
             "dtmf_errors": [o.dtmf_error for o in self.outcomes if o.dtmf_error],
+            "dtmf_pressed_calls": sum(1 for o in self.outcomes if o.dtmf_pressed),
+            "dtmf_received_calls": self.dtmf_received,
+            "calls": [_call_dict(o) for o in self.outcomes],
             "wall_seconds": round(self.wall_seconds, 3),
             "simulator": self.statistics,
         }
@@ -138,8 +143,44 @@ class ScenarioSummary:
             + _format_heard(data["heard_at_socket"]),
             f"wall time {self.wall_seconds:.1f} s",
         ]
+        pressed = sorted({o.dtmf_pressed for o in self.outcomes if o.dtmf_pressed})
+        if pressed:
+            received = "" if self.dtmf_received is None else f", received intact in {self.dtmf_received}"
+            lines.append(
+                f"keys pressed ({', '.join(pressed)}) in {data['dtmf_pressed_calls']} calls{received}"
+            )
         lines += [f"dtmf not sent: {error}" for error in data["dtmf_errors"]]
         return "\n".join(lines)
+
+
+def _call_dict(outcome: CallOutcome) -> dict[str, Any]:
+    """One call's outcome, with what its caller heard at the phone's socket."""
+    heard = outcome.heard
+    return {
+        "call_id": outcome.call_id,
+        "state": outcome.state,
+        "end_reason": outcome.end_reason,
+        "audio_matched": outcome.audio.matched if outcome.audio is not None else None,
+        "heard_at_socket": None
+        if heard is None
+        else {
+            "delay_median_ms": _ms(heard.delay_median_seconds),
+            "delay_p90_ms": _ms(heard.delay_p90_seconds),
+            "bursts_sent": heard.bursts_sent,
+            "bursts_heard": heard.bursts_heard,
+            "packets_expected": heard.packets_expected,
+            "packets_lost": heard.packets_lost,
+            "packets_late": heard.packets_late,
+            "gaps": heard.gaps,
+            "longest_gap_ms": _ms(heard.longest_gap_seconds),
+            "mos": round(heard.mos, 2) if heard.mos is not None else None,
+        },
+        "dtmf_pressed": outcome.dtmf_pressed,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def _heard_summary(reports: list[HeardReport]) -> dict[str, Any] | None:
@@ -248,11 +289,13 @@ class _CallRunner:
         call = await self._sim.place_call(caller, self._scenario.phone_number_id)
         not_hung_up = False
         dtmf_error: str | None = None
+        pressed = False
         try:
             await call.wait_state(CallState.ACCEPTED, timeout=self._answer_wait)
             held = time.monotonic()
             if self._scenario.dtmf:
                 dtmf_error = await self._press(call)
+                pressed = dtmf_error is None
             # The conversation itself: the hold counts from the accept, digits included.
             await asyncio.sleep(max(0.0, held + self._scenario.hold_seconds - time.monotonic()))
             not_hung_up = await self._end(call, side)
@@ -260,7 +303,7 @@ class _CallRunner:
             pass
         except TimeoutError:
             await self._hang_up_if_live(call)
-        summary.outcomes.append(self._outcome(call, not_hung_up, dtmf_error))
+        summary.outcomes.append(self._outcome(call, not_hung_up, dtmf_error, pressed=pressed))
         if not self._keep_calls:
             call.phone.forget_audio()
             self._sim.forget(call.call_id)
@@ -295,7 +338,9 @@ class _CallRunner:
         if not call.ended:
             await call.hangup()
 
-    def _outcome(self, call: SimulatedCall, not_hung_up: bool, dtmf_error: str | None = None) -> CallOutcome:
+    def _outcome(
+        self, call: SimulatedCall, not_hung_up: bool, dtmf_error: str | None = None, *, pressed: bool = False
+    ) -> CallOutcome:
         journal = self._sim.journal
         sent = journal.connect_sent_at(call.call_id)
         pre_accept = journal.first_request(call.call_id, "pre_accept")
@@ -311,6 +356,7 @@ class _CallRunner:
             audio=call.audio_report() if answered else None,
             heard=call.phone.heard_report() if answered else None,
             dtmf_error=dtmf_error,
+            dtmf_pressed=self._scenario.dtmf if pressed else "",
         )
 
 

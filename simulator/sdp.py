@@ -137,22 +137,23 @@ def add_ice_lite(lines: list[str]) -> list[str]:
 
 def meta_offer(aiortc_offer: str) -> str:
     """The phone's offer as Meta sends it: Opus renumbered to 111 with Meta's fmtp, DTMF 126, ICE-lite."""
-    return _meta_audio(aiortc_offer, payload_type=OPUS_PT, with_dtmf=True)
+    return _meta_audio(aiortc_offer, payload_type=OPUS_PT, dtmf_pt=DTMF_PT)
 
 
-def meta_answer(aiortc_answer: str) -> str:
-    """The phone's answer to a business offer: only Opus (the offer's payload type) with Meta's fmtp cap."""
-    return _meta_audio(aiortc_answer, payload_type=None, with_dtmf=False)
+def meta_answer(aiortc_answer: str, *, dtmf_pt: int | None = None) -> str:
+    """The phone's answer to a business offer: only Opus (the offer's payload type) with Meta's fmtp cap, and
+    ``telephone-event/8000`` as ``dtmf_pt`` when the business offered it (aiortc's own answer drops it)."""
+    return _meta_audio(aiortc_answer, payload_type=None, dtmf_pt=dtmf_pt)
 
 
-def _meta_audio(sdp: str, *, payload_type: int | None, with_dtmf: bool) -> str:
+def _meta_audio(sdp: str, *, payload_type: int | None, dtmf_pt: int | None) -> str:
     """Keep Opus only (as ``payload_type``, default its own), with Meta's fmtp; ICE-lite; one fingerprint."""
     lines = split_lines(sdp)
     opus = opus_payload_type(lines)
     if opus is None:
         raise ValueError("the SDP has no Opus codec")
     pt = opus if payload_type is None else payload_type
-    formats = [str(pt), str(DTMF_PT)] if with_dtmf else [str(pt)]
+    formats = [str(pt), str(dtmf_pt)] if dtmf_pt is not None else [str(pt)]
     out: list[str] = []
     for line in lines:
         match = _PT_ATTRIBUTE.match(line)
@@ -162,8 +163,8 @@ def _meta_audio(sdp: str, *, payload_type: int | None, with_dtmf: bool) -> str:
             out.append(line)
         elif int(match.group(2)) == opus and match.group(1) == "rtpmap":
             out += [f"a=rtpmap:{pt} opus/48000/2", f"a=fmtp:{pt} {META_OPUS_FMTP}"]
-            if with_dtmf:
-                out.append(f"a=rtpmap:{DTMF_PT} telephone-event/8000")
+            if dtmf_pt is not None:
+                out.append(f"a=rtpmap:{dtmf_pt} telephone-event/8000")
         elif int(match.group(2)) == opus and match.group(1) == "rtcp-fb":
             out.append(f"a=rtcp-fb:{pt} {line.split(' ', 1)[1]}")
         # other codecs' lines, and the Opus fmtp Meta's replaces, are dropped

@@ -178,6 +178,10 @@ class RtpStream:
         self.last_timestamp: int | None = None
         self.last_timestamp_at: float | None = None
         self.audio_rate = 48_000
+        self.audio_packets = 0
+        self.on_audio: Callable[[int, float], None] | None = None  # (frame index, time it left)
+        self._first_timestamp: int | None = None
+        self._frame_samples = 960  # 20 ms at 48 kHz: aiortc's Opus packets
         self.sent: list[tuple[int, int, bool]] = []  # (sequence, payload type, injected), while recording
         self.recording = False
 
@@ -203,8 +207,13 @@ class RtpStream:
             return data
         seq = self._next_seq
         self._next_seq = (seq + 1) & 0xFFFF
-        self.last_timestamp = int.from_bytes(data[4:8], "big")
-        self.last_timestamp_at = time.monotonic()
+        self.audio_packets += 1
+        self.last_timestamp = timestamp = int.from_bytes(data[4:8], "big")
+        self.last_timestamp_at = now = time.monotonic()
+        if self._first_timestamp is None:
+            self._first_timestamp = timestamp
+        if self.on_audio is not None:  # aiortc's timestamps count from the first frame it encoded
+            self.on_audio(((timestamp - self._first_timestamp) & 0xFFFFFFFF) // self._frame_samples, now)
         if self.recording:
             self.sent.append((seq, data[1] & 0x7F, False))
         return data[:2] + seq.to_bytes(2, "big") + data[4:]
@@ -225,6 +234,29 @@ class RtpStream:
         if self.recording:
             self.sent.append((seq, payload_type, True))
         await self._send(dtmf.rtp_packet(payload_type, seq, timestamp, self.ssrc, marker, payload))
+
+
+class DigitTap:
+    """Collects the telephone events of ``payload_type`` arriving on a DTLS transport (a business's side)."""
+
+    def __init__(self, payload_type: int) -> None:
+        self.payload_type = payload_type
+        self.collector = dtmf.DigitCollector()
+
+    def install(self, transport: RTCDtlsTransport) -> None:
+        handle: Callable[[bytes, int], Awaitable[None]] = transport._handle_rtp_data
+
+        async def tapped(data: bytes, arrival_time_ms: int) -> None:
+            if len(data) > 1 and data[1] & 0x7F == self.payload_type:
+                with contextlib.suppress(ValueError):
+                    self.collector.packet(dtmf.parse_rtp(data))
+            await handle(data, arrival_time_ms)
+
+        transport._handle_rtp_data = tapped  # type: ignore[method-assign]
+
+    @property
+    def digits(self) -> str:
+        return self.collector.digits
 
 
 async def press(

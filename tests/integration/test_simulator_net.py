@@ -27,7 +27,7 @@ from simulator import dtmf
 from simulator.heard import HeardLog
 from simulator.net import NetProfile, parse_link
 from simulator.phone import DtmfUnavailable, Phone, PhoneSettings
-from simulator.sdp import business_answer, join_lines, split_lines
+from simulator.sdp import business_answer, business_offer, join_lines, split_lines
 from simulator.wiretap import InboundTap
 
 pytestmark = pytest.mark.asyncio
@@ -198,3 +198,31 @@ async def test_the_network_hook_sits_on_the_seams_it_names(make_call: object) ->
     # Both directions counted datagrams; the business never sent audio, so only RTCP and DTLS came down.
     assert call.phone.net.up.stats.datagrams > 10
     assert call.phone.net.down.stats.datagrams > 0
+
+
+async def test_on_a_call_the_business_placed_the_phone_answers_with_telephone_event_and_presses() -> None:
+    phone = Phone(PhoneSettings(midcall_silence_seconds=60, start_silence_seconds=60))
+    business = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    tap = RecordingTap()
+    try:
+        business.addTransceiver("audio", direction="sendrecv")
+        await business.setLocalDescription(await business.createOffer())
+        transport = business.getTransceivers()[0].receiver.transport
+        assert isinstance(transport, RTCDtlsTransport)
+        tap.install(transport)
+        offer = with_telephone_event(business_offer(business.localDescription.sdp), 101)
+        answer = await phone.answer(offer)
+        assert "a=rtpmap:101 telephone-event/8000" in answer.split("\r\n")
+        await business.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        assert await phone.wait_connected(WAIT)
+        phone.start_talking()
+        await tap.wait_for(lambda: len(tap.sequence) >= 10)
+        await phone.press("9*")
+        await tap.wait_for(
+            lambda: sum(1 for _, pt, p in tap.sequence if pt == 101 and p.payload[1] & 0x80) == 6
+        )
+        digits = [dtmf.parse_event(p.payload) for _, pt, p in tap.sequence if pt == 101 and p.marker]
+        assert [d.digit for d in digits] == ["9", "*"]
+    finally:
+        await phone.close()
+        await business.close()

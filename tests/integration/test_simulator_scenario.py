@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from simulator.business import EchoBusiness
 from simulator.config import CallTiming, SimulatorConfig, load
 from simulator.errors import ScenarioError
 from simulator.faults import FaultKind
+from simulator.net import LinkProfile, NetProfile
 from simulator.scenario import NOT_HUNG_UP, Scenario, percentile, run_scenario
 from simulator.sim import Simulator
 
@@ -147,6 +149,25 @@ def test_cli_flags_override_the_environment() -> None:
     ]
 
 
+def test_cli_network_flags_refine_the_environment_per_direction() -> None:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    env = {"CALLHOOK_APP_SECRETS": "s", "CALLHOOK_ACCESS_TOKEN": "t", "CALLHOOK_SIM_NET_DOWN": "delay=40ms"}
+    untouched = cli._with_flags(load(env), parser.parse_args(["sim"]))
+    assert untouched.net == NetProfile(down=LinkProfile(delay_seconds=0.04))
+    args = parser.parse_args(["sim", "--net", "loss=3%,jitter=30ms", "--net-up", "burst=2%,burst_len=4"])
+    config = cli._with_flags(load(env), args)
+    both = LinkProfile(loss=0.03, jitter_seconds=0.03)
+    assert config.net == NetProfile(up=replace(both, burst_loss=0.02, burst_length=4.0), down=both)
+    refined = cli._with_flags(load(env), parser.parse_args(["sim", "--net-down", "loss=1%"]))
+    assert refined.net.down == LinkProfile(delay_seconds=0.04, loss=0.01)
+    with pytest.raises(SystemExit, match="network item"):
+        cli._with_flags(load(env), parser.parse_args(["sim", "--net-up", "lose=3%"]))
+    assert parser.parse_args(["sim", "--dtmf", "12#"]).dtmf == "12#"
+    with pytest.raises(SystemExit, match="DTMF"):
+        cli._digits("12x")
+
+
 def test_callhook_sim_self_check_runs_calls_end_to_end() -> None:
     env = {
         **os.environ,
@@ -186,3 +207,24 @@ def test_callhook_sim_self_check_runs_calls_end_to_end() -> None:
     assert summary["audio_matched"] == 2
     assert summary["setup_pre_accept_ms"]["n"] == 2
     assert "Graph API at http://127.0.0.1:" in result.stderr
+
+
+def test_callhook_sim_self_check_presses_keys_over_a_lossy_network() -> None:
+    env = {**os.environ, "CALLHOOK_ICE_HOST_ADDRESSES": "127.0.0.1", "CALLHOOK_LOG_LEVEL": "warning"}
+    for name in ("CALLHOOK_APP_SECRETS", "CALLHOOK_ACCESS_TOKEN", "CALLHOOK_SIM_INGRESS_URL"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "callhook", "sim", "--self-check", "--calls", "2", "--rate", "10"]
+    command += ["--hold", "5", "--graph-port", "0", "--json", "--net-up", "loss=3%", "--dtmf", "12#"]
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["answered"] == 2
+    assert summary["dtmf_pressed_calls"] == 2
+    assert summary["dtmf_received_calls"] == 2  # the reference business got 1, 2, # in order, once each
+    heard = summary["heard_at_socket"]
+    assert heard["bursts_heard"] > 0
+    assert heard["packets_lost"] == 0  # only the way to the business was lossy
+    assert [call["dtmf_pressed"] for call in summary["calls"]] == ["12#", "12#"]
+    assert "phone network up (phone -> business) loss=3%, down clean" in result.stderr

@@ -98,6 +98,14 @@ def test_ivr_alone_is_echo_play_hangup_with_the_generated_menu() -> None:
     assert menu.routes == {"1": Route("echo"), "2": Route("play", MELODY), "9": Route("hangup")}
     assert menu.prompt == MENU
     assert load_app("ivr:").keywords["menu"] == menu  # type: ignore[attr-defined]
+    assert load_app("ivr:,").keywords["menu"] == menu  # type: ignore[attr-defined]
+
+
+def test_a_menu_file_alone_keeps_the_default_keys(tmp_path: Path) -> None:
+    prompt = write_wav(tmp_path / "menu.wav", audio.tone(500, 0.5, 8000))
+    menu = load_app(f"ivr:menu={prompt}").keywords["menu"]  # type: ignore[attr-defined]
+    assert menu.prompt == Sound(audio.tone(500, 0.5, 8000), 8000)
+    assert menu.routes == Menu.parse("").routes
 
 
 def test_ivr_spec_with_files_and_other_keys(tmp_path: Path) -> None:
@@ -123,7 +131,6 @@ def test_ivr_spec_with_files_and_other_keys(tmp_path: Path) -> None:
         ("ivr:1=echo:loud", "not echo, play"),
         ("ivr:1=play:/nowhere.wav", "not a readable WAV"),
         ("ivr:menu=/nowhere.wav,1=echo", "not a readable WAV"),
-        ("ivr:,", "no key has a route"),
     ],
 )
 def test_bad_ivr_specs_fail_at_load(spec: str, message: str) -> None:

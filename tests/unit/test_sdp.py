@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +71,17 @@ def test_answer_to_metas_offer_keeps_telephone_event_with_metas_payload_type() -
     assert "a=rtpmap:111 opus/48000/2\r\na=rtpmap:126 telephone-event/8000\r\na=candidate:" in answer
     assert sdp.telephone_event_payload_type(answer) == 126
     assert sdp.answer_problems(answer) == ()  # WhatsApp's other rules still hold
+
+
+def test_answer_to_the_offer_in_metas_documentation_keeps_126() -> None:
+    # The connect webhook of Meta's documentation (tests/corpus/connect_real_sdp.json), its offer verbatim.
+    body = json.loads((Path(__file__).parents[1] / "corpus" / "connect_real_sdp.json").read_bytes())
+    offer = body["entry"][0]["changes"][0]["value"]["calls"][0]["session"]["sdp"]
+    assert "a=rtpmap:126 telephone-event/8000\r\n" in offer
+    answer = sdp.prepare_answer(AIORTC_ANSWER, offer)
+    assert sdp.telephone_event_payload_type(answer) == 126
+    assert sdp.read_facts(answer).audio[0].payload_types == (111, 126)
+    assert sdp.answer_problems(answer) == ()
 
 
 def test_answer_uses_whatever_payload_type_and_events_the_offer_gives() -> None:

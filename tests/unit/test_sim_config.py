@@ -13,6 +13,7 @@ from callhook.env import ConfigError
 from simulator.config import AnswerWebhook, CalleeAction, PermissionReply, load
 from simulator.errors import MetaError, unknown_object
 from simulator.faults import FaultKind
+from simulator.net import LinkProfile, NetProfile, Outage
 from simulator.payloads import BusinessNumber
 from simulator.permissions import PermissionStatus
 
@@ -81,6 +82,24 @@ def test_every_setting_is_read() -> None:
     assert config.ice_host_addresses == ("127.0.0.1",)
     assert config.random_seed == 7
     assert config.delivery.escape_slashes is False
+
+
+def test_the_phones_network_is_read_per_direction() -> None:
+    config = load(
+        {
+            **MINIMAL,
+            "CALLHOOK_SIM_NET": "loss=3%,jitter=30ms",
+            "CALLHOOK_SIM_NET_UP": "loss=5%",
+            "CALLHOOK_SIM_NET_DOWN": "outage=2s:120ms",
+        }
+    )
+    assert config.net == NetProfile(
+        up=LinkProfile(loss=0.05, jitter_seconds=0.03),
+        down=LinkProfile(loss=0.03, jitter_seconds=0.03, outages=(Outage(2.0, 0.12),)),
+    )
+    assert load(MINIMAL).net == NetProfile()
+    with pytest.raises(ConfigError, match="CALLHOOK_SIM_NET"):
+        load({**MINIMAL, "CALLHOOK_SIM_NET_UP": "loss=lots"})
 
 
 def test_all_problems_are_listed_together() -> None:

@@ -72,6 +72,19 @@ def test_sequence_numbers_wrap_and_late_packets_are_counted_not_heard() -> None:
     assert report.packets_expected == 5
     assert report.packets_lost == 0
     assert report.packets_late == 1
+    assert report.gaps == 0  # the late packet filled the hole it had left
+
+
+def test_runs_of_missing_packets_split_when_a_late_one_arrives_and_duplicates_count_once() -> None:
+    log = HeardLog()
+    quiet = np.zeros(FRAME, np.float32)
+    for n, seq in enumerate([10, 11, 16, 13, 13, 17, 30_000]):
+        log.packet(seq, quiet, arrived_at=n * 0.02)
+    report = log.report()
+    assert report.packets_received == 6  # 13 twice counts once
+    assert report.packets_expected == 30_000 - 10 + 1
+    assert report.gaps == 3  # 12, 14-15, 18-29999
+    assert report.longest_gap_seconds == pytest.approx((30_000 - 18) * 0.02)
 
 
 def test_mos_falls_with_delay_and_loss() -> None:
@@ -111,3 +124,59 @@ def test_only_keypad_digits_are_pressed(digits: str) -> None:
     with pytest.raises(ValueError, match="DTMF digits"):
         dtmf.parse_digits(digits)
     assert dtmf.parse_digits("12 3#*ab") == "123#*AB"
+
+
+@pytest.mark.parametrize("delay", [0.03, 0.45, 0.75, 1.3])
+def test_a_burst_is_recognised_by_its_tone_even_when_the_echo_is_later_than_a_period(delay: float) -> None:
+    signal = TestSignal(seed=6)
+    log = HeardLog()
+    played = frames(signal, 400)
+    for k, frame in enumerate(played):
+        log.sent.feed(frame, complete_at=(k + 1) * 0.02)
+        log.packet(k, frame, arrived_at=(k + 1) * 0.02 + delay)
+    delays = [d for _, d in log.delays()]
+    assert len(delays) >= 10
+    assert delays == pytest.approx([delay] * len(delays), abs=1e-6)
+
+
+def test_an_echo_of_some_other_signal_has_no_burst_heard() -> None:
+    log = HeardLog()
+    for k, (mine, theirs) in enumerate(
+        zip(frames(TestSignal(seed=1), 300), frames(TestSignal(seed=2), 300), strict=True)
+    ):
+        log.sent.feed(mine, complete_at=(k + 1) * 0.02)
+        log.packet(k, theirs, arrived_at=(k + 1) * 0.02 + 0.05)
+    assert len(log.heard.onsets) >= 8  # its bursts were heard, but they are not the phone's
+    # Tones coincide by chance (1 in 12, two neighbours at the same delay): a few, never most.
+    assert len(log.delays()) <= len(log.heard.onsets) // 4
+
+
+def test_a_business_adds_telephone_event_back_and_counts_one_digit_per_press() -> None:
+    answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+    with_events = dtmf.add_telephone_event(answer, 126)
+    assert dtmf.telephone_event_pt(with_events) == 126
+    assert "m=audio 9 UDP/TLS/RTP/SAVPF 111 126\r\n" in with_events
+    assert dtmf.add_telephone_event(with_events, 101) == with_events  # already there: unchanged
+
+    collector = dtmf.DigitCollector()
+    for timestamp, digit in [(1000, "1"), (5000, "2"), (9000, "#")]:
+        for packet in dtmf.plan_press(dtmf.EVENTS[digit], 0.2):
+            payload = packet.payload()
+            collector.packet(dtmf.RtpHeader(126, 0, timestamp, 1, packet.marker, payload))
+    collector.packet(dtmf.RtpHeader(126, 0, 5000, 1, False, dtmf.plan_press(2, 0.1)[-1].payload()))  # late
+    assert collector.digits == "12#"
+
+
+def test_the_phones_bursts_are_dated_when_their_packets_leave_not_when_the_microphone_made_them() -> None:
+    log = HeardLog()
+    played = frames(TestSignal(seed=8), 100)
+    for k, frame in enumerate(played):
+        log.microphone(k, frame)
+        # The encoder takes 15 ms; the packet of frame 60 (the burst at 1.2 s) leaves 100 ms late.
+        log.left_socket(k, 50.0 + (k + 1) * 0.02 + (0.1 if k == 60 else 0.015))
+    log.delays()  # settles the tones of the bursts that left before their tone was known
+    onsets = log.sent.onsets
+    assert len(onsets) == 3  # bursts at 0.6, 1.2 and 1.8 s (the first tone has no quiet before it)
+    assert onsets[0] - 50.0 == pytest.approx(0.6 + 0.015, abs=0.004)
+    assert onsets[1] - 50.0 == pytest.approx(1.2 + 0.1, abs=0.004)
+    assert not any(np.isnan(log.sent.tones))

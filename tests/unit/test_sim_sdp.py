@@ -115,6 +115,12 @@ def test_meta_answer_keeps_the_offerers_opus_payload_type_only() -> None:
     sdp.validate(answer, role="answer")
 
 
+def test_meta_answer_keeps_the_telephone_event_the_business_offered() -> None:
+    lines = sdp.meta_answer(AIORTC_ANSWER, dtmf_pt=101).split("\r\n")
+    assert [line for line in lines if line.startswith("m=")] == ["m=audio 45154 UDP/TLS/RTP/SAVPF 96 101"]
+    assert "a=rtpmap:101 telephone-event/8000" in lines
+
+
 def test_edits_refuse_sdp_without_opus() -> None:
     without_opus = AIORTC_OFFER.replace("opus/48000/2", "speex/16000")
     with pytest.raises(ValueError, match="Opus"):

@@ -6,7 +6,7 @@ to be copied). A user's own app is named as ``package.module:function``. See
 :func:`worker.apps.loader.load_app`.
 """
 
-from worker.apps.api import App, Call, CallEnded, CallInfo, MediaCall
+from worker.apps.api import App, Call, CallEnded, CallInfo, Digit, MediaCall
 from worker.apps.loader import AppSpecError, load_app
 
-__all__ = ["App", "AppSpecError", "Call", "CallEnded", "CallInfo", "MediaCall", "load_app"]
+__all__ = ["App", "AppSpecError", "Call", "CallEnded", "CallInfo", "Digit", "MediaCall", "load_app"]

@@ -2,10 +2,10 @@
 
 An app gets the call's facts (:class:`CallInfo`), the caller's audio as an async iterator of 20 ms frames of
 16-bit mono PCM, a way to send PCM back, the caller's keypad (:meth:`Call.dtmf`, :meth:`Call.collect_digits`)
-and :meth:`Call.hangup`. It runs after ``accept`` succeeded, in its
-own task; when it returns the call is hung up, and when the call ends for any other reason the frames
-iterator ends (and the app's task may be cancelled). Audio queued with :meth:`Call.send` is played in order,
-paced in real time; silence is sent while nothing is queued.
+and :meth:`Call.hangup`. It runs after ``accept`` succeeded, in its own task; when it returns the call is hung
+up, and when the call ends for any other reason the frames and digits iterators end (and the app's task may
+be cancelled). Audio queued with :meth:`Call.send` is played in order, paced in real time; silence is sent
+while nothing is queued.
 
 :class:`MediaCall` is the implementation the worker's session uses: a :class:`CallInfo`, the call's media
 (anything shaped like :class:`AudioPort`, i.e. ``worker.media.MediaSession``), the session's hang-up and the
@@ -160,7 +160,8 @@ async def collect_digits(
       ``""``: the app tells "nothing" from "something" by the string.
     * the call ended: what was collected so far.
 
-    A ``"flash"`` is not a digit: it is skipped. Digits pressed before the call (type-ahead) are read first.
+    A ``"flash"`` is not a digit: it is skipped. Keys pressed before this call (type-ahead: during a menu, or
+    after an earlier ``collect_digits`` stopped) are read first; keys after the stop stay for the next read.
     """
     if max is not None and max < 1:
         raise ValueError("max must be at least 1 (or None)")

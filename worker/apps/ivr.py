@@ -13,7 +13,8 @@ again; after ``ATTEMPTS`` menus without a route the call ends.
 
 Spec (``CALLHOOK_APP``): ``ivr`` alone is ``1=echo,2=play,9=hangup`` with the generated menu. Otherwise
 ``ivr:`` and comma-separated ``key=route`` pairs, keys ``0-9 * #``, plus ``menu=<wav file>``, e.g.
-``ivr:menu=/prompts/main.wav,1=echo,2=play:/prompts/hours.wav,0=hangup``. Paths cannot contain commas.
+``ivr:menu=/prompts/main.wav,1=echo,2=play:/prompts/hours.wav,0=hangup``; with no key given (``ivr:menu=…``)
+the keys are the default ones. Paths cannot contain commas.
 WAV files are 16-bit PCM, mono or stereo, any rate (as for ``play:``), checked when the app loads.
 """
 
@@ -33,7 +34,6 @@ ATTEMPTS = 3
 NO_INPUT_SECONDS = 5.0
 RATE = 16000
 KEYS = frozenset("0123456789*#")
-DEFAULT_ROUTES = "1=echo,2=play,9=hangup"
 
 
 class IvrSpecError(ValueError):
@@ -78,6 +78,9 @@ class Route:
     queue: str = ""  # where "transfer" sends the caller (worker/handoff)
 
 
+DEFAULT_ROUTES = {"1": Route("echo"), "2": Route("play", MELODY), "9": Route("hangup")}
+
+
 @dataclass(frozen=True, slots=True)
 class Menu:
     routes: dict[str, Route] = field(default_factory=dict)
@@ -89,7 +92,7 @@ class Menu:
         """A menu from ``key=route`` pairs (see the module docstring); IvrSpecError names what is wrong."""
         routes: dict[str, Route] = {}
         prompt = MENU
-        for item in filter(None, (part.strip() for part in (spec or DEFAULT_ROUTES).split(","))):
+        for item in filter(None, (part.strip() for part in spec.split(","))):
             key, sep, route = (piece.strip() for piece in item.partition("="))
             if not sep or not route:
                 raise IvrSpecError(f"ivr: {item!r} is not key=route")
@@ -99,9 +102,7 @@ class Menu:
                 raise IvrSpecError(f"ivr: {key!r} is not a key (0-9 * #) or menu")
             else:
                 routes[key] = _route(route)
-        if not routes:
-            raise IvrSpecError("ivr: no key has a route")
-        return cls(routes, prompt)
+        return cls(routes or dict(DEFAULT_ROUTES), prompt)
 
 
 def _route(text: str) -> Route:

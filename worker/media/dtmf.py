@@ -17,10 +17,10 @@ timestamp (the moment the key went down) and a growing duration:
 * **Once.** Events are told apart by their RTP timestamp (and SSRC): repeated end packets, duplicated or late
   packets of an event already reported change nothing. Two presses of the same key are two events with two
   timestamps, so two digits.
-* **In order.** Digits come out in the order of their timestamps (wrap-around of the 32-bit timestamp and
-  16-bit sequence number handled by serial-number arithmetic). A packet of an event older than the newest one
-  seen that was never reported (its every packet lost but one that came very late) is dropped and counted as
-  ``late``: reporting it would put it after a digit pressed after it.
+* **In order.** Digits come out in the order of their timestamps (the 32-bit timestamp's wrap-around handled
+  by serial-number arithmetic; sequence numbers are not used, so theirs does not matter). A packet of an event
+  older than the newest one seen that was never reported (its every packet lost but one that came very late)
+  is dropped and counted as ``late``: reporting it would put it after a digit pressed after it.
 
 Events 0-9, ``*`` (10), ``#`` (11), ``A``-``D`` (12-15) and flash (16, reported as ``"flash"``) are digits;
 other events (modem and call-progress tones, 17-255) are counted as ``ignored`` and dropped.

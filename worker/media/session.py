@@ -438,7 +438,9 @@ class MediaSession:
             return  # aiortc's own parser reports the problem
         for media in facts.audio[:1]:
             for codec in media.codecs:
-                if codec.name.lower() == TELEPHONE_EVENT and self._telephone_event_pt is None:
+                # The 8000 Hz one, as the answer keeps (a browser also offers telephone-event/48000).
+                clock_ok = codec.clock_rate == sdp.TELEPHONE_EVENT_CLOCK_RATE
+                if codec.name.lower() == TELEPHONE_EVENT and clock_ok and self._telephone_event_pt is None:
                     self._telephone_event_pt = codec.payload_type
                     self._seam.accept(
                         RTCRtpCodecParameters(
