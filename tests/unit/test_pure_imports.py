@@ -20,7 +20,7 @@ PURE_MODULES = [
     # worker/media/__init__.py imports its session lazily, so a pure module of the package stays pure.
     "worker.media.dtmf", "worker.media.jitter", "worker.media.quality",
     "simulator.net", "simulator.heard", "simulator.dtmf",
-    "worker.handoff.wire", "worker.handoff.board", "worker.handoff.config",
+    "worker.handoff.wire", "worker.handoff.board", "worker.handoff.config", "console.config",
 ]  # fmt: skip
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 
