@@ -3,12 +3,13 @@
 One real worker (app ``ivr:1=echo,0=transfer:support``), ``callhook console`` and the simulator as Meta, all
 on 127.0.0.1. Two phases, ``--calls`` calls each, measured for ``--seconds``:
 
-* **echo**: the phones press 1; the caller's voice goes phone -> worker -> phone. The phone measures its own
-  signal's round trip (``Phone.audio_report``: send time of each frame to its arrival, aligned by
-  correlation).
+* **echo**: the phones press 1; the caller's voice goes phone -> worker -> phone.
 * **relay**: the phones press 0; a scripted agent (``simulator/agent.py``: an aiortc peer on the console's
-  WebSocket, as a browser would be) takes each call; the caller's voice goes phone -> worker -> agent. The
-  agent's recording is aligned on the phone's sent frames the same way.
+  WebSocket, as a browser would be) takes each call; the caller's voice goes phone -> worker -> agent.
+
+Delay: the phone's test signal is tone bursts; each burst is dated as it leaves the phone's socket
+(``Phone.heard_log.sent``) and again where it is heard (the first loud sample after quiet, in the decoded
+frames of the phone's or the agent's aiortc receiver, by their arrival time), matched by its tone.
 
 Both paths cross the network twice and end in one stock aiortc receiver (the phone's, the agent's), so
 *added* = relay - echo is what the second leg (answering the agent's offer, decode + PCM + encode on the
@@ -32,14 +33,15 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import psutil
 from _common import machine, ms, private_vhost, table
 
 from simulator.agent import ScriptedAgent
 from simulator.calls import CallState
 from simulator.config import CallTiming, SimulatorConfig
+from simulator.heard import OnsetDetector, same_tone
 from simulator.local import ACCESS_TOKEN, APP_SECRET, System, free_port, wait_ready
-from simulator.signal import TestSignal, analyse
 from simulator.sim import SimulatedCall, Simulator
 
 APP = "ivr:1=echo,0=transfer:support"
@@ -54,6 +56,25 @@ async def press(call: SimulatedCall, key: str) -> None:
     await call.phone.press(key)
 
 
+def burst_delays(call: SimulatedCall, frames: list[np.ndarray], arrivals: list[float]) -> list[float]:
+    """Each tone burst heard (16 kHz frames with their arrival times) against the same burst leaving the
+    phone's socket (``Phone.heard_log.sent``): the caller's voice from the phone's socket to the ear."""
+    call.phone.heard_report()  # settles the sent bursts' tones
+    sent = call.phone.heard_log.sent
+    ear = OnsetDetector(16000)
+    for samples, arrived in zip(frames, arrivals, strict=True):
+        ear.feed((samples / 32768.0).astype(np.float32), complete_at=arrived)
+    delays = []
+    for onset, tone in zip(ear.onsets, ear.tones, strict=True):
+        candidates = [
+            onset - s for s, t in zip(sent.onsets, sent.tones, strict=True)
+            if 0 < onset - s < 1.0 and not math.isnan(t) and same_tone(tone, t)
+        ]  # fmt: skip
+        if candidates:
+            delays.append(min(candidates))
+    return delays
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -66,11 +87,16 @@ async def echo_phase(sim: Simulator, worker: psutil.Process, calls: int, seconds
     before = cpu_seconds(worker)
     await asyncio.sleep(seconds)  # the measured window
     used = cpu_seconds(worker) - before
-    delays = [r for c in placed if (r := c.phone.audio_report().round_trip_seconds) is not None]
+    delays = []
     for call in placed:
+        ears = (
+            call.phone._ears
+        )  # the phone's frames as heard, 16 kHz, with arrival times (its aiortc receiver)
+        delays.append(statistics.median(burst_delays(call, ears.chunks, ears.arrivals) or [math.nan]))
         await call.hangup()
-    return {"delay": statistics.median(delays) if delays else math.nan, "cpu": used / (calls * seconds),
-            "measured": len(delays)}  # fmt: skip
+    measured = [d for d in delays if not math.isnan(d)]
+    return {"delay": statistics.median(measured) if measured else math.nan, "cpu": used / (calls * seconds),
+            "measured": len(measured)}  # fmt: skip
 
 
 async def relay_phase(
@@ -86,21 +112,18 @@ async def relay_phase(
             await agent.wait_for_call(call.call_id)
             await agent.take(call.call_id)
         await asyncio.sleep(1.5)  # the agents' legs connect: warm-up
-        for call in placed:
-            call.phone.forget_audio()  # the phone's own recording is not needed here
         before = cpu_seconds(worker)
         await asyncio.sleep(seconds)
         used = cpu_seconds(worker) - before
-        delays = []
-        for call, agent in zip(placed, agents, strict=True):
-            signal = TestSignal(sim.config.signal_seed)
-            report = analyse(signal, agent.recording(call.phone.recording().sent_times))
-            if report.round_trip_seconds is not None:
-                delays.append(report.round_trip_seconds)
+        delays = [
+            statistics.median(burst_delays(call, agent.heard, agent.heard_times) or [math.nan])
+            for call, agent in zip(placed, agents, strict=True)
+        ]
         for agent in agents:
             await agent.hang_up()
-    return {"delay": statistics.median(delays) if delays else math.nan, "cpu": used / (calls * seconds),
-            "measured": len(delays)}  # fmt: skip
+    measured = [d for d in delays if not math.isnan(d)]
+    return {"delay": statistics.median(measured) if measured else math.nan, "cpu": used / (calls * seconds),
+            "measured": len(measured)}  # fmt: skip
 
 
 async def main(args: argparse.Namespace) -> int:
