@@ -112,6 +112,7 @@ async def test_agent_answers_talks_both_ways_and_hangs_up(setup: Setup, tmp_path
     )
     # The caller hears the agent: the fake microphone's 1750 Hz at the phone's ears.
     await poll(lambda: _async(tail_frequency(call)), lambda hz: abs(hz - AGENT_TONE_HZ) < 30)
+    await page.get_by_text("Caller MOS").wait_for(timeout=WAIT_SECONDS * 1000)  # the live quality arrived
     if (shots := _screenshots()) is not None:
         await page.screenshot(path=str(shots / "handoff-console-call.png"), full_page=True)
     await page.get_by_role("button", name="Hang up the call").click()
