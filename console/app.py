@@ -137,8 +137,8 @@ class Console:
     # ------------------------------------------------------------------------------------ commands
     async def take(self, socket: AgentSocket, call_id: str, sdp: str) -> None:
         entry = next((e for e in self.broker.board.waiting() if e.call_id == call_id), None)
-        if entry is None:
-            await self._refuse(socket, call_id, "gone")
+        if entry is None:  # taken by someone else meanwhile, or the call left the queue
+            await self._refuse(socket, call_id, "taken" if call_id in self.broker.taken else "gone")
             return
         if not socket.agent.may_take(entry.queue):
             await self._refuse(socket, call_id, "not_allowed")
