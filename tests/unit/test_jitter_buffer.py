@@ -261,6 +261,42 @@ def test_a_talkspurt_after_a_silent_gap_is_timed_afresh_without_loss_or_endless_
     assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=0.001)
 
 
+def test_opus_dtx_plays_its_sparse_packets_and_silence_between_them_not_plc() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    # speech, then 2 s of DTX (one 1-byte packet per 400 ms: timestamps move on, sequence numbers do not
+    # skip), then speech again
+    frames = [*range(50), *range(50, 150, 20), *range(150, 200)]
+    packets = [
+        replace(sender.packet(f, sender.sent_at(f) + 0.040, DTX if 50 <= f < 150 else numbered(f)),
+                sequence=(sender.first_sequence + n) % 2**16)
+        for n, f in enumerate(frames)
+    ]  # fmt: skip
+    ticks = play(buffer, packets, 202)
+    pattern = kinds(ticks)
+    assert "C" not in pattern  # no PLC: between the DTX packets, silence
+    assert pattern[52:152].count("A") == 5  # the DTX packets themselves go to the decoder (comfort noise)
+    assert pattern[152:202] == "A" * 50  # speech resumes on time
+    stats = buffer.statistics()
+    assert (stats.packets_lost, stats.packets_late, stats.frames_dropped) == (0, 0, 0)
+    assert stats.frames_played == len(packets)
+    assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=0.001)
+
+
+def test_a_talkspurt_that_arrives_in_a_burst_still_starts_with_its_first_word() -> None:
+    sender, buffer = Sender(), JitterBuffer()
+    talk = clean(sender, range(50))
+    late_burst = sender.sent_at(104) + 0.040  # frames 100..104 of the next talkspurt arrive together
+    spurt = [
+        replace(sender.packet(f, max(sender.sent_at(f) + 0.040, late_burst), numbered(f)),
+                sequence=(sender.first_sequence + 50 + n) % 2**16)
+        for n, f in enumerate(range(100, 160))
+    ]  # fmt: skip
+    ticks = play(buffer, [*talk, *spurt], 162)
+    spurt_played = [t.playout.payload for t in ticks if t.playout.kind is PlayoutKind.AUDIO][50:]
+    assert spurt_played[0] == numbered(100)  # the onset is played, not skipped as stale
+    assert ticks[-1].delay == pytest.approx(ticks[40].delay, abs=FRAME)  # and the delay comes back down
+
+
 def test_a_timestamp_jump_far_off_the_timeline_restarts_timing() -> None:
     sender, buffer = Sender(), JitterBuffer()
     before = clean(sender, range(50))
@@ -442,9 +478,9 @@ def networks(draw: st.DrawFn) -> tuple[list[Packet], int]:
             continue  # lost
         delay = draw(st.floats(0, 0.6))
         silent = draw(st.integers(0, 5)) == 0
-        packet = sender.packet(
-            i, sender.sent_at(i) + delay, payload if silent else payload + i.to_bytes(2, "big")
-        )
+        marker = draw(st.integers(0, 9)) == 0  # a talkspurt starts
+        at = sender.sent_at(i) + delay
+        packet = sender.packet(i, at, payload if silent else payload + i.to_bytes(2, "big"), marker=marker)
         packets.append(packet)
         if draw(st.integers(0, 15)) == 0:
             packets.append(replace(packet, arrival=packet.arrival + draw(st.floats(0, 0.3))))  # duplicated

@@ -43,8 +43,9 @@ States, as a table (``pop`` decides, ``put`` only stores and measures)::
     PLAYING --(next frame lost, the packet after it here)------------------------> PLAYING, FEC from it
     PLAYING --(next frame lost, no packet after it yet)--------------------------> PLAYING, CONCEAL
     PLAYING --(max_conceal_frames concealed with an empty buffer: a stall)-------> WAITING, SILENCE
-    PLAYING --(a timestamp gap with no packet missing, a marker bit,
-               a hole longer than PLC covers: a talkspurt)-----------------------> WAITING (timed afresh)
+    PLAYING --(the buffer is empty after a silent (DTX) frame: the phone is quiet)--> WAITING, SILENCE
+    PLAYING --(a timestamp gap with no packet missing, or a hole longer than PLC
+               covers: a new talkspurt)------------------------------------------> WAITING (timed afresh)
     PLAYING --(D > max_delay: the tick stalled)----------------------------------> WAITING (resync at once)
     any     --(new SSRC, a sequence jump > max_dropout, a timeline jump)---------> WAITING, stream reset
 
@@ -87,7 +88,7 @@ class Packet:
     sequence: int  # 16-bit RTP sequence number
     timestamp: int  # 32-bit RTP timestamp
     ssrc: int
-    marker: bool
+    marker: bool  # a talkspurt starts; timing follows the timestamps, which say the same
     payload: bytes  # the Opus payload (or a telephone-event payload: the DTMF decoder reuses this type)
     arrival: float  # seconds on the injected monotonic clock
     silent: bool = False  # a hint from the sender side that the frame is silence (droppable first)
@@ -340,7 +341,7 @@ class JitterBuffer:
     # -- the stream: sequence/timestamp extension, resets -------------------------------------------------
 
     def _reset_stream(self) -> None:
-        self._state = _State.WAITING
+        self._wait(in_order=False)
         self._slots: list[_Slot] = []  # sorted by sequence
         self._first_seq: int | None = None
         self._highest_seq: int | None = None
@@ -351,6 +352,7 @@ class JitterBuffer:
         self._held = 0  # RTP units of the last frame still covering coming ticks
         self._last_samples = self._tick
         self._concealed_in_row = 0
+        self._last_played_silent = False
         self._over_target_ticks = 0
         self._since_retarget = 0
         self._quantile = 0.0  # of the relative delays in the window, at the last retarget
@@ -487,11 +489,19 @@ class JitterBuffer:
         assert minimum is not None  # a buffered packet was measured
         return now - (timestamp / self._settings.clock_rate + minimum)
 
+    def _wait(self, *, in_order: bool) -> None:
+        """To WAITING. `in_order`: a talkspurt follows silence, start with its first packet once it is due;
+        else (the start, a stall, a resync) start with the newest packet that is due: the rest is stale."""
+        self._state = _State.WAITING
+        self._resume_in_order = in_order
+
     def _start(self, now: float) -> Playout:
-        """WAITING: play the newest packet that is due, dropping the ones before it (they are too old)."""
+        """WAITING: start playing once a packet is due (see :meth:`_wait` for which one)."""
         while self._slots and self._delay(self._slots[0].timestamp, now) > self._settings.max_delay:
             self._drop_front_unplayed()  # stale: playing it would hold the delay above max_delay
         live = [slot for slot in self._slots if not slot.dropped]
+        if live and (self._resume_in_order or self._starts_talkspurt(live[0])):
+            live = live[:1]  # a talkspurt's first packet: never skip the onset of speech
         due = [slot for slot in live if self._delay(slot.timestamp, now) >= self._target]
         if not due:
             return Playout(PlayoutKind.SILENCE, samples=self._tick)
@@ -505,6 +515,10 @@ class JitterBuffer:
         self._last_delay = self._delay(chosen.timestamp, now)
         return self._play_front()
 
+    def _starts_talkspurt(self, slot: _Slot) -> bool:
+        """No packet missing since the last one played, yet time moved on: the phone was silent (no DTX)."""
+        return slot.sequence == self._next_seq and slot.timestamp - self._play_ts > self._tolerance
+
     def _drop_front_unplayed(self) -> None:
         slot = self._slots.pop(0)
         if not slot.dropped:  # a dropped one was counted when it was marked
@@ -513,20 +527,30 @@ class JitterBuffer:
     def _play(self, now: float) -> Playout:
         delay = self._delay(self._play_ts, now)
         if delay > self._settings.max_delay:
-            self._state = _State.WAITING  # the tick stalled: resync at once
+            self._wait(in_order=False)  # the tick stalled: resync at once
             return self._start(now)
         self._catch_up(delay)
         self._skip_dropped()
         delay = self._last_delay = self._delay(self._play_ts, now)
         if not self._slots:
+            if self._last_played_silent:  # DTX: the phone sends next when it has something to say
+                self._wait(in_order=True)
+                return Playout(PlayoutKind.SILENCE, samples=self._tick)
             return self._conceal(self._last_samples, wait=delay < self._target, empty=True)
         slot = self._slots[0]
         gap = slot.timestamp - self._play_ts
-        if gap <= self._tolerance and not slot.packet.marker:
+        while gap < -self._tolerance:  # behind the play position (a sender whose timestamps go back)
+            if not self._slots.pop(0).dropped:  # (a dropped one is counted already)
+                self._counts.packets_late += 1
+            if not self._slots:
+                return self._conceal(self._last_samples, wait=False, empty=True)
+            slot = self._slots[0]
+            gap = slot.timestamp - self._play_ts
+        if gap <= self._tolerance:
             return self._play_front()
-        if slot.sequence == self._next_seq or gap > self._settings.max_conceal_frames * self._tick:
+        if self._starts_talkspurt(slot) or gap > self._settings.max_conceal_frames * self._tick:
             # time passes with no packet missing (DTX, a new talkspurt), or a hole longer than PLC covers
-            self._state = _State.WAITING
+            self._wait(in_order=True)
             return self._start(now)
         if delay < self._target:
             return self._conceal(self._tick, wait=True)  # it may still come: wait for it
@@ -539,6 +563,7 @@ class JitterBuffer:
         self._next_seq = slot.sequence + 1
         self._play_ts = slot.timestamp + slot.samples
         self._played.add(slot.sequence)
+        self._last_played_silent = slot.silent
         if len(self._played) > 4 * self._settings.capacity_packets:
             horizon = self._next_seq - 2 * self._settings.capacity_packets
             self._played = {sequence for sequence in self._played if sequence >= horizon}
@@ -558,7 +583,7 @@ class JitterBuffer:
         if empty:
             self._concealed_in_row += 1
             if self._concealed_in_row > self._settings.max_conceal_frames:
-                self._state = _State.WAITING  # a stall: silence until packets come back, no PLC forever
+                self._wait(in_order=False)  # a stall: silence until packets come back, no PLC forever
                 return Playout(PlayoutKind.SILENCE, samples=self._tick)
         if wait:
             samples = self._tick
