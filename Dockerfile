@@ -37,6 +37,7 @@ COPY callhook ./callhook
 COPY ingress ./ingress
 COPY worker ./worker
 COPY simulator ./simulator
+COPY console ./console
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable \
     && /app/.venv/bin/callhook --help >/dev/null

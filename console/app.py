@@ -137,8 +137,8 @@ class Console:
     # ------------------------------------------------------------------------------------ commands
     async def take(self, socket: AgentSocket, call_id: str, sdp: str) -> None:
         entry = next((e for e in self.broker.board.waiting() if e.call_id == call_id), None)
-        if entry is None:
-            await self._refuse(socket, call_id, "gone")
+        if entry is None:  # taken by someone else meanwhile, or the call left the queue
+            await self._refuse(socket, call_id, "taken" if call_id in self.broker.taken else "gone")
             return
         if not socket.agent.may_take(entry.queue):
             await self._refuse(socket, call_id, "not_allowed")
@@ -267,7 +267,12 @@ def make_app(config: ConsoleConfig, registry: CollectorRegistry | None = None) -
         async with console.broker:
             yield
 
+    async def close_sockets(app: web.Application) -> None:
+        for socket in list(console.sockets):  # agents' pages reconnect to another replica
+            await socket.ws.close(code=1001, message=b"console shutting down")
+
     app.cleanup_ctx.append(broker_ctx)
+    app.on_shutdown.append(close_sockets)
     app.router.add_get("/", index)
     app.router.add_post("/api/session", sign_in)
     app.router.add_get("/ws", agent_socket)

@@ -37,6 +37,8 @@ from worker.handoff.board import Board
 
 log = logging.getLogger(__name__)
 
+TAKEN_REMEMBERED = 1000
+
 
 class ConsoleBroker:
     def __init__(
@@ -53,6 +55,7 @@ class ConsoleBroker:
         self._timeout = timeout_seconds
         self.reply_queue = f"callhook.console.{uuid.uuid4().hex[:12]}"
         self.board = Board()
+        self.taken: dict[str, str] = {}  # call id -> agent, the last TAKEN_REMEMBERED takes
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._commands: AbstractExchange | None = None
@@ -119,6 +122,10 @@ class ConsoleBroker:
                 update = wire.board_decoder.decode(message.body)
             except msgspec.DecodeError:
                 return
+            if isinstance(update, wire.Taken):
+                self.taken[update.call_id] = update.agent  # a late take of it is told "taken", not "gone"
+                while len(self.taken) > TAKEN_REMEMBERED:
+                    del self.taken[next(iter(self.taken))]
             if self.board.apply(update, time.monotonic()):
                 self._changed.set()
                 self._on_board()

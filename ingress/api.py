@@ -40,6 +40,7 @@ from ingress.commands import (
     check_call_id,
     consent_from_json,
     hangup,
+    transfer,
 )
 from ingress.config import IngressConfig
 from ingress.metrics import IngressMetrics, Outcome, Route
@@ -88,6 +89,7 @@ class CallsApi:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/calls", self._measured(Route.DIAL, self._dial))
         app.router.add_post("/v1/calls/{call_id}/hangup", self._measured(Route.HANGUP, self._hangup))
+        app.router.add_post("/v1/calls/{call_id}/transfer", self._measured(Route.TRANSFER, self._transfer))
 
     def _measured(
         self, route: Route, handler: Callable[[web.Request], Awaitable[tuple[Outcome, web.Response]]]
@@ -281,6 +283,21 @@ class CallsApi:
         if not isinstance(body, dict):
             raise _Refused(Outcome.BAD_REQUEST, _error(400, "body must be a JSON object"))
         return body
+
+    async def _transfer(self, request: web.Request) -> tuple[Outcome, web.Response]:
+        """Hand the call to a person (docs/handoff.md): ``{"queue", "reason"?, "context"?}``."""
+        call_id = request.match_info["call_id"]
+        body = await self._json_object(request)
+        request_id = f"transfer-{hashlib.sha256(f'{call_id}{time.time_ns()}'.encode()).hexdigest()[:24]}"
+        try:
+            message = transfer(call_id, body, request_id)
+        except CommandError as exc:
+            return Outcome.BAD_REQUEST, _error(400, str(exc))
+        published = await self._publish(message, contract.CALLS_EXCHANGE, call_id, request_id)
+        if published is not None:
+            return published
+        log.info("transfer sent", extra={"request_id": request_id, "call_id": call_id})
+        return Outcome.OK, web.json_response({"request_id": request_id, "status": "sent"}, status=202)
 
     async def _publish(
         self,

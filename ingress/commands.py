@@ -113,6 +113,16 @@ def utf8_length(text: str) -> int | None:
         return None
 
 
+QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # a hand-off queue (docs/handoff.md)
+
+
+def _short_text(value: object, max_bytes: int) -> bool:
+    if not isinstance(value, str):
+        return False
+    size = utf8_length(value)
+    return size is not None and size <= max_bytes and not has_control_characters(value)
+
+
 def is_recipient(text: str) -> bool:
     return PHONE.fullmatch(text) is not None or is_user_id(text)
 
@@ -227,3 +237,31 @@ def hangup(call_id: str, request_id: str = "") -> bytes:
         "timestamp": int(time.time()),
     }
     return json.dumps(body).encode()
+
+
+def transfer(call_id: str, body: dict[str, object], request_id: str) -> bytes:
+    """A ``TransferRequestEvent`` for ``callhook.calls`` (routing key = the call id): the owner's app stops
+    and the caller waits in ``body["queue"]`` for a person (docs/handoff.md). Checked like every API input:
+    the call id as in :func:`check_call_id`, the queue a short ASCII name, text by bytes, no controls."""
+    check_call_id(call_id)
+    queue, reason, context = body.get("queue"), body.get("reason", ""), body.get("context", {})
+    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+        raise CommandError("queue: a queue name is required ([a-z0-9_-], at most 64 characters)")
+    if not _short_text(reason, 500):
+        raise CommandError("reason: a string of at most 500 bytes without control characters")
+    if not isinstance(context, dict) or len(context) > 20:
+        raise CommandError("context: an object of at most 20 string values")
+    if not all(_short_text(k, 100) and _short_text(v, 500) for k, v in context.items()):
+        raise CommandError(
+            "context: keys and values are strings (at most 100 / 500 bytes, no control characters)"
+        )
+    message = {
+        "type": "transfer",
+        "call_id": call_id,
+        "queue": queue,
+        "reason": reason,
+        "context": context,
+        "request_id": request_id,
+        "timestamp": int(time.time()),
+    }
+    return json.dumps(message).encode()

@@ -20,6 +20,7 @@ class Route(enum.Enum):
     VERIFY = "verify"
     DIAL = "dial"
     HANGUP = "hangup"
+    TRANSFER = "transfer"
 
 
 class Outcome(enum.Enum):

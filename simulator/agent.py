@@ -122,8 +122,8 @@ class ScriptedAgent:
                     self.replies.append(data)
                 self._changed.notify_all()
 
-    async def _wait(self, reached: Callable[[], bool]) -> None:
-        async with self._changed:
+    async def _wait(self, reached: Callable[[], bool], timeout_seconds: float = 20.0) -> None:
+        async with asyncio.timeout(timeout_seconds), self._changed:
             await self._changed.wait_for(reached)
 
     async def wait_for_call(self, call_id: str | None = None) -> dict[str, Any]:

@@ -5,7 +5,8 @@ and two workers as real processes, and plays Meta with the simulator: users call
 answer with the echo app, so each caller hears itself back), and the business calls a user back. It prints
 what happened to every call, from Meta's side and from the workers' metrics, and where to look next. Then one
 caller dials a keypad menu (a worker running the ``ivr`` app), presses 2 (a melody) and 9 (goodbye: the
-business hangs up), and the demo prints what the worker counted and did.
+business hangs up), and the demo prints what the worker counted and did. Last, a caller presses 0 and is
+put through to a person: a scripted agent answers on ``callhook console`` (simulator/demo_handoff.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import aiohttp
 
 from ingress.commands import Dial
 from simulator.config import SimulatorConfig
+from simulator.demo_handoff import handoff_call
 from simulator.local import ACCESS_TOKEN, APP_SECRET, System, ensure_broker, free_port, scrape
 from simulator.permissions import PermissionStatus
 from simulator.sim import SimulatedCall, Simulator
@@ -100,8 +102,9 @@ async def run(args: argparse.Namespace) -> int:
             )
             await asyncio.Event().wait()
     ivr_ok = await _keypad_call(amqp_url, config, log_dir / "ivr")
+    handoff_ok = await handoff_call(amqp_url, config, log_dir / "handoff")
     failed = [line for line in lines if line.outcome != "completed" or not line.heard.startswith("yes")]
-    return 1 if failed or not ivr_ok else 0
+    return 1 if failed or not ivr_ok or not handoff_ok else 0
 
 
 async def _keypad_call(amqp_url: str, config: SimulatorConfig, log_dir: Path) -> bool:

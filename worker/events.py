@@ -85,7 +85,18 @@ class HangupRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     timestamp: int = 0
 
 
-CallEvent = CallConnect | CallTerminate | CallStatus | HangupRequest
+class TransferRequestEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="transfer"):
+    """Not from Meta: an integrator (HTTP API) asked that the call's app hand the caller to a person."""
+
+    call_id: str
+    queue: str
+    reason: str = ""
+    context: dict[str, str] = {}
+    request_id: str = ""
+    timestamp: int = 0
+
+
+CallEvent = CallConnect | CallTerminate | CallStatus | HangupRequest | TransferRequestEvent
 
 
 class CaptureRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -178,6 +178,8 @@ def event_kind(event: CallEvent) -> str:
             return "status"
         case HangupRequest():
             return "hangup"
+        case _:  # TransferRequestEvent (worker/handoff)
+            return "transfer"
 
 
 class MailboxItem:

@@ -27,7 +27,14 @@ from worker.apps.api import App, CallEnded, CallInfo, MediaCall
 from worker.capture import Capture, CaptureError
 from worker.crashpoints import crash_point
 from worker.errors import CallhookError, GraphError
-from worker.events import CallConnect, CallEvent, CallStatus, CallTerminate, HangupRequest
+from worker.events import (
+    CallConnect,
+    CallEvent,
+    CallStatus,
+    CallTerminate,
+    HangupRequest,
+    TransferRequestEvent,
+)
 from worker.graph import GraphClient
 from worker.handoff.transfer import Fallback, Handoff
 from worker.handoff.wire import TransferRequest
@@ -434,6 +441,25 @@ class CallSession:
         else:
             self._post(finished)
 
+    def _transfer_from_api(self, event: TransferRequestEvent) -> None:
+        """POST /v1/calls/{id}/transfer: the app stops where it is and the caller waits for a person."""
+        task = self._app_task
+        if task is None or task.done() or self._deps.handoff is None:
+            log.warning("transfer request ignored: the call has no running app")
+            return
+        request = TransferRequest(queue=event.queue, reason=event.reason, context=dict(event.context))
+        log.info("transfer requested through the API", extra={"queue": event.queue})
+        self._app_task = self._spawn("app", self._serve_transfer(task, request))
+
+    async def _serve_transfer(self, app: asyncio.Task[None], request: TransferRequest) -> None:
+        app.cancel()
+        await asyncio.wait({app})
+        assert self._media is not None
+        self._media.clear()
+        self._transfer = request
+        if not await self._handed_off(self._media_call()):
+            self._post(machine.AppFinished())
+
     async def _handed_off(self, call: MediaCall) -> bool:
         """The app transferred the call: wait for an agent (worker/handoff). True when the app runs again."""
         request, self._transfer = self._transfer, None
@@ -539,6 +565,10 @@ class CallSession:
                 return
 
     def _apply_mailbox(self, item: MailboxItem) -> None:
+        if isinstance(item.event, TransferRequestEvent):  # not the state machine's: the app's part ends
+            self._spawn("ack", item.ack())
+            self._transfer_from_api(item.event)
+            return
         event = _machine_event(item.event, self.info.direction)
         if event is None:
             self._spawn("ack", item.ack())

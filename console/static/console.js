@@ -56,6 +56,7 @@ function renderBoard() {
   const rows = $("waiting-rows");
   rows.replaceChildren();
   $("queues-empty").hidden = state.board.length > 0;
+  $("waiting").hidden = state.board.length === 0;
   for (const call of state.board) {
     const row = document.createElement("tr");
     row.dataset.callId = call.call_id;

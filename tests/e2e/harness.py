@@ -176,6 +176,7 @@ async def deploy(
     workers: int,
     worker_env: Mapping[str, str] | None = None,
     timing: CallTiming | None = None,
+    ingress_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Deployment]:
     """Start ingress + ``workers`` workers + the simulator; stop them in reverse (workers drain first, while
     the simulator still answers their Graph requests)."""
@@ -186,6 +187,7 @@ async def deploy(
         log_dir=log_dir,
         workers=workers,
         worker_env=dict(worker_env or {}),
+        ingress_env=dict(ingress_env or {}),
     )
     config = SimulatorConfig(
         app_secret=APP_SECRET,

@@ -198,9 +198,11 @@ def test_probes_point_at_real_ports_and_paths(
             if probe in container:
                 assert container[probe]["httpGet"]["port"] in ports, f"{probe} on an undeclared port"
         env = env_of(container)
-        port_setting = {"ingress": "CALLHOOK_INGRESS_PORT", "worker": "CALLHOOK_METRICS_PORT"}[
-            container["name"]
-        ]
+        port_setting = {
+            "ingress": "CALLHOOK_INGRESS_PORT",
+            "worker": "CALLHOOK_METRICS_PORT",
+            "console": "CALLHOOK_CONSOLE_PORT",
+        }[container["name"]]
         # The process listens where the probes and the Service look.
         assert int(env[port_setting]["value"]) == next(iter(ports.values()))
         assert container["args"] == [container["name"]]
@@ -282,7 +284,7 @@ PENDING_SETTINGS: dict[tuple[str, str], str] = {}
 
 def test_chart_sets_only_settings_the_code_reads(rendered_scenarios: dict[str, c.Rendered]) -> None:
     """Every CALLHOOK_* variable the chart sets is read by the component's config module (catches typos)."""
-    sources = {name: (c.ROOT / name / "config.py").read_text() for name in ("ingress", "worker")}
+    sources = {name: (c.ROOT / name / "config.py").read_text() for name in ("ingress", "worker", "console")}
     unread = set()
     for rendered in rendered_scenarios.values():
         for _, spec in pod_specs(rendered):

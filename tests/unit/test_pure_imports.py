@@ -25,6 +25,7 @@ PURE_MODULES = [
     "ingress.commands", "ingress.idempotency", "ingress.throttle",
     "worker.capture", "worker.meta_codes", "worker.transcript",
     "callhook.call_settings", "simulator.call_settings",
+    "console.config",
 ]  # fmt: skip
 FORBIDDEN = {"aiohttp", "aio_pika", "aiortc", "prometheus_client", "asyncio"}
 

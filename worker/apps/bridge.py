@@ -44,7 +44,14 @@ from worker.apps.bridge_config import BridgeSettings
 from worker.apps.bridge_link import AgentFailed, AgentLink, AgentUnavailable
 from worker.apps.bridge_pcm import PcmStream
 from worker.apps.bridge_playout import Playout
-from worker.apps.bridge_protocol import AgentAudio, AgentClear, AgentMark, AgentStream, StopReason
+from worker.apps.bridge_protocol import (
+    AgentAudio,
+    AgentClear,
+    AgentMark,
+    AgentStream,
+    AgentTransfer,
+    StopReason,
+)
 from worker.apps.bridge_twilio import TwilioStream
 from worker.apps.play import open_wav, to_mono
 
@@ -158,6 +165,7 @@ class PreparedBridge:
         self._playout: Playout | None = None
         self._ignored = 0
         self._digits_sent = 0
+        self._transfer: AgentTransfer | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -221,6 +229,10 @@ class PreparedBridge:
         )
         if ending is _CALLER_GONE:
             await self._link.finish(self._stream.stop(StopReason.CALL_ENDED))
+        elif self._transfer is not None:
+            await self._link.finish(self._stream.stop(StopReason.TRANSFERRED))
+            t = self._transfer
+            await call.transfer(t.queue, reason=t.reason, context=t.context)
         elif ending is _AGENT_CLOSED:
             await self._link.close()
             await _ignoring_call_end(call.hangup())
@@ -300,6 +312,9 @@ class PreparedBridge:
                 case AgentClear():
                     for name in playout.clear():
                         await link.send(stream.mark(name, cleared=True), text=True)
+                case AgentTransfer():
+                    self._transfer = event
+                    return _Ending("transferred", f"to queue {event.queue}")
                 case _:
                     self._ignored += 1
                     if self._ignored == 1 or self._ignored % 1000 == 0:

@@ -7,7 +7,9 @@ For agents that want better than telephone audio. Specified in docs/bridge.md; i
   presses a key, ``{"type": "mark", "name": ..., "cleared": false|true}`` as the agent's marks are played (or
   dropped by a clear), ``{"type": "stop", "reason": ...}`` last.
 * agent → bridge: binary frames of audio to play (a byte stream: frames of any length, even odd ones, are
-  joined), ``{"type": "mark", "name": ...}`` and ``{"type": "clear"}``. Anything else is ignored.
+  joined), ``{"type": "mark", "name": ...}``, ``{"type": "clear"}`` and ``{"type": "transfer", "queue": ...,
+  "reason": ..., "context": {...}}`` (the caller waits for a person; the stream stops). Anything else is
+  ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import uuid
 import msgspec
 
 from worker.apps.api import CallInfo, Digit
-from worker.apps.bridge_protocol import AgentAudio, AgentClear, AgentEvent, AgentIgnored, AgentMark
+from worker.apps.bridge_protocol import (
+    AgentAudio,
+    AgentClear,
+    AgentEvent,
+    AgentIgnored,
+    AgentMark,
+    AgentTransfer,
+)
 
 PROTOCOL = "callhook-pcm"
 VERSION = 1
@@ -68,6 +77,9 @@ class _Stop(msgspec.Struct, kw_only=True, tag_field="type", tag="stop"):
 class _AgentMessage(msgspec.Struct):
     type: str = ""  # an unknown type is ignored, not an error
     name: str = ""
+    queue: str = ""  # transfer
+    reason: str = ""
+    context: dict[str, str] = {}
 
 
 _encoder = msgspec.json.Encoder()
@@ -125,6 +137,10 @@ class PcmStream:
         if message.type == "clear":
             self._odd_byte = b""
             return AgentClear()
+        if message.type == "transfer":
+            if not message.queue:
+                return AgentIgnored("transfer without a queue")
+            return AgentTransfer(message.queue, message.reason, dict(message.context))
         return AgentIgnored(f"type {message.type[:40]!r} is not handled")
 
     def decode_binary(self, data: bytes) -> AgentEvent:

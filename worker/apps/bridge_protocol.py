@@ -11,7 +11,7 @@ is text or binary as the protocol says (:attr:`AgentStream.audio_is_text`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from worker.apps.api import Digit
@@ -43,12 +43,22 @@ class AgentIgnored:
     reason: str
 
 
-AgentEvent = AgentAudio | AgentMark | AgentClear | AgentIgnored
+@dataclass(frozen=True, slots=True)
+class AgentTransfer:
+    """Hand the caller to a person waiting in ``queue`` (worker/handoff): the agent's stream ends."""
+
+    queue: str
+    reason: str = ""
+    context: dict[str, str] = field(default_factory=dict)
+
+
+AgentEvent = AgentAudio | AgentMark | AgentClear | AgentIgnored | AgentTransfer
 
 
 class StopReason:
     CALL_ENDED = "call_ended"  # the caller hung up, or the call was ended on the business side
     NOT_ANSWERED = "not_answered"  # prepared for a call that was then rejected or abandoned before accept
+    TRANSFERRED = "transferred"  # the agent handed the caller to a person (pcm ``transfer``)
 
 
 class AgentStream(Protocol):
