@@ -30,6 +30,6 @@ def test_the_setting(value: str | None, wanted: bool) -> None:
 
 
 def test_the_worker_reads_the_setting() -> None:
-    base = {"CALLHOOK_ACCESS_TOKEN": "token"}
+    base = {"CALLHOOK_ACCESS_TOKEN": "test-access-token-0123456789"}
     assert load_worker_config(base).uvloop is True
     assert load_worker_config(base | {"CALLHOOK_UVLOOP": "false"}).uvloop is False
