@@ -11,18 +11,8 @@ same code runs under the real loop and in a test that simulates a minute of a lo
 Over a sliding window (2 s) the smallest ``d`` is what the network does on a good day; a packet's *relative
 delay* is how much later than that it arrived. The *target delay* is a high quantile (97 %) of the relative
 delays in the window, clamped to ``min_target_delay``..``max_target_delay`` (libWebRTC's NetEQ sizes its
-target the same way). On a clean link the relative delays are ~0, so the target is the floor and a packet
-waits the floor plus the phase of the tick (0-20 ms). (Settings are in seconds.)
-
-*The floor is one frame (20 ms).* A busy machine (the worker's loop, or the phone's) now and then handles a
-single packet 10-20 ms late: too rarely for the 97 % quantile to see, so only the floor covers it. With a
-10 ms floor the playout delay sits anywhere in 10-30 ms depending on where the tick falls in the sender's
-20 ms, and at the phases that put it below 20 ms those packets arrived after their turn and were concealed
-(one PLC frame and one late packet each: a loaded test machine failed its echo checks). One frame of floor
-covers them at every phase, and lets Opus FEC recover an isolated loss on a clean link (the next packet is
-there in time); it costs ~10 ms of delay. Longer stalls of the sending side (a phone that sends nothing for
-50-200 ms, then a burst) are not helped by the floor: they cost concealment or, once they recur, delay (see
-peaks below).
+target the same way). On a clean link the relative delays are ~0, so the target is the floor (10 ms) and a
+packet waits the floor plus the phase of the tick (0-20 ms): about one frame. (Settings are in seconds.)
 
 *Stalls are peaks, not jitter.* A link that stalls and then flushes its queue delivers a dozen packets at
 once, with delays from the stall's length down to nothing. Packets arriving together (``burst_gap``) count
@@ -138,7 +128,7 @@ HELD = Playout(PlayoutKind.SILENCE, None, 0)
 class JitterSettings:
     clock_rate: int = 48000  # RTP clock of the payload (Opus: always 48000)
     frame_samples: int = 960  # one playout tick, in RTP clock units (20 ms)
-    min_target_delay: float = 0.020  # seconds: floor of the target, one frame (scheduling noise of both ends)
+    min_target_delay: float = 0.010  # seconds: floor of the target (scheduling noise of both ends)
     max_target_delay: float = 0.300  # seconds: a link worse than this gets concealment, not more delay
     max_delay: float = 0.500  # seconds: beyond this the buffer resyncs at once (a stalled tick)
     delay_quantile: float = 0.97  # share of packets that should arrive before their playout time
