@@ -61,16 +61,18 @@ States, as a table (``pop`` decides, ``put`` only stores and measures)::
     any     --(new SSRC, a sequence jump > max_dropout, a timeline jump)---------> WAITING, stream reset
 
 *Other payloads share the sequence.* An RFC 4733 telephone event (a keypad press) is sent on the audio's SSRC
-and numbered in the audio's RTP sequence (RFC 4733 2.1, RFC 3550 5.1), between the audio packets or instead
-of them while the key is held. The media session routes those packets elsewhere and tells the buffer about
-each one with :meth:`JitterBuffer.skip`: its sequence number is then not a lost audio packet (not counted
-in ``packets_expected``/``packets_lost``, so it does not lower the MOS), a hole made only of such numbers is
-not a frame to conceal or to wait for (a timestamp gap across it is a pause, as in DTX: SILENCE, then the
-audio is timed afresh), and an empty buffer right after one means the audio paused for the event, not that
-it is late. Loss stays detected by sequence number, not by timestamp: timestamps jump legitimately (DTX,
-talkspurts, events replacing audio), so only the sequence tells a lost packet from one never sent; the buffer
-just has to know which numbers were not audio. (aiortc's RTCP receiver reports count every packet of the
-SSRC, events included, as RFC 3550 wants: they stay right on their own.)
+and numbered in the audio's RTP sequence (RFC 4733; RFC 3550: one sequence per SSRC), between the audio
+packets or instead of them while the key is held. The media session routes those packets elsewhere and tells
+the buffer about each one with :meth:`JitterBuffer.skip`: its sequence number is then not a lost audio packet
+(not counted in ``packets_expected``/``packets_lost``, so it does not lower the MOS), a hole made only of such
+numbers is not a frame to conceal or to wait for (a timestamp gap across it is a pause, as in DTX: SILENCE,
+then the audio is timed afresh), and an empty buffer right after one means the audio paused for the event, not
+that it is late (the cost: an audio packet lost just after an event plays as one frame of silence, not PLC;
+and an event packet the network lost still counts as a lost packet: nothing says it was not audio). Loss stays
+detected by sequence number, not by timestamp: timestamps jump legitimately (DTX, talkspurts, events replacing
+audio), so only the sequence tells a lost packet from one never sent; the buffer just has to know which
+numbers were not audio. (aiortc's RTCP receiver reports count every packet of the SSRC, events included, as
+RFC 3550 wants: they stay right on their own.)
 
 The play position is a timestamp: PLC over an empty buffer uses up time, not sequence numbers, so a packet is
 late when its timestamp is behind the play position (or its sequence number behind the last one played).
