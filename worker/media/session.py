@@ -569,6 +569,8 @@ class MediaSession:
             arrival=arrival,
         )
         if rtp.payload_type == self._telephone_event_pt:
+            # Numbered in the audio's sequence (RFC 4733): the jitter buffer must not take it for lost audio.
+            self._jitter.skip(packet)
             callback = self.on_telephone_event
             if callback is not None:
                 callback(packet)
