@@ -22,7 +22,7 @@ from tests.support.voice_agent import VoiceAgent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
-API_TOKEN = "handoff-api-token"
+API_TOKEN = "handoff-api-token-0123456789"
 TIMING = CallTiming(start_silence_seconds=20.0, midcall_silence_seconds=20.0)
 
 
