@@ -40,6 +40,10 @@ class CallLine:
     accept_ms: float | None
     heard: str
     round_trip_ms: float | None
+    # what reached the caller's socket (simulator/heard.py): echo delay per tone burst, packets lost, MOS
+    delay_heard_ms: float | None = None
+    loss_percent: float | None = None
+    mos: float | None = None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -165,6 +169,7 @@ async def _talk(sim: Simulator, call: SimulatedCall, hold: float, *, hang_up: bo
     except TimeoutError:
         pass
     report = call.audio_report()
+    heard = call.phone.heard_report()
     if hang_up and not call.ended:
         await call.hangup()
     await call.wait_ended(timeout=20)
@@ -179,6 +184,9 @@ async def _talk(sim: Simulator, call: SimulatedCall, hold: float, *, hang_up: bo
         accept_ms=_ms(accept.received_at - sent) if accept and sent else None,
         heard=f"yes ({report.correlation:.2f})" if report.matched else "no",
         round_trip_ms=_ms(report.round_trip_seconds) if report.round_trip_seconds else None,
+        delay_heard_ms=_ms(heard.delay_median_seconds),
+        loss_percent=round(100 * heard.loss_fraction, 1),
+        mos=heard.mos,
     )
 
 
@@ -194,14 +202,18 @@ def _ms(seconds: float | None) -> float | None:
 
 def _print_calls(lines: list[CallLine]) -> None:
     print(f"{'call id':<40} {'direction':<9} {'outcome':<10} {'pre_accept':>10} {'accept':>8} "
-          f"{'heard itself':>13} {'round trip':>10}")  # fmt: skip
+          f"{'heard itself':>13} {'round trip':>10} {'delay heard':>11} {'loss':>6} {'MOS':>4}")  # fmt: skip
     for line in lines:
+        loss = "-" if line.loss_percent is None else f"{line.loss_percent:.1f}%"
+        mos = "-" if line.mos is None else f"{line.mos:.1f}"
         print(
             f"{line.call_id[:40]:<40} {line.direction:<9} {line.outcome:<10} {_fmt(line.pre_accept_ms):>10} "
-            f"{_fmt(line.accept_ms):>8} {line.heard:>13} {_fmt(line.round_trip_ms):>10}"
+            f"{_fmt(line.accept_ms):>8} {line.heard:>13} {_fmt(line.round_trip_ms):>10} "
+            f"{_fmt(line.delay_heard_ms):>11} {loss:>6} {mos:>4}"
         )
     print("(pre_accept/accept: ms from Meta sending the connect webhook to the Graph API request; "
-          "round trip: the caller's audio back at the caller through the echo app)")  # fmt: skip
+          "round trip: the caller's audio back at the caller through the echo app;\n delay heard, loss, MOS: "
+          "at the caller's socket, per tone burst and packet, before the phone's jitter buffer)")  # fmt: skip
 
 
 def _fmt(ms: float | None) -> str:
