@@ -12,6 +12,8 @@ import os
 import platform
 import re
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,3 +142,18 @@ class LagProbe:
             expected = loop.time() + self.interval_seconds
             await asyncio.sleep(self.interval_seconds)
             self.samples.append(max(0.0, loop.time() - expected))
+
+
+def wait_ready(port: int, timeout_seconds: float = 30.0) -> None:
+    """Until ``http://127.0.0.1:<port>/readyz`` answers 200 (a server process the bench started)."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server on {port} not ready after {timeout_seconds} s")
+        time.sleep(0.05)

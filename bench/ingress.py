@@ -40,8 +40,6 @@ import os  # noqa: E402
 import platform  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
 from collections import deque  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -49,6 +47,8 @@ from multiprocessing.connection import Connection  # noqa: E402
 from typing import Any  # noqa: E402
 
 import psutil  # noqa: E402
+
+from bench._common import wait_ready  # noqa: E402
 
 SECRET = "bench-app-secret"
 MAX_OPEN_LOOP_CONNECTIONS = 1024
@@ -365,20 +365,6 @@ def _free_port() -> int:
         return port
 
 
-def _wait_ready(port: int, timeout_seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server on {port} not ready after {timeout_seconds} s")
-        time.sleep(0.05)
-
-
 def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
@@ -425,7 +411,7 @@ def _start(ctx: Any, target: str, port: int, amqp_url: str) -> multiprocessing.p
         target=_serve_bare if target == "bare" else _serve_ingress, args=args
     )
     process.start()
-    _wait_ready(port)
+    wait_ready(port)
     return process
 
 

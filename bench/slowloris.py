@@ -43,7 +43,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from multiprocessing.connection import Connection  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench._common import machine, ms, percentile, private_vhost, table  # noqa: E402
+from bench._common import machine, ms, percentile, private_vhost, table, wait_ready  # noqa: E402
 
 SECRET = "slowloris-app-secret"
 WARMUP_SECONDS = 1.0
@@ -96,20 +96,6 @@ def _serve(port: int, amqp_url: str, settings: dict[str, str]) -> None:
     )
     setup_logging("ingress", config.log_level, config.log_format)
     run(config)
-
-
-def _wait_ready(port: int, timeout_seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"ingress on {port} not ready after {timeout_seconds} s")
-        time.sleep(0.05)
 
 
 def _scrape_retrying(port: int) -> dict[str, float]:
@@ -347,7 +333,7 @@ def main() -> int:
         server = ctx.Process(target=_serve, args=(port, amqp_url, settings))
         server.start()
         try:
-            _wait_ready(port)
+            wait_ready(port)
             baseline_p99 = float("nan")
             first = 0
             asyncio.run(_meta(port, args.rate, 2.0, args.pool, 10**6))  # warm-up, not reported
