@@ -286,3 +286,30 @@ def header_int(headers: dict[str, Any], key: str, default: int = 0) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return default
+
+
+class SessionServer(Supervised):
+    """A long-lived part that serves each broker session of an :class:`AmqpLink` in turn.
+
+    :meth:`_serve` runs until its session ends; a :class:`TransientError` it raises is logged and aborts that
+    session (the link reconnects and :meth:`_serve` runs again on the next one). ``purpose`` names the part in
+    those log lines and the abort reason.
+    """
+
+    def __init__(self, task_name: str, link: AmqpLink, purpose: str) -> None:
+        super().__init__(task_name)
+        self._link = link
+        self._purpose = purpose
+
+    async def _serve(self, session: Session) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        session: Session | None = None
+        while True:
+            session = await self._link.wait_session(after=session)
+            try:
+                await self._serve(session)
+            except TransientError as exc:
+                log.warning(f"{self._purpose} lost its channel", extra={"error": str(exc)})
+                session.abort(f"{self._purpose} failed")

@@ -39,12 +39,11 @@ from ingress.commands import (
     is_user_id,
     utf8_length,
 )
-from worker.amqp import AMQP_FAILURES, AmqpLink, Session, settle
+from worker.amqp import AMQP_FAILURES, AmqpLink, Session, SessionServer, settle
 from worker.errors import TransientError
 from worker.events import DialRequest, dial_decoder
 from worker.metrics import WorkerMetrics
 from worker.ownership import Ownership, Reservation
-from worker.supervised import Supervised
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +51,14 @@ Ack = Callable[[], Awaitable[None]]
 StartDial = Callable[[DialRequest, Reservation, Ack], None]
 
 
-class DialIntake(Supervised):
+class DialIntake(SessionServer):
     """``async with DialIntake(link, ownership, start_dial, metrics)``: follows the ownership's room and
     draining (:meth:`Ownership.watch_room`), so it takes dials exactly while a call could be owned."""
 
     def __init__(
         self, link: AmqpLink, ownership: Ownership, start_dial: StartDial, metrics: WorkerMetrics
     ) -> None:
-        super().__init__("dial-intake")
-        self._link = link
+        super().__init__("dial-intake", link, "dial intake")
         self._ownership = ownership
         self._start_dial = start_dial
         self._metrics = metrics
@@ -82,16 +80,6 @@ class DialIntake(Supervised):
         else:
             self._room.clear()
             self._full.set()
-
-    async def _run(self) -> None:
-        session: Session | None = None
-        while True:
-            session = await self._link.wait_session(after=session)
-            try:
-                await self._serve(session)
-            except TransientError as exc:
-                log.warning("dial intake lost its channel", extra={"error": str(exc)})
-                session.abort("dial intake failed")
 
     async def _serve(self, session: Session) -> None:
         channel = await session.channel(prefetch=1)

@@ -34,12 +34,11 @@ import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from ingress import contract
-from worker.amqp import AMQP_FAILURES, AmqpLink, Session, publish, settle
+from worker.amqp import AMQP_FAILURES, AmqpLink, Session, SessionServer, publish, settle
 from worker.archive import Archived, Archiver
 from worker.errors import TransientError
 from worker.events import CallMediaReady, media_ready_decoder
 from worker.metrics import WorkerMetrics
-from worker.supervised import Supervised
 from worker.transcript import Transcript, TranscriptError, decode_transcript
 
 log = logging.getLogger(__name__)
@@ -110,25 +109,14 @@ def media_event(
     )
 
 
-class MediaReadyConsumer(Supervised):
+class MediaReadyConsumer(SessionServer):
     """``async with MediaReadyConsumer(link, archiver, metrics)``: judges ``callhook.media`` while it holds
     the queue's single active consumer (module docstring)."""
 
     def __init__(self, link: AmqpLink, archiver: Archiver | None, metrics: WorkerMetrics) -> None:
-        super().__init__("media-ready")
-        self._link = link
+        super().__init__("media-ready", link, "media consumer")
         self._archiver = archiver
         self._metrics = metrics
-
-    async def _run(self) -> None:
-        session: Session | None = None
-        while True:
-            session = await self._link.wait_session(after=session)
-            try:
-                await self._serve(session)
-            except TransientError as exc:
-                log.warning("media consumer lost its channel", extra={"error": str(exc)})
-                session.abort("media consumer failed")
 
     async def _serve(self, session: Session) -> None:
         channel = await session.channel(prefetch=1)
