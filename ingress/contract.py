@@ -43,7 +43,9 @@ DIALS_QUEUE: Final = "callhook.dials"
 MEDIA_QUEUE: Final = "callhook.media"
 MEDIA_SEEN_PREFIX: Final = "callhook.media.seen."
 MAILBOX_PREFIX: Final = "callhook.call."
-ANSWER_MARKER_PREFIX: Final = "callhook.answer."
+# Quorum queues since the cluster drill (a classic marker died with its node); a new prefix, so a marker of
+# the classic era never meets a quorum declare (PRECONDITION_FAILED) during a rolling upgrade.
+ANSWER_MARKER_PREFIX: Final = "callhook.answered."
 
 # Message headers (AMQP header table keys)
 HEADER_RECEIVED_AT: Final = "x-callhook-received-at"  # float unix seconds at the ingress
@@ -150,8 +152,14 @@ _MAX_QUEUE_NAME_BYTES = 255
 
 
 def mailbox_arguments(expires_ms: int = MAILBOX_EXPIRES_MS) -> Arguments:
-    """Arguments of a call's mailbox and answer marker: classic, deleted once unused for ``expires_ms``."""
+    """Arguments of a call's mailbox: classic, deleted once unused for ``expires_ms``."""
     return {"x-queue-type": "classic", "x-expires": expires_ms}
+
+
+def answer_marker_arguments(expires_ms: int = MAILBOX_EXPIRES_MS) -> Arguments:
+    """Arguments of a call's answer marker: a quorum queue (replicated: it outlives any one broker node,
+    and its record is read through its Raft leader), deleted once unused for ``expires_ms``."""
+    return {"x-queue-type": "quorum", "x-expires": expires_ms}
 
 
 def answer_marker_queue(call_id: str) -> str:

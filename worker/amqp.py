@@ -134,6 +134,23 @@ class AmqpLink(Supervised):
         self.connects = 0
         self.failed_connects = 0
 
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def sibling(self, name: str) -> AmqpLink:
+        """A second link to the same brokers, with the same timeouts, that prepares nothing: a connection of
+        its own for requests whose failure the broker answers by closing the connection."""
+        return AmqpLink(
+            ",".join(self._urls),
+            name=name,
+            connect_timeout_seconds=self._connect_timeout_seconds,
+            rpc_timeout_seconds=self._rpc_timeout_seconds,
+            retry_min_seconds=self._retry[0],
+            retry_max_seconds=self._retry[1],
+            prepare=None,
+        )
+
     def close(self) -> None:
         """Stop reconnecting and close the connection (idempotent; completes in ``__aexit__``)."""
         super().close()

@@ -9,12 +9,15 @@ Theory of operation (docs/routing.md has the why):
   is refused (ACCESS_REFUSED, which closes only that worker's claim channel): the broker is the lock. When the
   owner's connection dies its consumer goes, but the queue and its binding stay: the call's events wait there,
   and the owner consumes the mailbox again when it reconnects (:meth:`Ownership.reclaim`).
-- **The answer marker** ``callhook.answer.X`` fences a takeover. Before the owner sends Meta anything that
+- **The answer marker** ``callhook.answered.X`` fences a takeover. Before the owner sends Meta anything that
   answers or refuses an incoming call (``pre_accept``, ``reject``), it publishes, with a confirm, a record
-  into the marker (:meth:`Claim.fence`). A worker that takes a mailbox over (its owner lost its connection
-  before settling the connect, so the connect was redelivered) declares the marker after its exclusive consume
-  succeeded: a record there means the call may have been answered, so it is ended (``on_abandoned``), never
-  answered twice; no record means nothing was sent to Meta, so it is answered.
+  into the marker (:meth:`Claim.fence`), a *quorum* queue: the record survives the loss of any one broker
+  node. Every claim reads the marker after its exclusive consume succeeded (:func:`read_marker`): no such
+  queue (queue metadata is replicated on every node) or no record means nothing was sent to Meta, so the call
+  is answered; a record means it may have been answered, so it is ended (``on_abandoned``), never answered
+  twice. The record is read with ``basic.get`` (through the queue's Raft leader), never from a declare's
+  message count, which a quorum queue reports as 0 while it elects a new leader. The marker is created in the
+  background while the call's answer SDP is made (:meth:`Claim.prepare_fence`): a Raft group costs ~17 ms.
 - **A connect is settled (acked) only once the call is safely answered or refused** (:meth:`Claim.settle`,
   called after ``accept``, or at release): a worker that dies before leaves the connect to another worker.
 - **Unowned events** reach ``callhook.calls.unclaimed`` through the alternate exchange. A worker consumes it
@@ -108,6 +111,11 @@ class OwnershipSettings:
     # (its reconnect backs off up to 5 s). The connect is put back (delayed, RETRY_DELAY_MS each) this many
     # times before the call is given up as abandoned: about 10 s.
     abandon_grace_attempts: int = 40
+
+
+# A fence whose marker refuses the record (a quorum queue electing a leader after a node loss) is retried
+# this often, within the caller's deadline, while the claim holds.
+FENCE_RETRY_SECONDS = 0.25
 
 
 class ClaimLost(TransientError):
@@ -240,6 +248,7 @@ class Claim:
         self._seen_connect = False
         self._connect: AbstractIncomingMessage | None = None  # the unclaimed connect, acked by settle()
         self._fenced = False
+        self._marker_declared: asyncio.Future[None] | None = None  # prepare_fence()
         self.answered_before = False  # the answer marker held a record when this claim was made
         self._items: deque[MailboxItem] = deque()
         self._wakeup = asyncio.Event()
@@ -299,32 +308,65 @@ class Claim:
         call: a worker that takes the mailbox over later finds the record and never answers the call again.
         Raises :class:`ClaimLost` when the claim is lost: another worker may be answering the call then, so
         send Meta nothing (or :meth:`Ownership.reclaim` first and fence the new claim). Idempotent."""
-        if self._fenced:
-            return
-        if self._lost.is_set() or self._released:
-            raise ClaimLost(f"claim on {self.call_id} lost before it was fenced")
-        try:
-            await self._write_marker()
-        except TransientError as exc:
-            raise ClaimLost(f"claim on {self.call_id} lost while fencing: {exc}") from exc
-        # The confirm arrived on this channel after any close the broker sent on it: still not lost means the
-        # record was written while this worker held the mailbox.
-        if self._lost.is_set():
-            raise ClaimLost(f"claim on {self.call_id} lost while fencing")
-        self._fenced = True
+        while not self._fenced:
+            if self._lost.is_set() or self._released:
+                raise ClaimLost(f"claim on {self.call_id} lost before it was fenced")
+            try:
+                await self._write_marker()
+            except TransientError as exc:
+                if self._lost.is_set() or self._released:
+                    raise ClaimLost(f"claim on {self.call_id} lost while fencing: {exc}") from exc
+                # The claim holds, the marker does not take the record yet: a broker node just died and the
+                # marker is electing a leader (the publish is nacked). Bounded by the caller's deadline.
+                log.info("answer marker not writable yet", extra={"call_id": self.call_id, "error": str(exc)})
+                self._owner.metrics.claims.labels(outcome="fence_retried").inc()
+                await asyncio.sleep(FENCE_RETRY_SECONDS)
+                continue
+            # The confirm arrived on this connection after any close the broker sent on it: still not lost
+            # means the record was written while this worker held the mailbox.
+            if self._lost.is_set():
+                raise ClaimLost(f"claim on {self.call_id} lost while fencing")
+            self._fenced = True
+
+    def prepare_fence(self) -> None:
+        """Start declaring the answer marker now, in the background, so that :meth:`fence` only has to
+        publish: a quorum queue's Raft group takes longer to create than the answer SDP takes to make."""
+        if self._marker_declared is None and not self._fenced:
+            self._marker_declared = asyncio.ensure_future(self._declare_marker())
+            self._marker_declared.add_done_callback(_retrieve)
 
     async def _write_marker(self) -> None:
-        """Declare the answer marker (it exists unless a broker node lost it) and publish one record into it,
+        """Declare the answer marker (unless :meth:`prepare_fence` did) and publish one record into it,
         confirmed. Raises :class:`TransientError`."""
+        declared, self._marker_declared = self._marker_declared, None
+        ready = False
+        if declared is not None:
+            try:
+                await declared
+                ready = True
+            except TransientError:  # declared again below
+                pass
+        if not ready:
+            await self._declare_marker()
         timeout = self._owner._settings.rpc_timeout_seconds
+        record = aio_pika.Message(b"answering", delivery_mode=DeliveryMode.PERSISTENT)
         marker = contract.answer_marker_queue(self.call_id)
+        await publish(self._channel.default_exchange, record, marker, confirm_timeout_seconds=timeout)
+
+    async def _declare_marker(self) -> None:
+        """Declare the answer marker on a channel of its own: a refused declare (a quorum queue between two
+        leaders) closes its channel, and that must not be the claim's."""
+        marker = contract.answer_marker_queue(self.call_id)
+        session = self._live.session
+        channel = await session.channel(confirms=False, critical=False)
         try:
-            async with asyncio.timeout(timeout):
-                await self._channel.declare_queue(marker, durable=True, arguments=self._owner._arguments)
+            async with asyncio.timeout(session.rpc_timeout_seconds):
+                arguments = self._owner._marker_arguments
+                await channel.declare_queue(marker, durable=True, arguments=arguments)
         except AMQP_FAILURES as exc:
             raise TransientError(f"cannot declare {marker}: {exc!r}") from exc
-        record = aio_pika.Message(b"answering", delivery_mode=DeliveryMode.PERSISTENT)
-        await publish(self._channel.default_exchange, record, marker, confirm_timeout_seconds=timeout)
+        finally:
+            await session.close_channel(channel)
 
     async def settle(self) -> None:
         """Ack the unclaimed connect this claim was made for (idempotent; nothing for other claims). Until
@@ -494,6 +536,9 @@ class Ownership(Supervised):
         self._settings = settings
         self._clock = clock
         self._live: _Live | None = None
+        # Answer markers are read on a connection of their own: RabbitMQ 3.x answers a basic.get on a quorum
+        # queue whose leader's node just died with INTERNAL_ERROR, which closes the whole connection.
+        self._marker_link = link.sibling(f"{link.name}-markers")
         self._ready = asyncio.Event()
         self._in_use = 0
         self._draining = False
@@ -505,8 +550,27 @@ class Ownership(Supervised):
         # connect of a call held here is never claimed again, not even after the connection changed.
         self._calls: dict[str, Claim] = {}
         self._arguments: dict[str, Any] = dict(contract.mailbox_arguments(settings.mailbox_expires_ms))
+        self._marker_arguments: dict[str, Any] = dict(
+            contract.answer_marker_arguments(settings.mailbox_expires_ms)
+        )
         metrics.calls_capacity.set(settings.capacity)
         self._adjust(0)
+
+    async def __aenter__(self) -> Self:
+        await self._marker_link.__aenter__()
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            await self._marker_link.__aexit__(None, None, None)
+            raise
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await super().__aexit__(exc_type, exc, tb)
+        finally:
+            await self._marker_link.__aexit__(None, None, None)
 
     def close(self) -> None:
         """Stop consuming (idempotent). Claims still held become lost when the link closes the connection."""
@@ -784,6 +848,8 @@ class Ownership(Supervised):
             self.metrics.dropped_events.labels(reason="duplicate").inc()
             return True
         crash_point("after_claim")
+        if not claim.answered_before:
+            claim.prepare_fence()
         if claim.answered_before:
             # Its owner lost its connection after fencing: it may have answered; never answer twice. It may
             # also be only cut off: give it time to come back and consume its mailbox again first.
@@ -911,11 +977,11 @@ class Ownership(Supervised):
                 queue = await channel.declare_queue(name, arguments=self._arguments)
                 await queue.bind(contract.CALLS_EXCHANGE, routing_key=call_id)
                 await queue.consume(claim._on_message, exclusive=True)
-                if check_marker:
-                    marker = await channel.declare_queue(
-                        contract.answer_marker_queue(call_id), durable=True, arguments=self._arguments
-                    )
-                    claim.answered_before = (marker.declaration_result.message_count or 0) > 0
+            if check_marker:
+                claim.answered_before = await self._read_marker(call_id)
+        except TransientError:
+            await session.close_channel(channel)
+            raise
         except ChannelAccessRefused:
             await session.close_channel(channel)
             return None
@@ -935,6 +1001,14 @@ class Ownership(Supervised):
         else:
             live.claims[call_id] = claim
         return claim
+
+    async def _read_marker(self, call_id: str) -> bool:
+        try:
+            async with asyncio.timeout(self._settings.rpc_timeout_seconds):
+                session = await self._marker_link.wait_session()
+        except TimeoutError as exc:
+            raise TransientError("no broker connection to read an answer marker on") from exc
+        return await read_marker(session, call_id)
 
     def _bury_later(self, claim: Claim) -> None:
         claim._live.spawn(self._bury(claim))
@@ -1024,6 +1098,39 @@ class Ownership(Supervised):
             return
         self.metrics.dead_letters.labels(source=DEAD_SOURCE, reason="undecodable_call_event").inc()
         await settle(message, ack=True)
+
+
+async def read_marker(session: Session, call_id: str) -> bool:
+    """Does the call's answer marker hold a record? On a channel of its own (a passive declare of a queue
+    that does not exist closes its channel), of a connection of its own (``Ownership._marker_link``).
+
+    No queue: False (queue metadata is on every node, so "absent" is reliable even while a node is down).
+    A queue: ``basic.get`` goes through its Raft leader, so it answers only once a leader holds the log (the
+    record is given back at once). Raises :class:`TransientError` when that cannot be known now (no leader
+    yet: RabbitMQ closes the connection; a timeout)."""
+    name = contract.answer_marker_queue(call_id)
+    channel = await session.channel(confirms=False, critical=False)
+    try:
+        async with asyncio.timeout(session.rpc_timeout_seconds):
+            try:
+                marker = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:
+                return False
+            record = await marker.get(no_ack=False, fail=False)
+            if record is None:
+                return False
+            await settle(record, ack=False, requeue=True)
+            return True
+    except AMQP_FAILURES as exc:
+        raise TransientError(f"cannot read {name}: {exc!r}") from exc
+    finally:
+        await session.close_channel(channel)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Done callback of a background task whose failure is handled by whoever awaits it (or by nobody)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _SessionOver(Exception):

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 import aio_pika
 import msgspec
 import pytest
+from aiormq.exceptions import ChannelPreconditionFailed
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -37,6 +38,7 @@ from worker.ownership import (
     OwnershipSettings,
     Verdict,
     judge,
+    read_marker,
 )
 
 pytestmark = pytest.mark.integration
@@ -631,6 +633,43 @@ async def test_a_takeover_after_the_fence_ends_the_call_instead_of_answering_it(
         assert b.count("callhook_call_claims_total", outcome="abandoned") == 1
         assert b.ownership.room == 10  # a call given up holds no capacity
         assert await b.ownership.claim(call_id) is None  # kept as a tombstone
+
+
+async def test_the_answer_marker_is_a_quorum_queue_whose_record_a_read_leaves_in_place(
+    workers: Callable[..., Awaitable[Worker]], amqp_url: str
+) -> None:
+    """A claim reads the marker with a basic.get given back at once: a second takeover reads the record
+    too. The marker is a quorum queue (a classic declare of its name is refused), so it outlives a node."""
+    a = await workers()
+    b = await workers()
+    call_id = new_id()
+    claim = await a.ownership.claim(call_id)
+    assert claim is not None
+    claim.prepare_fence()  # declared, no record yet: nothing was sent to Meta
+    await claim._write_marker()  # the fence's own write, without the claim bookkeeping
+    link = a.ownership._marker_link
+    async with asyncio.timeout(WAIT):
+        session = await link.wait_session()
+    assert await read_marker(session, call_id)
+    assert await read_marker(session, call_id)  # still there
+    assert not await read_marker(session, new_id())  # no marker queue at all
+    await claim.release(tombstone=False)
+    assert await b.ownership.claim(call_id) is not None  # deleted with the mailbox: a fresh call id again
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            contract.answer_marker_queue(call_id),
+            durable=True,
+            arguments=dict(contract.answer_marker_arguments()),
+        )
+        channel = await connection.channel()
+        with pytest.raises(ChannelPreconditionFailed):
+            await channel.declare_queue(
+                contract.answer_marker_queue(call_id),
+                durable=True,
+                arguments=dict(contract.mailbox_arguments()),
+            )
 
 
 async def test_a_fenced_owner_back_within_the_grace_keeps_its_call(
