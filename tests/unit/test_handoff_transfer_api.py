@@ -22,7 +22,8 @@ class Port(FakePort):
         self.cleared += 1
 
 
-async def test_transfer_carries_the_digits_read_and_ends_the_apps_part() -> None:
+async def test_transfer_carries_the_digits_collected_and_ends_the_apps_part() -> None:
+    """The queue shows what the bot collected ("42"), not the keys with the terminator ("42#")."""
     requests: list[TransferRequest] = []
     hangups: list[str] = []
 
@@ -38,7 +39,7 @@ async def test_transfer_carries_the_digits_read_and_ends_the_apps_part() -> None
         assert await call.collect_digits(max=4, end="#") == "42"
     await call.transfer("support", reason="asked for a person", context={"order": "A-42"})
     assert requests == [
-        TransferRequest(queue="support", reason="asked for a person", context={"order": "A-42"}, digits="42#")
+        TransferRequest(queue="support", reason="asked for a person", context={"order": "A-42"}, digits="42")
     ]
     assert port.cleared == 1  # what the app had queued is not played over the hold audio
     with pytest.raises(CallEnded):

@@ -295,10 +295,16 @@ class MediaCall:
         end: str | None = "#",
         timeout: float | None = 5.0,  # noqa: ASYNC109  # see collect_digits
     ) -> str:
-        return await collect_digits(self._next_digit, max, end, timeout)
+        # What the bot collected is the value, not the keys: a terminator ("1234#" -> "1234") is not a digit.
+        value = await collect_digits(self._read_digit, max, end, timeout)
+        self._digits_read.append(value)
+        return value
+
+    async def _read_digit(self) -> Digit | None:
+        return None if self._keypad is None else await self._keypad.next_digit()
 
     async def _next_digit(self) -> Digit | None:
-        digit = None if self._keypad is None else await self._keypad.next_digit()
+        digit = await self._read_digit()
         if digit is not None and digit.digit != "flash":
             self._digits_read.append(digit.digit)
         return digit
