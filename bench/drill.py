@@ -273,7 +273,7 @@ class Drill:
             broker = s.broker
             self.audit = await stack.enter_async_context(
                 BrokerAudit(
-                    rabbit.amqp_url(self.vhost, port=broker.ports[0]), self.vhost, self.attribute,
+                    broker.url(self.vhost), self.vhost, self.attribute,
                     ctl=broker.ctl, trace_ctl=broker.trace_ctl,
                 )
             )  # fmt: skip

@@ -39,12 +39,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage
 
 from ingress import contract
 from ingress.broker import declare_topology
+from worker.amqp import AMQP_FAILURES, AmqpLink, Session, SessionServer
+from worker.errors import TransientError
 from worker.events import CallConnect, CallStatus, CallTerminate, HangupRequest, call_event_decoder
 
 TRACE_EXCHANGE = "amq.rabbitmq.trace"
@@ -150,30 +151,26 @@ class BrokerAudit:
         self._vhost = vhost
         self._attribute = attribute
         self.records = AuditRecords()
-        self._connection: AbstractRobustConnection | None = None
         self._last_message = time.monotonic()
+        self._stack = contextlib.AsyncExitStack()
+        self._link: AmqpLink | None = None
 
     async def __aenter__(self) -> BrokerAudit:
         await self.trace_on()
-        self._connection = await aio_pika.connect_robust(
-            self._url, client_properties={"connection_name": "drill-audit"}, reconnect_interval=1
+        # Every node of the list, tried in turn on each reconnect (a robust connection to one node waits for
+        # that node, and after a partition of it did not always restore its consumers), the consumers set up
+        # again on every new connection.
+        self._link = await self._stack.enter_async_context(
+            AmqpLink(self._url, name="drill-audit", connect_timeout_seconds=2, retry_max_seconds=1)
         )
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=500)
-        await declare_topology(channel)
-        trace = await channel.declare_queue(TRACE_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
-        for key in TRACE_KEYS:
-            await trace.bind(TRACE_EXCHANGE, routing_key=key)
-        events = await channel.declare_queue(EVENTS_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
-        await events.bind(contract.EVENTS_EXCHANGE, routing_key="#")
-        await trace.consume(self._on_trace)
-        await events.consume(self._on_event)
+        consumer = await self._stack.enter_async_context(_AuditConsumer(self._link, self))
+        async with asyncio.timeout(60):
+            await consumer.ready.wait()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close()
+        with contextlib.suppress(Exception):
+            await self._stack.aclose()
         with contextlib.suppress(RuntimeError):
             await rabbitmqctl("trace_off", "-p", self._vhost, ctl=self._trace_ctl)
 
@@ -194,8 +191,10 @@ class BrokerAudit:
 
     async def dead_letters(self) -> list[DeadLetter]:
         """Everything in ``callhook.dead`` (taken off the queue: the drill's vhost is thrown away after)."""
-        assert self._connection is not None
-        channel = await self._connection.channel()
+        assert self._link is not None
+        async with asyncio.timeout(60):
+            session = await self._link.wait_session()
+        channel = await session.channel(critical=False)
         queue = await channel.declare_queue(contract.DEAD_QUEUE, passive=True)
         letters: list[DeadLetter] = []
         while (message := await queue.get(no_ack=True, fail=False)) is not None:
@@ -272,6 +271,33 @@ class BrokerAudit:
             return "?"
         match = _PORT.search(connection)
         return self._attribute(int(match.group(1))) if match else "?"
+
+
+class _AuditConsumer(SessionServer):
+    """Consumes both audit queues on each session of the audit's link."""
+
+    def __init__(self, link: AmqpLink, audit: BrokerAudit) -> None:
+        super().__init__("drill-audit", link, "drill audit")
+        self._audit = audit
+        self.ready = asyncio.Event()
+
+    async def _serve(self, session: Session) -> None:
+        channel = await session.channel(prefetch=500, confirms=False)
+        try:
+            async with asyncio.timeout(session.rpc_timeout_seconds * 3):
+                await declare_topology(channel)
+                quorum = {"x-queue-type": "quorum"}
+                trace = await channel.declare_queue(TRACE_QUEUE, durable=True, arguments=quorum)
+                for key in TRACE_KEYS:
+                    await trace.bind(TRACE_EXCHANGE, routing_key=key)
+                events = await channel.declare_queue(EVENTS_QUEUE, durable=True, arguments=quorum)
+                await events.bind(contract.EVENTS_EXCHANGE, routing_key="#")
+                await trace.consume(self._audit._on_trace)
+                await events.consume(self._audit._on_event)
+        except AMQP_FAILURES as exc:
+            raise TransientError(f"audit consumers: {exc!r}") from exc
+        self.ready.set()
+        await session.wait_lost()
 
 
 def _text(value: object) -> str:
