@@ -60,6 +60,7 @@ class Discovery:
 class _Cache:
     discovery: Discovery | None = None
     discovery_tried_at: float | None = None
+    discovery_error: AuthError | None = None  # the last failure, repeated until the next attempt
     keys: list[dict[str, Any]] = field(default_factory=list)
     keys_fetched_at: float | None = None  # a successful fetch
     keys_tried_at: float | None = None  # any attempt, successful or not (the rate limit)
@@ -113,11 +114,19 @@ class OidcVerifier:
             now = self._monotonic()
             tried = self._cache.discovery_tried_at
             if tried is not None and now - tried < self.settings.jwks_min_refresh_seconds:
-                raise AuthError("the identity provider is unavailable", 503)
+                error = self._cache.discovery_error
+                raise AuthError(error.reason if error else "the identity provider is unavailable", 503)
             self._cache.discovery_tried_at = now
-            document = await self._get(self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration")
-            self._cache.discovery = self._check_discovery(document)
-            return self._cache.discovery
+            try:
+                document = await self._get(
+                    self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+                )
+                found = self._check_discovery(document)
+            except AuthError as error:
+                self._cache.discovery_error = error
+                raise
+            self._cache.discovery = found
+            return found
 
     def _cached_discovery(self) -> Discovery | None:
         return self._cache.discovery
