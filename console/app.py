@@ -205,10 +205,13 @@ CONSOLE = web.AppKey("console", Console)
 
 
 # ------------------------------------------------------------------------------------------ handlers
-# The page: no framing (clickjacking), and no Referer: the identity provider's redirect puts the one-time
-# code into the page's URL, which must not leave the page.
+# The page: no framing (clickjacking), no inline scripts, and no Referer: the identity provider's redirect
+# puts the one-time code into the page's URL, which must not leave the page.
 PAGE_HEADERS = {
-    "Content-Security-Policy": "frame-ancestors 'none'",
+    # scripts only from the console's own files: an injected inline script cannot read the agent's token
+    "Content-Security-Policy": (
+        "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",

@@ -17,7 +17,7 @@ import pytest_asyncio
 from aiohttp import web
 from yarl import URL
 
-from console.app import make_app
+from console.app import CONSOLE, make_app
 from console.config import load
 from tests.support.oidc_provider import CLIENT_ID, TestIdentityProvider, pkce_pair
 
@@ -37,6 +37,7 @@ class Stack:
     idp: TestIdentityProvider
     console: str
     http: aiohttp.ClientSession
+    app: web.Application
 
 
 @pytest_asyncio.fixture
@@ -47,7 +48,7 @@ async def stack(amqp_url: str) -> AsyncIterator[Stack]:
         idp.redirect_uris = (console + "/",)
         idp.allowed_origins = (console,)
         try:
-            yield Stack(idp, console, http)
+            yield Stack(idp, console, http, runner.app)
         finally:
             await runner.cleanup()
 
@@ -175,6 +176,34 @@ async def test_an_expiring_id_token_closes_the_idle_socket(stack: Stack) -> None
             messages.append(message.json()["type"])
         assert "expired" in messages
         assert ws.close_code == 4401
+
+
+async def not_board(ws: aiohttp.ClientWebSocketResponse) -> dict[str, object]:
+    """The next message that is not a board update."""
+    while True:
+        message: dict[str, object] = await ws.receive_json()
+        if message["type"] != "board":
+            return message
+
+
+async def test_an_expired_token_never_cuts_a_call_in_progress(stack: Stack) -> None:
+    """Expiry during a call: no further takes, and the socket closes only when the call has ended."""
+    console = stack.app[CONSOLE]
+    async with stack.http.ws_connect(stack.console + "/ws") as ws:
+        await ws.send_json({"type": "hello", "token": await code_flow(stack, "dana")})
+        assert (await ws.receive_json())["type"] == "welcome"
+        (socket,) = console.sockets
+        socket.calls.add("call-in-progress")  # as a take answered by the call's owner leaves it
+        console.on_call[("call-in-progress", "dana")] = socket
+        console.expire(socket)  # what the timer at the token's exp does
+        assert (await not_board(ws))["type"] == "expired"
+        await ws.send_json({"type": "take", "call_id": "another-call", "sdp": "v=0"})
+        refused = await not_board(ws)
+        assert (refused["type"], refused["reason"]) == ("refused", "expired")
+        assert not ws.closed
+        console._forget("call-in-progress", "dana")  # the call ends (the owner's "ended")
+        closed = await ws.receive()
+        assert (closed.type, ws.close_code) == (aiohttp.WSMsgType.CLOSE, 4401)
 
 
 async def test_an_issuer_whose_discovery_names_another_issuer_is_refused(stack: Stack, amqp_url: str) -> None:
