@@ -95,8 +95,12 @@ class Console:
     def expire(self, socket: AgentSocket) -> None:
         """The agent's ID token expired: no more takes; the socket closes once no call is in progress."""
         socket.expired = True
-        self._background(socket.send({"type": "expired"}))
-        self._close_if_expired(socket)
+
+        async def tell() -> None:
+            await socket.send({"type": "expired"})
+            self._close_if_expired(socket)
+
+        self._background(tell())
 
     def _close_if_expired(self, socket: AgentSocket) -> None:
         if socket.expired and not socket.calls and not socket.ws.closed:

@@ -220,7 +220,7 @@ class OidcVerifier:
             raise AuthError("token from another issuer") from None
         except jwt.MissingRequiredClaimError:
             raise AuthError("token lacks a required claim") from None
-        except (jwt.InvalidTokenError, jwt.PyJWKError):
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):  # incl. a malformed key in the JWKS
             raise AuthError("token signature not valid") from None
         audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
         if len(audiences) > 1 and claims.get("azp") != self.settings.client_id:

@@ -160,6 +160,20 @@ async def test_a_tampered_token_or_another_keys_signature_is_refused(
     assert await refused(v, "not.a.token") == "not a valid token"
 
 
+async def test_a_malformed_key_in_the_jwks_refuses_the_token_cleanly(
+    idp: TestIdentityProvider, key: SigningKey
+) -> None:
+    provider = FakeProvider([key])
+    broken = {**key.jwk(), "n": "!!not base64!!"}
+
+    async def fetch(url: str) -> Any:
+        document = await provider.fetch(url)
+        return {"keys": [broken]} if url.endswith("/certs") else document
+
+    v = OidcVerifier(OidcSettings(issuer=ISSUER, client_id=CLIENT_ID), fetch)
+    assert await refused(v, idp.mint("dana")) == "token signature not valid"
+
+
 async def test_an_unknown_kid_triggers_one_refresh_then_is_rate_limited(
     idp: TestIdentityProvider, key: SigningKey
 ) -> None:
