@@ -2,9 +2,9 @@
 
 The same stack as tests/e2e/test_handoff_console.py (ingress, a worker transferring every call to
 ``support``, ``callhook console`` as a process, the simulator as Meta), with the console trusting a small
-OpenID Connect provider (tests/support/oidc_provider.py) on 127.0.0.1 and no static agent tokens: each agent
-clicks "Continue with your company account", types their user name on the provider's page, comes back with a
-code that the page exchanges (PKCE) for an ID token, and sees only the queues their groups grant.
+OpenID Connect provider (tests/support/oidc_provider.py) on 127.0.0.1 beside one static agent token: each
+agent clicks "Continue with your company account", types their user name on the provider's page, comes back
+with a code that the page exchanges (PKCE) for an ID token, and sees only the queues their groups grant.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from playwright.async_api import Browser, Page
 from simulator.calls import CallState
 from simulator.local import Process, free_port, wait_ready
 from simulator.sim import SimulatedCall
-from tests.e2e.console_browser import chromium, chromium_available, row, write_tone_wav
+from tests.e2e.console_browser import chromium, chromium_available, row, signed_in, write_tone_wav
 from tests.e2e.harness import WAIT_SECONDS, Deployment, deploy
 from tests.e2e.test_handoff_console import WORKER_ENV
 from tests.support.oidc_provider import CLIENT_ID, TestIdentityProvider
@@ -58,6 +58,7 @@ async def setup(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asyn
     idp = TestIdentityProvider(users=USERS, redirect_uris=(origin + "/",), allowed_origins=(origin,))
     async with idp, deploy(amqp_url, logs, workers=1, worker_env=WORKER_ENV) as dep:
         env = dep.system.base_env() | {
+            "CALLHOOK_CONSOLE_AGENTS": "carol:carol-static-token-0123:sales",
             "CALLHOOK_CONSOLE_OIDC_ISSUER": idp.issuer,
             "CALLHOOK_CONSOLE_OIDC_CLIENT_ID": CLIENT_ID,
             "CALLHOOK_CONSOLE_OIDC_QUEUE_MAP": "callhook-support=support;callhook-sales=sales",
@@ -85,7 +86,6 @@ async def through_the_idp(setup: Setup, user: str) -> Page:
     context = await setup.browser.new_context()
     page = await context.new_page()
     await page.goto(setup.url)
-    assert await page.locator("#signin-form").is_hidden(), "no static tokens configured: no token form"
     sso = page.get_by_role("button", name="Continue with your company account")
     await sso.focus()
     await page.keyboard.press("Enter")
@@ -103,15 +103,18 @@ async def test_agents_sign_in_through_the_idp_see_their_queues_only_and_take_a_c
     assert "code=" not in dana.url
     erin = await through_the_idp(setup, "erin")
     await erin.get_by_text("Signed in as erin (queues: sales)").wait_for()
+    carol = await signed_in(setup.browser, setup.url, "carol-static-token-0123")  # the token form, beside
+    await carol.get_by_text("Signed in as carol (queues: sales)").wait_for()
     call = await queued_call(setup)  # a call for support
     await dana.locator(row(dana, call.call_id)).wait_for()
-    assert await erin.locator(row(erin, call.call_id)).count() == 0
+    for other in (erin, carol):
+        assert await other.locator(row(other, call.call_id)).count() == 0
     await dana.locator(row(dana, call.call_id)).get_by_role("button", name="Answer").click()
     await dana.get_by_text("Connected: you are talking to the caller.").wait_for(timeout=WAIT_SECONDS * 1000)
     await dana.get_by_role("button", name="Hang up the call").click()
     await call.wait_ended(timeout=WAIT_SECONDS)
     assert setup.idp.token_refusals == []
-    for page in (dana, erin):
+    for page in (dana, erin, carol):
         await page.context.close()
 
 
