@@ -138,7 +138,8 @@ function onMessage(message) {
     case "welcome":
       state.agent = message.agent;
       state.iceServers = (message.ice_servers || []).map((url) => ({ urls: url }));
-      $("who").textContent = `Signed in as ${message.agent} (queues: ${message.queues === "*" ? "all" : message.queues.join(", ")})`;
+      $("who").textContent = `Signed in as ${message.agent} (queues: ${message.queues === "*" ? "all" : message.queues.join(", ")})`
+        + (message.expires_at ? ` until ${new Date(message.expires_at * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}` : "");
       $("signin").hidden = true;
       $("queues").hidden = false;
       break;
