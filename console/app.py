@@ -1,8 +1,9 @@
 """``callhook console``: the agents' web console.
 
-Routes: ``GET /`` (the page, static files under ``/static/``), ``POST /api/session`` (check a token:
-``{"token"}`` -> ``{"agent", "queues"}``), ``GET /ws`` (the agent's live connection), ``GET /healthz``,
-``GET /metrics``.
+Routes: ``GET /`` (the page, static files under ``/static/``), ``GET /api/config`` (how agents may sign in:
+static tokens, and the identity provider's endpoints for the page's code flow), ``POST /api/session`` (check
+a token, static or an OIDC ID token: ``{"token"}`` -> ``{"agent", "queues", "expires_at"}``, or 401/403/503
+``{"error"}``), ``GET /ws`` (the agent's live connection), ``GET /healthz``, ``GET /metrics``.
 
 The console keeps nothing that matters: the board is rebuilt from the workers' announcements, each call's
 state is its owner's, and an agent's call is tied to the WebSocket that took it. Any number of consoles can
@@ -10,9 +11,14 @@ run; an agent whose console restarts signs in again (and the call they were on e
 
 WebSocket messages, JSON. From the browser: ``{"type": "hello", "token"}`` first, then
 ``{"type": "take", "call_id", "sdp"}`` (the browser's complete offer), ``{"type": "hangup", "call_id"}``,
-``{"type": "hold", "call_id", "on"}``. To the browser: ``welcome`` (agent, queues, ice_servers),
+``{"type": "hold", "call_id", "on"}``. To the browser: ``welcome`` (agent, queues, ice_servers, expires_at),
 ``board`` (the calls waiting in the agent's queues, oldest first), ``answer`` (sdp), ``refused`` (reason),
-``ended`` (reason), ``quality`` (both legs).
+``ended`` (reason), ``quality`` (both legs), ``expired`` (the ID token's ``exp`` passed).
+
+A refused hello closes the socket with 4003 (the reason as the close message), 4503 when the identity
+provider cannot be reached. When an ID token expires the agent is told (``expired``), may take no further
+call, and the socket closes with 4401 at once, or when the call in progress ends: an expiring token never cuts
+a caller off.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -31,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from console.broker import ConsoleBroker
 from console.config import Agent, ConsoleConfig
 from console.metrics import ConsoleMetrics
+from console.oidc import AuthError, OidcVerifier, http_fetcher, looks_like_jwt
 from worker.handoff import wire
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,7 @@ class AgentSocket:
         self.ws = ws
         self.calls: set[str] = set()
         self.last_board: list[dict[str, Any]] | None = None
+        self.expired = False
 
     async def send(self, message: dict[str, Any]) -> None:
         if not self.ws.closed:
@@ -70,6 +80,31 @@ class Console:
         self._push_again = False
         self._queues_seen: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.oidc: OidcVerifier | None = None  # set when the app starts (it needs an HTTP client)
+
+    # ------------------------------------------------------------------------------------ sign-in
+    async def authenticate(self, token: str) -> Agent:
+        """The agent a static token or an ID token stands for; :class:`AuthError` says why not."""
+        agent = self.config.agent_by_token(token)
+        if agent is not None:
+            return agent
+        if self.oidc is not None and looks_like_jwt(token):
+            return await self.oidc.authenticate(token)
+        raise AuthError("unknown token")
+
+    def expire(self, socket: AgentSocket) -> None:
+        """The agent's ID token expired: no more takes; the socket closes once no call is in progress."""
+        socket.expired = True
+
+        async def tell() -> None:
+            await socket.send({"type": "expired"})
+            self._close_if_expired(socket)
+
+        self._background(tell())
+
+    def _close_if_expired(self, socket: AgentSocket) -> None:
+        if socket.expired and not socket.calls and not socket.ws.closed:
+            self._background(_close(socket.ws, 4401, "sign-in expired"))
 
     # ------------------------------------------------------------------------------------- the board
     def board_for(self, agent: Agent) -> list[dict[str, Any]]:
@@ -133,9 +168,13 @@ class Console:
         socket = self.on_call.pop((call_id, agent), None)
         if socket is not None:
             socket.calls.discard(call_id)
+            self._close_if_expired(socket)
 
     # ------------------------------------------------------------------------------------ commands
     async def take(self, socket: AgentSocket, call_id: str, sdp: str) -> None:
+        if socket.expired:
+            await self._refuse(socket, call_id, "expired")
+            return
         entry = next((e for e in self.broker.board.waiting() if e.call_id == call_id), None)
         if entry is None:  # taken by someone else meanwhile, or the call left the queue
             await self._refuse(socket, call_id, "taken" if call_id in self.broker.taken else "gone")
@@ -170,8 +209,42 @@ CONSOLE = web.AppKey("console", Console)
 
 
 # ------------------------------------------------------------------------------------------ handlers
+# The page: no framing (clickjacking), no inline scripts, and no Referer: the identity provider's redirect
+# puts the one-time code into the page's URL, which must not leave the page.
+PAGE_HEADERS = {
+    # scripts only from the console's own files: an injected inline script cannot read the agent's token
+    "Content-Security-Policy": (
+        "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "index.html")
+    return web.FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+async def client_config(request: web.Request) -> web.Response:
+    """How the page may sign an agent in. The endpoints come from the issuer's discovery document."""
+    console = request.app[CONSOLE]
+    body: dict[str, Any] = {"static_tokens": bool(console.config.agents), "oidc": None}
+    if console.oidc is not None:
+        settings = console.oidc.settings
+        try:
+            found = await console.oidc.discovery()
+        except AuthError as error:
+            body["oidc_error"] = error.reason
+        else:
+            body["oidc"] = {
+                "issuer": found.issuer,
+                "client_id": settings.client_id,
+                "scopes": settings.scopes,
+                "authorization_endpoint": found.authorization_endpoint,
+                "token_endpoint": found.token_endpoint,
+            }
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 async def sign_in(request: web.Request) -> web.Response:
@@ -181,11 +254,25 @@ async def sign_in(request: web.Request) -> web.Response:
         token = str(body["token"])
     except (ValueError, KeyError, TypeError):
         return web.json_response({"error": 'send {"token": ...}'}, status=400)
-    agent = console.config.agent_by_token(token)
-    console.metrics.sign_ins.labels(outcome="ok" if agent else "refused").inc()
-    if agent is None:
-        return web.json_response({"error": "unknown token"}, status=401)
-    return web.json_response({"agent": agent.name, "queues": _queues(agent)})
+    try:
+        agent = await console.authenticate(token)
+    except AuthError as error:
+        console.metrics.sign_ins.labels(outcome=_outcome(error)).inc()
+        log.info("sign-in refused", extra={"reason": error.reason})
+        return web.json_response({"error": error.reason}, status=error.status)
+    console.metrics.sign_ins.labels(outcome="ok").inc()
+    return web.json_response({"agent": agent.name, "queues": _queues(agent), "expires_at": agent.expires_at})
+
+
+def _outcome(error: AuthError) -> str:
+    if error.status == 503:
+        return "unavailable"
+    return "expired" if error.reason == "token expired" else "refused"
+
+
+async def _close(ws: web.WebSocketResponse, code: int, message: str) -> None:
+    with contextlib.suppress(ConnectionError):
+        await ws.close(code=code, message=message.encode()[:120])
 
 
 def _queues(agent: Agent) -> list[str] | str:
@@ -202,13 +289,18 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
     except (TimeoutError, TypeError, ValueError):
         await ws.close(code=4001, message=b"hello expected")
         return ws
-    agent = console.config.agent_by_token(str(hello.get("token", ""))) if isinstance(hello, dict) else None
-    if agent is None:
-        await ws.close(code=4003, message=b"unknown token")
+    try:
+        agent = await console.authenticate(str(hello.get("token", "")) if isinstance(hello, dict) else "")
+    except AuthError as error:
+        await _close(ws, 4503 if error.status == 503 else 4003, error.reason)
         return ws
     socket = AgentSocket(agent, ws)
     console.sockets.add(socket)
     console.metrics.agents_online.inc()
+    expiry = None
+    if agent.expires_at is not None:
+        delay = max(0.0, agent.expires_at - time.time())
+        expiry = asyncio.get_running_loop().call_later(delay, console.expire, socket)
     log.info("agent signed in", extra={"agent": agent.name})
     try:
         await socket.send(
@@ -217,6 +309,7 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
                 "agent": agent.name,
                 "queues": _queues(agent),
                 "ice_servers": list(console.config.ice_servers),
+                "expires_at": agent.expires_at,
             }
         )
         await console.push_board(socket)
@@ -225,6 +318,8 @@ async def agent_socket(request: web.Request) -> web.WebSocketResponse:
                 continue
             await _command(console, socket, message.data)
     finally:
+        if expiry is not None:
+            expiry.cancel()
         console.sockets.discard(socket)
         console.metrics.agents_online.dec()
         for call_id in list(socket.calls):  # the agent left the page: their calls end
@@ -267,13 +362,25 @@ def make_app(config: ConsoleConfig, registry: CollectorRegistry | None = None) -
         async with console.broker:
             yield
 
+    async def oidc_ctx(app: web.Application) -> Any:
+        if config.oidc is None:
+            yield
+            return
+        async with aiohttp.ClientSession() as session:
+            console.oidc = OidcVerifier(config.oidc, http_fetcher(session, config.oidc.timeout_seconds))
+            with contextlib.suppress(AuthError):  # an identity provider down at start-up: tried again later
+                await console.oidc.discovery()
+            yield
+
     async def close_sockets(app: web.Application) -> None:
         for socket in list(console.sockets):  # agents' pages reconnect to another replica
             await socket.ws.close(code=1001, message=b"console shutting down")
 
     app.cleanup_ctx.append(broker_ctx)
+    app.cleanup_ctx.append(oidc_ctx)
     app.on_shutdown.append(close_sockets)
     app.router.add_get("/", index)
+    app.router.add_get("/api/config", client_config)
     app.router.add_post("/api/session", sign_in)
     app.router.add_get("/ws", agent_socket)
     app.router.add_get("/healthz", healthz)
@@ -287,7 +394,8 @@ def run(config: ConsoleConfig) -> int:
     from callhook import loop
 
     async def main() -> int:
-        runner = web.AppRunner(make_app(config))
+        # No access log: the identity provider's redirect brings the one-time code in the page's query.
+        runner = web.AppRunner(make_app(config), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()

@@ -13,19 +13,122 @@ $("signin-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   $("signin-error").textContent = "";
   const token = $("token").value;
+  const refused = await signIn(token);
+  if (refused) $("signin-error").textContent = "That token is not known.";
+});
+
+// Checks a token (an agent token, or an ID token from the identity provider) and connects; the refusal's
+// reason if refused.
+async function signIn(token) {
   const response = await fetch("/api/session", { method: "POST", body: JSON.stringify({ token }),
                                                   headers: { "Content-Type": "application/json" } });
-  if (!response.ok) { $("signin-error").textContent = "That token is not known."; return; }
+  if (!response.ok) return (await response.json().catch(() => ({}))).error || `error ${response.status}`;
   state.token = token;
   connect();
+  return null;
+}
+
+// Signing in through the company's identity provider: the authorization code flow with PKCE, this page
+// being a public client (no secret). The redirect comes back to this page; the ID token is then used exactly
+// as an agent token. The token lives in this page's memory only: a reload signs in again. docs/handoff.md.
+const sso = { config: null };
+const SSO_KEY = "callhook.sso";
+
+function randomText(bytes) { return base64url(crypto.getRandomValues(new Uint8Array(bytes))); }
+function base64url(bytes) {
+  return btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+function redirectUri() { return `${location.origin}/`; }
+function ssoFailed(text) { $("signin-error").textContent = text; $("sso-button").focus(); }
+
+async function startPage() {
+  let config = { static_tokens: true, oidc: null };
+  try {
+    const response = await fetch("/api/config");
+    if (response.ok) config = await response.json();
+  } catch (error) { /* the token form still works */ }
+  $("signin-form").hidden = !config.static_tokens;
+  $("sso-or").hidden = !config.static_tokens;
+  if (config.oidc) { sso.config = config.oidc; $("sso").hidden = false; }
+  else if (config.oidc_error) $("signin-error").textContent = "Company sign-in is unavailable right now.";
+  const params = new URLSearchParams(location.search);
+  if (params.has("code") || params.has("error") || params.has("state")) await finishSso(params);
+}
+
+$("sso-button").addEventListener("click", async () => {
+  const c = sso.config;
+  const verifier = randomText(32), stateValue = randomText(16), nonce = randomText(16);
+  const challenge = base64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  sessionStorage.setItem(SSO_KEY, JSON.stringify({ verifier, state: stateValue, nonce, issuer: c.issuer }));
+  const url = new URL(c.authorization_endpoint);
+  const query = { response_type: "code", client_id: c.client_id, redirect_uri: redirectUri(), scope: c.scopes,
+                  state: stateValue, nonce, code_challenge: challenge, code_challenge_method: "S256" };
+  for (const [key, value] of Object.entries(query)) url.searchParams.set(key, value);
+  location.assign(url.href);
 });
+
+async function finishSso(params) {
+  history.replaceState(null, "", location.pathname);  // the code leaves the address bar and the history
+  const saved = JSON.parse(sessionStorage.getItem(SSO_KEY) || "null");
+  sessionStorage.removeItem(SSO_KEY);  // one answer per sign-in started here
+  if (!sso.config) { ssoFailed("Company sign-in is not available."); return; }
+  // CSRF and mix-up: only an answer to a sign-in this tab started, from the configured issuer
+  if (!saved || params.get("state") !== saved.state || saved.issuer !== sso.config.issuer) {
+    ssoFailed("That sign-in was not started on this page: please sign in again.");
+    return;
+  }
+  if (params.has("error")) { ssoFailed("The identity provider did not sign you in: please try again."); return; }
+  let tokens;
+  try {
+    const response = await fetch(sso.config.token_endpoint, {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ grant_type: "authorization_code", code: params.get("code") || "",
+                                  redirect_uri: redirectUri(), client_id: sso.config.client_id,
+                                  code_verifier: saved.verifier }),
+    });
+    if (!response.ok) throw new Error(`status ${response.status}`);
+    tokens = await response.json();
+  } catch (error) {
+    ssoFailed("The identity provider did not give a sign-in token: please try again.");
+    return;
+  }
+  // Replay: the ID token must carry the nonce of this sign-in (the console checks signature, issuer,
+  // audience and expiry).
+  if (idTokenClaims(tokens.id_token).nonce !== saved.nonce) { ssoFailed("The sign-in token was not for this sign-in."); return; }
+  const refused = await signIn(tokens.id_token);
+  if (refused) ssoFailed(`Sign-in refused: ${refused}.`);
+}
+
+function idTokenClaims(token) {
+  try {
+    const part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(part), (c) => c.charCodeAt(0))));
+  } catch (error) { return {}; }
+}
+
+// Back on the sign-in form: the socket was refused or the ID token expired.
+function signedOut(text) {
+  state.agent = ""; state.token = ""; state.ws = null; state.board = [];
+  renderBoard();
+  $("who").textContent = "";
+  $("queues").hidden = true;
+  $("signin").hidden = false;
+  $("signin-error").textContent = text;
+  (sso.config ? $("sso-button") : $("token")).focus();
+}
+
+startPage();
 
 function connect() {
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   state.ws = ws;
   ws.addEventListener("open", () => ws.send(JSON.stringify({ type: "hello", token: state.token })));
   ws.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
-  ws.addEventListener("close", () => {
+  ws.addEventListener("close", (event) => {
+    if (state.ws !== ws) return;
+    if (event.code === 4401) { signedOut("Your sign-in has expired: please sign in again."); return; }
+    if (event.code === 4003) { signedOut(`Signed out: ${event.reason || "refused"}.`); return; }
     if (state.agent) { $("who").textContent = `${state.agent}: disconnected, reconnecting…`; setTimeout(connect, 1000); }
   });
 }
@@ -35,7 +138,8 @@ function onMessage(message) {
     case "welcome":
       state.agent = message.agent;
       state.iceServers = (message.ice_servers || []).map((url) => ({ urls: url }));
-      $("who").textContent = `Signed in as ${message.agent} (queues: ${message.queues === "*" ? "all" : message.queues.join(", ")})`;
+      $("who").textContent = `Signed in as ${message.agent} (queues: ${message.queues === "*" ? "all" : message.queues.join(", ")})`
+        + (message.expires_at ? ` until ${new Date(message.expires_at * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}` : "");
       $("signin").hidden = true;
       $("queues").hidden = false;
       break;
@@ -44,6 +148,9 @@ function onMessage(message) {
     case "refused": endCall(message.reason === "taken" ? "Another agent took this call." : `Could not take the call (${message.reason}).`); break;
     case "ended": endCall(`Call ended: ${message.reason}.`); break;
     case "quality": renderQuality(message); break;
+    case "expired":  // no more takes; the console closes the socket when the call in progress ends
+      $("who").textContent = `${state.agent}: your sign-in has expired; finish the call, then sign in again.`;
+      break;
   }
 }
 
