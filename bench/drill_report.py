@@ -340,12 +340,27 @@ def _acted_on(data: DrillData) -> set[str]:
     return {r.call_id for r in data.journal.requests if r.call_id is not None and r.action != "connect"}
 
 
+def _ended_by_meta(audit: AuditRecords) -> set[str]:
+    """Calls whose ``call.ended`` says a worker applied Meta's terminate ("remote <status>"): their terminate
+    came out of a router, traced or not ("remote owner_lost" is a worker giving a call up, not Meta)."""
+    return {
+        call_id
+        for call_id, events in audit.lifecycle.items()
+        for event in events
+        if event.get("event") == "ended"
+        and str(event.get("reason") or "").startswith("remote ")
+        and "owner_lost" not in str(event.get("reason"))
+    }
+
+
 def _missing_downstream(delivery: Delivery, audit: AuditRecords, acted_on: set[str]) -> list[str]:
     """What a body answered 200 carries that never came out of a router. Its store in callhook.webhooks is
     proven by what came out; only a body that carries nothing to witness needs the firehose's record of it.
-    An incoming call's connect is witnessed by its trace or by the business answering or refusing the call
-    (the firehose copy of a publish through a node that died may be gone)."""
+    An incoming call's connect is witnessed by its trace or by the business answering or refusing the call,
+    a terminate by its trace or by the worker ending the call on it (the firehose copy of a publish through
+    a node that died may be gone)."""
     missing: list[str] = []
+    ended = _ended_by_meta(audit) if "terminate" in delivery.kinds else set()
     if not delivery.kinds and not _store_traced(delivery, audit):
         missing.append("no store in callhook.webhooks traced")
     for kind, call_id in zip(delivery.kinds, delivery.call_ids, strict=True):
@@ -354,7 +369,8 @@ def _missing_downstream(delivery: Delivery, audit: AuditRecords, acted_on: set[s
         event = "status" if kind.startswith("status") else kind
         if call_id is None or (event, call_id) in audit.call_events:
             continue
-        if not (event == "connect" and call_id in acted_on):
+        witnessed = acted_on if event == "connect" else ended if event == "terminate" else set()
+        if call_id not in witnessed:
             missing.append(f"no {event} event published for {call_id}")
     if "message" in delivery.kinds:
         markers = [m.decode() for m in MARKER.findall(delivery.body)]

@@ -14,6 +14,7 @@ the result (the task then runs on after it was cancelled, and a TaskGroup waitin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,6 +54,9 @@ class Session:
         self.rpc_timeout_seconds = rpc_timeout_seconds
         self.lost_reason = ""
         self._lost = asyncio.Event()
+        # Set by the connection's close callbacks once they ran (aio-pika runs them in a task of its own): a
+        # link waits for it on the way out, so no callback is left pending when the event loop ends.
+        self.callbacks_done = asyncio.Event()
         self._watches: dict[AbstractChannel, Callable[[object, BaseException | None], None]] = {}
 
     @property
@@ -73,12 +77,16 @@ class Session:
     ) -> AbstractChannel:
         """Open a channel. A *critical* channel that closes while the session lives aborts the session: its
         consumers are gone, and a fresh connection is simpler than repairing half a session."""
+        if self.is_lost:
+            raise TransientError(f"cannot open a channel: the session is over ({self.lost_reason})")
         try:
             async with asyncio.timeout(self.rpc_timeout_seconds):
                 channel = await self.connection.channel(publisher_confirms=confirms)
                 if prefetch:
                     await channel.set_qos(prefetch_count=prefetch)
         except AMQP_FAILURES as exc:
+            raise TransientError(f"cannot open a channel: {exc!r}") from exc
+        except RuntimeError as exc:  # aio-pika: "Connection was not opened" (closed under us, not yet lost)
             raise TransientError(f"cannot open a channel: {exc!r}") from exc
         if critical:
 
@@ -191,21 +199,33 @@ class AmqpLink(Supervised):
             finally:
                 await self._publish(None)
                 await _close_connection(session.connection, self._rpc_timeout_seconds)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._rpc_timeout_seconds):
+                        await session.callbacks_done.wait()
 
     async def _connect_any(self) -> AbstractConnection | None:
         """A connection to the first broker of the list, in turn, that accepts one; None if none did."""
         for _ in self._urls:
             url, index = self._urls[self._next_url], self._next_url
             self._next_url = (index + 1) % len(self._urls)  # whichever serves, the next connect starts after
+            connection = aio_pika.Connection(
+                aio_pika.connection.make_url(url),
+                client_properties={"connection_name": f"callhook-{self._name}"},
+            )
             try:
                 async with asyncio.timeout(self._connect_timeout_seconds):
-                    return await aio_pika.connect(
-                        url, client_properties={"connection_name": f"callhook-{self._name}"}
-                    )
-            except AMQP_FAILURES as exc:
+                    await connection.connect()
+            except BaseException as exc:
+                # Cut short (a timeout, the link closing): close what was half opened, so that aio-pika's
+                # close callbacks run now rather than be left pending when the event loop ends.
+                await _close_connection(connection, self._rpc_timeout_seconds)
+                if not isinstance(exc, AMQP_FAILURES):
+                    raise
                 log.warning(
                     "amqp connect failed", extra={"link": self._name, "broker": index, "error": repr(exc)}
                 )
+            else:
+                return connection
         return None
 
     async def _connect_once(self) -> Session | None:
@@ -217,6 +237,7 @@ class AmqpLink(Supervised):
 
         def on_close(_: object, exc: BaseException | None) -> None:
             session.abort(f"connection closed: {exc!r}")
+            session.callbacks_done.set()
 
         connection.close_callbacks.add(on_close)
         if self._prepare is not None:
@@ -228,6 +249,10 @@ class AmqpLink(Supervised):
                 session.abort("prepare failed")
                 await _close_connection(connection, self._rpc_timeout_seconds)
                 return None
+            except BaseException:  # the link closing meanwhile: the connection must not outlive it
+                session.abort("link closed while preparing")
+                await _close_connection(connection, self._rpc_timeout_seconds)
+                raise
         return session
 
     async def _publish(self, session: Session | None) -> None:

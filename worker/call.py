@@ -488,6 +488,25 @@ TRANSITIONS[(S.AWAITING_MEDIA, MediaFailed)] = lambda call, event: (
     if call.direction == "outgoing"
     else _failed_before_accept(call, event)
 )
+
+
+def _media_lost_early(call: Call, event: Event) -> tuple[Call, list[Command]]:
+    """The media ended before the call was active (the phone gave up, ICE failed): while waiting for it, as
+    if it had failed; with a request in flight, the call ends once that request settled (as a hang-up
+    would); else at once."""
+    assert isinstance(event, MediaLost)
+    if call.state is CallState.AWAITING_MEDIA:
+        failed = MediaFailed(event.reason)
+        if call.direction == "outgoing":
+            return _outgoing_media_failed(call, failed)
+        return _failed_before_accept(call, failed)
+    if call.state in _REQUEST_IN_FLIGHT:
+        return replace(call, hangup_reason=call.hangup_reason or event.reason), []
+    return _hang_up(call, event.reason)
+
+
+for _state in _LIVE - {S.ACTIVE, S.REJECTING, S.TERMINATING}:
+    TRANSITIONS[(_state, MediaLost)] = _media_lost_early
 for _state in _LIVE:
     TRANSITIONS[(_state, RemoteTerminated)] = _remote_terminated
     if _state not in (S.REJECTING, S.TERMINATING):

@@ -354,10 +354,11 @@ class Claim:
         await publish(self._channel.default_exchange, record, marker, confirm_timeout_seconds=timeout)
 
     async def _declare_marker(self) -> None:
-        """Declare the answer marker on a channel of its own: a refused declare (a quorum queue between two
-        leaders) closes its channel, and that must not be the claim's."""
+        """Declare the answer marker on the marker connection (``Ownership._marker_link``): RabbitMQ answers
+        a quorum declare it cannot carry out now (``cluster_not_formed`` while a node rejoins) with
+        INTERNAL_ERROR, which closes the connection, and that must not be the claims' connection."""
         marker = contract.answer_marker_queue(self.call_id)
-        session = self._live.session
+        session = await self._owner._marker_session()
         channel = await session.channel(confirms=False, critical=False)
         try:
             async with asyncio.timeout(session.rpc_timeout_seconds):
@@ -536,8 +537,9 @@ class Ownership(Supervised):
         self._settings = settings
         self._clock = clock
         self._live: _Live | None = None
-        # Answer markers are read on a connection of their own: RabbitMQ 3.x answers a basic.get on a quorum
-        # queue whose leader's node just died with INTERNAL_ERROR, which closes the whole connection.
+        # Answer markers are declared and read on a connection of their own: RabbitMQ 3.x answers a basic.get
+        # on a quorum queue whose leader's node just died, or a quorum declare while a node rejoins, with
+        # INTERNAL_ERROR, which closes the whole connection. Only the fence's publish goes on the claim's.
         self._marker_link = link.sibling(f"{link.name}-markers")
         self._ready = asyncio.Event()
         self._in_use = 0
@@ -577,8 +579,10 @@ class Ownership(Supervised):
         super().close()
 
     async def wait_ready(self) -> None:
-        """Until consumers run on a connection (bound it with asyncio.timeout)."""
+        """Until consumers run on a connection and the marker connection is open (bound it with
+        asyncio.timeout)."""
         await self._ready.wait()
+        await self._marker_link.wait_session()
 
     @property
     def room(self) -> int:
@@ -1002,13 +1006,15 @@ class Ownership(Supervised):
             live.claims[call_id] = claim
         return claim
 
-    async def _read_marker(self, call_id: str) -> bool:
+    async def _marker_session(self) -> Session:
         try:
             async with asyncio.timeout(self._settings.rpc_timeout_seconds):
-                session = await self._marker_link.wait_session()
+                return await self._marker_link.wait_session()
         except TimeoutError as exc:
-            raise TransientError("no broker connection to read an answer marker on") from exc
-        return await read_marker(session, call_id)
+            raise TransientError("no broker connection for answer markers") from exc
+
+    async def _read_marker(self, call_id: str) -> bool:
+        return await read_marker(await self._marker_session(), call_id)
 
     def _bury_later(self, claim: Claim) -> None:
         claim._live.spawn(self._bury(claim))

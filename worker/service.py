@@ -253,9 +253,10 @@ class WorkerService:
     async def _run_session(self, key: str, session: CallSession, first: machine.Event) -> None:
         try:
             await session.run(first)
-        except Exception:  # a bug in one call must not end the others: count it and carry on
+        except Exception:  # a bug in one call must not end the others: count it, end the call, carry on
             log.exception("call session crashed", extra={"call_id": session.info.call_id})
             self.metrics.calls.labels(direction=session.info.direction, outcome="crashed").inc()
+            await session.end_after_crash()
         finally:
             self.sessions.pop(key, None)
             self._session_tasks.pop(key, None)

@@ -187,16 +187,43 @@ class CallSession:
                     if not task.get_name().startswith("notify"):
                         task.cancel()
         finally:
-            await self._media.close()
-            self._keypad.close()
-            if self._prepared is not None:
-                await self._prepared.aclose()  # a no-op once it ran; closes what an unanswered call opened
-            if self._reservation is not None:
-                self._reservation.release()
-            if self._claim is not None:
-                await self._claim.release()
+            try:
+                await self._media.close()
+                self._keypad.close()
+                if self._prepared is not None:
+                    await self._prepared.aclose()  # a no-op once it ran; else closes what it opened
+            finally:  # whatever failed above, the capacity and the mailbox are given back
+                if self._reservation is not None:
+                    self._reservation.release()
+                if self._claim is not None:
+                    await self._claim.release()
         assert self.outcome is not None
         return self.outcome
+
+    async def end_after_crash(self) -> None:
+        """The session crashed (a bug): end the call at Meta, best effort and bounded, so a call this worker
+        touched is never left to Meta's timers. Only what the call's state says was sent decides: a call
+        answered (or an outgoing one placed) is terminated, an incoming one fenced but not answered is
+        rejected; one never fenced was never ours to speak of."""
+        call, info = self._call, self.info
+        if call.state is machine.CallState.ENDED or not info.call_id:
+            return
+        if call.answered or info.direction == "outgoing":
+            action = "terminate"
+        elif self._fenced:
+            action = "reject"
+        else:
+            return
+        graph, deadline = self._deps.graph, self._hangup_deadline()
+        try:
+            if action == "terminate":
+                await graph.terminate(info.phone_number_id, info.call_id, deadline=deadline)
+            else:
+                await graph.reject(info.phone_number_id, info.call_id, deadline=deadline)
+        except GraphError as exc:
+            log.warning("ending a crashed call failed", extra={"action": action, "error": str(exc)})
+        else:
+            log.info("crashed call ended at Meta", extra={"action": action})
 
     # ------------------------------------------------------------------------------------ the loop
     async def _loop(self) -> None:

@@ -153,6 +153,30 @@ def test_hangup_while_waiting_for_media_rejects_and_late_media_is_ignored() -> N
     assert call.outcome is Outcome.REJECTED
 
 
+LOST = c.MediaLost("media ended: failed")
+
+
+@pytest.mark.parametrize(
+    ("events", "ending"),
+    [
+        ((c.Offered(OFFER), LOST, c.LocalSdpReady(ANSWER)), "reject"),  # the answer being made
+        ((*HAPPY_INCOMING[:2], LOST, c.GraphDone("pre_accept")), "reject"),  # pre_accept in flight
+        ((*HAPPY_INCOMING[:3], LOST), "reject"),  # pre-accepted, waiting for media
+        ((*HAPPY_INCOMING[:4], LOST, c.GraphDone("accept")), "terminate"),  # accept in flight
+    ],
+)
+def test_media_ending_before_the_call_is_active_ends_it_without_a_crash(
+    events: tuple[c.Event, ...], ending: str
+) -> None:
+    """The phone gives up (or ICE fails) before the call is active: the call ends as a hang-up would, once
+    the request in flight settled (a drill found MediaLost in awaiting_media crashing the session)."""
+    call, _, commands = drive(c.incoming(), *events)
+    assert graph_actions(commands)[-1] == ending
+    call, _ = c.step(call, c.GraphDone(ending))
+    assert call.state is S.ENDED
+    assert c.StartApp() not in commands
+
+
 def test_watchdog_ends_a_silent_call_with_terminate() -> None:
     call, _, commands = drive(
         c.incoming(),
