@@ -138,6 +138,9 @@ def assert_one_timeline(packets: list[Packet]) -> None:
         assert (after.sequence - before.sequence) % 0x10000 == 1, (before, after)
         step = (after.timestamp - before.timestamp) % 0x1_0000_0000
         assert 0 < step <= 48000, (before.timestamp, after.timestamp)  # forward, never a jump of > 1 s
+        # The marker bit only where the timeline does not continue (20 ms packets here), not on every
+        # packet as aiortc's sender would have it.
+        assert after.marker == (step != 960), (before, after)
 
 
 async def test_both_legs_opus_48k_are_forwarded_without_the_codec(legs: Legs) -> None:

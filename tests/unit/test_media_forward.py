@@ -11,9 +11,10 @@ OPUS_20MS = bytes([0x78, 0x01, 0x02])  # TOC: config 15 (hybrid FB 20 ms), one f
 SRC_SSRC = 0xABC
 
 
-def forward(timeline: SendTimeline, sequence: int, timestamp: int, now: float, **kw: object) -> Stamp | None:
-    ssrc = int(kw.get("ssrc", SRC_SSRC))  # type: ignore[call-overload]
-    return timeline.forwarded(ssrc, sequence, timestamp, OPUS_20MS, now, marker=bool(kw.get("marker", False)))
+def forward(
+    timeline: SendTimeline, sequence: int, timestamp: int, now: float, ssrc: int = SRC_SSRC
+) -> Stamp | None:
+    return timeline.forwarded(ssrc, sequence, timestamp, OPUS_20MS, now)
 
 
 def test_opus_samples_reads_the_toc() -> None:
@@ -38,13 +39,12 @@ def test_forwarded_packets_keep_the_source_timing_with_a_new_origin() -> None:
         timeline.encoded(n * 0.020)
     first = forward(timeline, 5000, 777_000, 0.060)
     assert first == Stamp(2880, True)  # continues right after the encoded frames
-    # A lost packet (5001) stays a gap of one frame; the next ones follow the source's timestamps.
-    assert forward(timeline, 5002, 777_000 + 1920, 0.100) == Stamp(2880 + 1920, False)
+    # A lost packet (5001) stays a gap of one frame (a marked one: our sequence numbers hide the loss, so to
+    # the receiver it is a pause); the next ones follow the source's timestamps.
+    assert forward(timeline, 5002, 777_000 + 1920, 0.100) == Stamp(2880 + 1920, True)
     assert forward(timeline, 5003, 777_000 + 2880, 0.120) == Stamp(2880 + 2880, False)
-    # A talkspurt after DTX: the source's marker and a timestamp gap.
-    assert forward(timeline, 5004, 777_000 + 2880 + 960 * 20, 0.520, marker=True) == Stamp(
-        2880 + 2880 + 960 * 20, True
-    )
+    # A talkspurt after DTX: a timestamp gap.
+    assert forward(timeline, 5004, 777_000 + 2880 + 960 * 20, 0.520) == Stamp(2880 + 2880 + 960 * 20, True)
     assert timeline.forwarded_packets == 4
 
 

@@ -28,8 +28,10 @@ are ours to rewrite: a packet's timestamp is ``pts`` here, which aiortc adds to 
   one (``next_pts``), or later by the wall-clock time that passed since it, rounded to whole 20 ms frames.
   An encoded run is contiguous (one frame per 20 ms tick), exactly as before forwarding existed.
 
-:attr:`Stamp.talkspurt` is True where the timeline starts anew (the first packet, after a pause or a switch):
-the RTP marker bit as RFC 3551 means it for audio.
+:attr:`Stamp.talkspurt` is True where the timeline does not continue (the first packet, a pause, a switch,
+a source's lost packet): the RTP marker bit as RFC 3551 means it for audio, since the sequence numbers on the
+wire stay contiguous and a receiver cannot tell such a gap from a pause. (``seam.MarkerSeam`` sets the bit
+by the same rule on the wire.)
 """
 
 from __future__ import annotations
@@ -121,13 +123,8 @@ class SendTimeline:
         self._sent(Origin.ENCODED, pts, samples, now)
         return Stamp(pts, talkspurt)
 
-    def forwarded(
-        self, ssrc: int, sequence: int, timestamp: int, payload: bytes, now: float, *, marker: bool = True
-    ) -> Stamp | None:
-        """The stamp of a packet from the other leg (``timestamp`` in its 48 kHz clock), None to drop it.
-
-        ``marker`` is the source's: a gap in its timestamps is a talkspurt only where the source says so (a
-        lost packet is a gap too). aiortc marks every packet, so an aiortc source leaves it to the gap."""
+    def forwarded(self, ssrc: int, sequence: int, timestamp: int, payload: bytes, now: float) -> Stamp | None:
+        """The stamp of a packet from the other leg (``timestamp`` in its 48 kHz clock), None to drop it."""
         anchor = self._anchor
         samples = opus_samples(payload)
         if anchor is None or self._last is not Origin.FORWARDED or anchor.ssrc != ssrc:
@@ -140,7 +137,7 @@ class SendTimeline:
         if step > MAX_DROPOUT or advance <= 0 or lead > MAX_TIMESTAMP_LEAD_SECONDS * CLOCK_RATE:
             return self._anchor_at(ssrc, sequence, timestamp, samples, now)
         pts = (timestamp + anchor.offset) % 0x1_0000_0000
-        talkspurt = marker and _ts_delta(pts, self.next_pts) > 0
+        talkspurt = _ts_delta(pts, self.next_pts) > 0
         anchor.sequence, anchor.timestamp, anchor.arrival = sequence, timestamp, now
         self._sent(Origin.FORWARDED, pts, samples, now)
         self.forwarded_packets += 1

@@ -64,7 +64,7 @@ from worker.media.forward import SendTimeline
 from worker.media.jitter import JitterBuffer, JitterSettings, Packet, Playout, PlayoutKind
 from worker.media.playout import PlayoutClock, shared_clock
 from worker.media.quality import CallQuality
-from worker.media.seam import ReceiveSeam, round_trip_seconds
+from worker.media.seam import MarkerSeam, ReceiveSeam, round_trip_seconds
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -228,9 +228,7 @@ class _Outbound:
         """The packet to send for ``source`` (an Opus packet of another leg), None to drop it."""
         if not (self.started and self.forwarding):
             return None
-        stamp = self.timeline.forwarded(
-            source.ssrc, source.sequence, source.timestamp, source.payload, now, marker=source.marker
-        )
+        stamp = self.timeline.forwarded(source.ssrc, source.sequence, source.timestamp, source.payload, now)
         if stamp is None:
             return None
         self._forwarded_at = now
@@ -409,6 +407,7 @@ class MediaSession:
         self._transceiver: RTCRtpTransceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
         self._transceiver.setCodecPreferences(_opus_only())
         self._seam = ReceiveSeam(self._transceiver.receiver, self._on_packet, self._on_remote_end)
+        self._marker = MarkerSeam(self._transceiver.sender)
         self._jitter = JitterBuffer(settings.jitter)
         self._decoder: OpusDecoder | None = None
         self._subscriptions: set[_Subscription] = set()
@@ -762,6 +761,7 @@ class MediaSession:
             if not self._connect_outcome.done():
                 self._connect_outcome.set_result(None)
             if not self._ticking and not self._closing and self._ended_reason is None:
+                self._marker.install()
                 self._ticking = True
                 self._last_arrival = time.monotonic()
                 self._clock.add(self)
