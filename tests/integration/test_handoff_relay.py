@@ -223,3 +223,13 @@ async def test_telephone_events_are_not_forwarded_as_audio(legs: Legs) -> None:
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
     del relay
+
+
+async def test_a_leg_without_opus_48k_in_its_description_is_transcoded(legs: Legs) -> None:
+    unanswered = MediaSession(SETTINGS)  # no remote description: nothing says its peer sends Opus/48000
+    try:
+        assert not unanswered.opus_48k
+        assert choose_mode(legs.caller, unanswered, forward_opus=True) is RelayMode.TRANSCODED
+        assert choose_mode(unanswered, legs.agent, forward_opus=True) is RelayMode.TRANSCODED
+    finally:
+        await unanswered.close()
