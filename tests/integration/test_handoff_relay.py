@@ -24,6 +24,7 @@ from callhook.ice import restrict_host_addresses
 from tests.fixtures.meta_peer import MetaPhone
 from tests.integration.test_dtmf_media import press
 from worker import audio
+from worker.handoff.opus_params import carry_opus_limits
 from worker.handoff.relay import Relay, RelayMode, choose_mode
 from worker.media import MediaSession, MediaSettings
 from worker.media.dtmf import EventBlock
@@ -35,6 +36,7 @@ CONNECT_TIMEOUT = 10.0
 # test's way, so any encode during forwarding is a bug.
 SETTINGS = MediaSettings(silence_timeout_seconds=30.0, forward_fill_after_seconds=30.0)
 CALLER_HZ, AGENT_HZ, HOLD_HZ = 440.0, 1000.0, 660.0
+META_LIMITS = {"maxplaybackrate": "16000", "maxaveragebitrate": "20000"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -98,7 +100,10 @@ async def legs() -> AsyncIterator[Legs]:
     await phone.accept_answer(await caller.answer(await phone.offer()))
     browser = MediaSession(SETTINGS)
     agent = MediaSession(SETTINGS)
-    await browser.apply_answer(await agent.answer(await browser.offer()))
+    answer = await agent.answer(await browser.offer())
+    # As the worker answers the browser when it forwards: with Meta's Opus receive limits (the test phone's
+    # offer has none of its own).
+    await browser.apply_answer(carry_opus_limits(answer, META_LIMITS))
     ear = Ear(browser)
     browser.on_audio_packet = ear.on_packet
     for media in (caller, agent, browser):

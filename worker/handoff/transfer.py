@@ -29,6 +29,7 @@ from worker.apps.play import open_wav, to_mono
 from worker.handoff import wire
 from worker.handoff.hub import HandoffHub
 from worker.handoff.metrics import HandoffMetrics
+from worker.handoff.opus_params import carry_opus_limits, opus_limits
 from worker.handoff.relay import Relay, choose_mode
 from worker.media import EndReason, MediaError, MediaSession, MediaSettings
 
@@ -271,6 +272,10 @@ class TransferredCall:
         media = MediaSession(h.media_settings, on_ended=self._on_agent_media_end)
         try:
             answer = await media.answer(offer)
+            caller_sdp = self._caller.remote_sdp
+            if h.hub.settings.forward_opus and caller_sdp is not None:
+                # Forwarded packets reach Meta as the browser made them: ask it for what Meta asks for.
+                answer = carry_opus_limits(answer, opus_limits(caller_sdp))
         except MediaError as exc:
             await media.close()
             log.warning("agent offer refused", extra={"error": str(exc)})

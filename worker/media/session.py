@@ -25,6 +25,10 @@ What it guarantees, and why:
 * **Bounded waits.** :meth:`wait_connected` has its own timeout (aiortc reports a failed check list only
   after ~63 s, trap 9); no inbound RTP for ``silence_timeout_seconds`` after connecting ends the media
   (:meth:`wait_ended` returns :attr:`EndReason.INBOUND_SILENCE`) so the call can be hung up.
+* **Forwarding without the codec.** A relay can take each inbound audio packet as it arrives
+  (:attr:`on_audio_packet`) and give it to another session's :meth:`forward`, which sends it as it is, on this
+  session's SSRC, sequence and timeline (worker/media/forward.py), while :meth:`set_forwarding` is on; off,
+  the session encodes its own audio again on the same timeline.
 * **Nothing outlives the call.** :meth:`close` (idempotent) takes the call off the playout clock, frees its
   decoder and closes the peer connection.
 """
@@ -508,6 +512,12 @@ class MediaSession:
                     )
 
     @property
+    def remote_sdp(self) -> str | None:
+        """The remote description applied (Meta's offer or answer, a browser's offer), once there is one."""
+        description = self._pc.remoteDescription
+        return description.sdp if description is not None else None
+
+    @property
     def opus_48k(self) -> bool:
         """The remote's description has Opus at 48000 Hz (RFC 7587's only form): its packets and ours are
         the same codec and clock, so a relay may forward them between legs as they are."""
@@ -628,6 +638,8 @@ class MediaSession:
         assert decoder is not None  # created with the first subscription
         kind = playout.kind
         samples = playout.samples * decoder.sample_rate // OPUS_CLOCK_RATE
+        if kind is PlayoutKind.SILENCE:
+            return bytes(2 * samples)
         self._frames_decoded += 1
         if kind is PlayoutKind.AUDIO and playout.payload is not None:
             return decoder.decode(playout.payload)
@@ -659,7 +671,11 @@ class MediaSession:
             return
         forward = self.on_audio_packet
         if forward is not None:
-            forward(packet)
+            try:
+                forward(packet)
+            except Exception:  # a relay's bug must not stop this leg's own audio (aiortc's receive task)
+                self.on_audio_packet = None
+                log.exception("forwarding an inbound packet failed: forwarding stops")
         self._jitter.put(packet)
 
     def _on_remote_end(self) -> None:
