@@ -344,5 +344,6 @@ class TransferredCall:
                     agent_leg=agent.statistics().quality() or {},
                     on_hold=self._on_hold,
                     agent=self._agent,
+                    relay_mode=self._relay_audio.mode.value if self._relay_audio is not None else "",
                 ),
             )
