@@ -238,3 +238,34 @@ async def test_a_leg_without_opus_48k_in_its_description_is_transcoded(legs: Leg
         assert choose_mode(unanswered, legs.agent, forward_opus=True) is RelayMode.TRANSCODED
     finally:
         await unanswered.close()
+
+
+async def test_a_burst_of_forwarded_packets_reaches_the_far_end_whole(legs: Legs) -> None:
+    """A stalled link delivers a dozen packets at once, and aiortc's DTLS task hands them over without
+    yielding: the sending leg keeps the burst for the far end's jitter buffer instead of dropping it."""
+    captured: list[Packet] = []
+    enough = asyncio.Event()
+
+    def capture(packet: Packet) -> None:
+        captured.append(packet)
+        if len(captured) == 10:
+            enough.set()
+
+    legs.caller.on_audio_packet = capture
+    async with asyncio.timeout(10):
+        await enough.wait()
+    legs.caller.on_audio_packet = None
+    legs.agent.set_forwarding(True)
+    for packet in captured[:10]:  # one burst: no await in between, as aiortc's DTLS task does
+        legs.agent.forward(packet)
+    burst = [p.payload for p in captured[:10]]
+
+    def arrived() -> bool:
+        payloads = [p.payload for p in legs.browser.packets]
+        return any(payloads[n : n + 10] == burst for n in range(len(payloads)))
+
+    async with asyncio.timeout(10):
+        while not arrived():
+            await legs.browser.wait_packets(1)
+    assert legs.agent.statistics().send_backlog_dropped == 0
+    assert legs.agent.statistics().frames_forwarded == 10

@@ -169,6 +169,7 @@ class MediaStatistics:
     frames_decoded: int = 0  # inbound frames its decoder made (decode, FEC or PLC)
     frames_forwarded: int = 0  # outbound packets forwarded as they came from another leg (no codec)
     forward_dropped: int = 0  # ... dropped instead: duplicates, too late (worker/media/forward.py)
+    send_backlog_dropped: int = 0  # outbound packets dropped because aiortc's sender task was behind
 
     @property
     def loss_ratio(self) -> float:
@@ -297,20 +298,28 @@ class _SenderTrack(MediaStreamTrack):
     48 kHz stereo 96 kb/s in a thread pool, traps 4 and 8) and never paces (the tick does)."""
 
     kind = "audio"
-    _BACKLOG = 3  # packets kept when the sender's task is behind (a stalled loop); older ones are dropped
+    BACKLOG = 3  # packets kept when the sender's task is behind (a stalled loop); older ones are dropped
+    # Forwarded packets come in the bursts the network delivers (aiortc's DTLS task reads a burst without
+    # yielding): keep a burst's worth (200 ms) for the far end's jitter buffer rather than drop it.
+    FORWARD_BACKLOG = 10
 
     def __init__(self) -> None:
         super().__init__()
-        self._pending: deque[av.Packet[Any]] = deque(maxlen=self._BACKLOG)
+        self._pending: deque[av.Packet[Any]] = deque()
         self._waiter: asyncio.Future[av.Packet[Any]] | None = None
+        self.dropped = 0
 
-    def deliver(self, packet: av.Packet[Any]) -> None:
+    def deliver(self, packet: av.Packet[Any], backlog: int = BACKLOG) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             self._waiter = None
             waiter.set_result(packet)
-        else:
-            self._pending.append(packet)
+            return
+        pending = self._pending
+        while len(pending) >= backlog:
+            pending.popleft()
+            self.dropped += 1
+        pending.append(packet)
 
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
@@ -601,7 +610,7 @@ class MediaSession:
             return
         out = self._outbound.forward(packet, time.monotonic())
         if out is not None:
-            self._track.deliver(out)
+            self._track.deliver(out, _SenderTrack.FORWARD_BACKLOG)
 
     async def wait_played(self) -> None:
         """Return when everything queued has been sent, or the media ended."""
@@ -724,6 +733,7 @@ class MediaSession:
             frames_decoded=self._frames_decoded,
             frames_forwarded=self._outbound.frames_forwarded,
             forward_dropped=self._outbound.timeline.dropped_packets,
+            send_backlog_dropped=self._track.dropped,
         )
 
     async def close(self) -> None:
