@@ -2,9 +2,9 @@
 
 When the relay forwards Opus, the browser's packets go to Meta as they are. Meta's description says what it
 wants to receive (``maxplaybackrate=16000``, ``maxaveragebitrate=20000``); a browser answered with aiortc's
-plain Opus parameters would encode fullband at its default ~32 kb/s. RFC 7587 makes these receiver
-preferences the sender honours, so writing the caller leg's values into the answer to the browser makes the
-browser encode what Meta asked for. Pure: text in, text out.
+plain Opus parameters would encode fullband at its default ~32 kb/s. These are RFC 7587 receiver preferences
+that libwebrtc's encoder reads, so writing the caller leg's values into the answer to the browser asks the
+browser to encode what Meta asked for. Pure: text in, text out.
 """
 
 from __future__ import annotations
