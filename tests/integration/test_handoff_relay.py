@@ -269,3 +269,22 @@ async def test_a_burst_of_forwarded_packets_reaches_the_far_end_whole(legs: Legs
             await legs.browser.wait_packets(1)
     assert legs.agent.statistics().send_backlog_dropped == 0
     assert legs.agent.statistics().frames_forwarded == 10
+
+
+async def test_the_sources_losses_stay_gaps_on_the_forwarded_timeline(legs: Legs) -> None:
+    """Every 7th packet of the phone is lost before the caller's leg: the agent's leg forwards the rest with
+    their own timestamps (a gap of one frame, marked, where one is missing) and the tone is still heard."""
+    legs.caller.drop_inbound = lambda sequence: sequence % 7 == 0
+    relay, running = await relaying(legs, RelayMode.FORWARDED)
+    await heard_both_ways(legs)
+    start = len(legs.browser.packets)
+    await legs.browser.wait_packets(60)
+    forwarded = legs.browser.packets[start:]
+    steps = {(b.timestamp - a.timestamp) % 2**32 for a, b in itertools.pairwise(forwarded)}
+    assert 1920 in steps  # a lost packet: one frame's gap
+    assert steps <= {960, 1920}  # nothing else: no jumps, no steps back
+    assert_one_timeline(forwarded)
+    await legs.browser.wait_heard(CALLER_HZ)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    del relay
