@@ -1,20 +1,26 @@
 """What handing a call to a person costs: the relay's added delay and CPU, against the echo path, same run.
 
-One real worker (app ``ivr:1=echo,0=transfer:support``), ``callhook console`` and the simulator as Meta, all
-on 127.0.0.1. Two phases, ``--calls`` calls each, measured for ``--seconds``:
+One real worker at a time (app ``ivr:1=echo,0=transfer:support``), ``callhook console`` and the simulator as
+Meta, all on 127.0.0.1. Four phases, ``--calls`` calls each, measured for ``--seconds``:
 
-* **echo**: the phones press 1; the caller's voice goes phone -> worker -> phone.
-* **relay**: the phones press 0; a scripted agent (``simulator/agent.py``: an aiortc peer on the console's
-  WebSocket, as a browser would be) takes each call; the caller's voice goes phone -> worker -> agent.
+* **echo**: the phones press 1; the caller's voice goes phone -> worker -> phone (the baseline).
+* **relay, forwarded**: the phones press 0; a scripted agent (``simulator/agent.py``: an aiortc peer on the
+  console's WebSocket, as a browser would be) takes each call; the caller's voice goes phone -> worker ->
+  agent, its Opus packets forwarded as they arrive (``CALLHOOK_HANDOFF_FORWARD_OPUS=true``, the default).
+* then the worker is replaced by one with ``CALLHOOK_HANDOFF_FORWARD_OPUS=false``: **echo** again (the
+  baseline of the second worker process) and **relay, transcoded** (decode + PCM + encode on the tick).
+
+Which relay mode each relay phase really ran in is read from the worker's
+``callhook_handoff_relays_total{mode}``.
 
 Delay: the phone's test signal is tone bursts; each burst is dated as it leaves the phone's socket
 (``Phone.heard_log.sent``) and again where it is heard (the first loud sample after quiet, in the decoded
 frames of the phone's or the agent's aiortc receiver, by their arrival time), matched by its tone.
 
 Both paths cross the network twice and end in one stock aiortc receiver (the phone's, the agent's), so
-*added* = relay - echo is what the second leg (answering the agent's offer, decode + PCM + encode on the
-playout tick) costs over the echo app. CPU: the worker process's user+system time over the window, per call
-per second, relay against echo (phones, console and agents run in this process or their own and are not
+*added* = relay - echo is what the second leg costs over the echo app (each relay against the echo of its own
+worker process). CPU: the worker process's user+system time over the window, per call per second, as ratios
+against the echo of the same worker (phones, console and agents run in this process or their own and are not
 counted).
 
     ./run bench handoff                            # or: uv run --frozen python bench/handoff.py
@@ -27,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import signal
 import statistics
 import sys
 import tempfile
@@ -41,7 +48,7 @@ from simulator.agent import ScriptedAgent
 from simulator.calls import CallState
 from simulator.config import CallTiming, SimulatorConfig
 from simulator.heard import OnsetDetector, same_tone
-from simulator.local import ACCESS_TOKEN, APP_SECRET, System, free_port, wait_ready
+from simulator.local import ACCESS_TOKEN, APP_SECRET, Process, System, free_port, scrape, wait_ready
 from simulator.sim import SimulatedCall, Simulator
 
 APP = "ivr:1=echo,0=transfer:support"
@@ -126,6 +133,37 @@ async def relay_phase(
             "measured": len(measured)}  # fmt: skip
 
 
+async def relays_by_mode(worker: Process) -> dict[str, float]:
+    async with aiohttp.ClientSession() as http:
+        samples = await scrape(http, worker)
+    return {
+        mode: samples.get(f'callhook_handoff_relays_total{{mode="{mode}"}}', 0.0)
+        for mode in ("forwarded", "transcoded")
+    }
+
+
+async def relay_mode_phase(
+    sim: Simulator, worker: Process, console_url: str, calls: int, seconds: float, mode: str
+) -> dict[str, float]:
+    before = await relays_by_mode(worker)
+    result = await relay_phase(sim, psutil.Process(worker.popen.pid), console_url, calls, seconds)
+    after = await relays_by_mode(worker)
+    ran = {m: after[m] - before[m] for m in after}
+    if ran[mode] != calls:
+        raise SystemExit(f"the {mode} phase ran relays {ran}, not {calls} {mode}")
+    return result
+
+
+async def replace_worker(system: System, **env: str) -> Process:
+    for old in system.worker_processes:
+        old.signal(signal.SIGTERM)
+        await asyncio.to_thread(old.wait_exit, 30)
+    system.worker_processes.clear()
+    worker = system.start_worker(**env)
+    await system.wait_ready()
+    return worker
+
+
 async def main(args: argparse.Namespace) -> int:
     print(f"# bench/handoff.py: {machine()}; {args.calls} calls per phase, {args.seconds} s measured")
     with private_vhost("bench-handoff") as amqp_url, tempfile.TemporaryDirectory() as logs:
@@ -152,22 +190,52 @@ async def main(args: argparse.Namespace) -> int:
                 async with aiohttp.ClientSession() as http:
                     await wait_ready(http, console)
                 async with Simulator(config, ingress_url=system.webhook_url, graph_port=graph_port) as sim:
-                    worker = psutil.Process(system.worker_processes[0].popen.pid)
-                    echo = await echo_phase(sim, worker, args.calls, args.seconds)
-                    relay = await relay_phase(sim, worker, console.url, args.calls, args.seconds)
+                    n, s = args.calls, args.seconds
+                    worker = system.worker_processes[0]
+                    echo = await echo_phase(sim, psutil.Process(worker.popen.pid), n, s)
+                    forwarded = await relay_mode_phase(sim, worker, console.url, n, s, "forwarded")
+                    worker = await replace_worker(system, CALLHOOK_HANDOFF_FORWARD_OPUS="false")
+                    echo2 = await echo_phase(sim, psutil.Process(worker.popen.pid), n, s)
+                    transcoded = await relay_mode_phase(sim, worker, console.url, n, s, "transcoded")
             finally:
                 console.popen.terminate()
                 console.popen.wait(10)
-    phases = {"echo: phone -> worker -> phone": echo, "relay: phone -> worker -> agent": relay}
-    rows = [
-        [name, ms(phase["delay"]), f"{phase['cpu'] * 100:.2f} %", int(phase["measured"])]
-        for name, phase in phases.items()
-    ]
-    print(table(["path", "delay ms (median)", "worker CPU per call", "calls measured"], rows))
-    added = relay["delay"] - echo["delay"]
-    cpu_ratio = relay["cpu"] / echo["cpu"] if echo["cpu"] > 0 else math.nan
-    print(f"relay added delay vs echo: {ms(added)} ms; relay CPU per call: {cpu_ratio:.2f}x echo's")
+    report(echo, forwarded, echo2, transcoded)
     return 0
+
+
+def ratio(value: float, baseline: float) -> str:
+    return "-" if math.isnan(value) or math.isnan(baseline) or baseline <= 0 else f"{value / baseline:.2f}x"
+
+
+def report(
+    echo: dict[str, float], forwarded: dict[str, float], echo2: dict[str, float], transcoded: dict[str, float]
+) -> None:
+    rows = []
+    for name, phase, baseline in (
+        ("echo: phone -> worker -> phone (worker 1)", echo, echo),
+        ("relay, forwarded: phone -> worker -> agent (worker 1)", forwarded, echo),
+        ("echo: phone -> worker -> phone (worker 2)", echo2, echo2),
+        ("relay, transcoded: phone -> worker -> agent (worker 2)", transcoded, echo2),
+    ):
+        rows.append([
+            name, ms(phase["delay"]), ms(phase["delay"] - baseline["delay"]),
+            f"{phase['cpu'] * 100:.2f} %", ratio(phase["cpu"], baseline["cpu"]), int(phase["measured"]),
+        ])  # fmt: skip
+    headers = [
+        "path",
+        "delay ms (median)",
+        "vs its echo ms",
+        "worker CPU per call",
+        "CPU vs its echo",
+        "calls",
+    ]
+    print(table(headers, rows))
+    added = (ms(forwarded["delay"] - echo["delay"]), ms(transcoded["delay"] - echo2["delay"]))
+    print(
+        f"forwarded against transcoded: CPU per call {ratio(forwarded['cpu'], transcoded['cpu'])}; "
+        f"added delay {added[0]} vs {added[1]} ms"
+    )
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -130,6 +130,11 @@ async def test_ivr_zero_puts_the_caller_through_to_an_agent(setup: Setup) -> Non
         "callhook_handoff_time_to_answer_seconds_count", queue="support"
     )
     assert answered_count >= 1
+    # The phone's and the agent's legs both negotiated Opus/48000: the relay forwarded, not transcoded.
+    (forwarded,) = await setup.dep.values("callhook_handoff_relays_total", mode="forwarded")
+    (transcoded,) = await setup.dep.values("callhook_handoff_relays_total", mode="transcoded")
+    assert forwarded >= 1
+    assert transcoded == 0
 
 
 async def test_a_taken_call_is_refused_to_the_next_agent(setup: Setup) -> None:

@@ -115,6 +115,9 @@ async def test_agent_answers_talks_both_ways_and_hangs_up(setup: Setup, tmp_path
     # The caller hears the agent: the fake microphone's 1750 Hz at the phone's ears.
     await poll(lambda: _async(tail_frequency(call)), lambda hz: abs(hz - AGENT_TONE_HZ) < 30)
     await page.get_by_text("Caller MOS").wait_for(timeout=WAIT_SECONDS * 1000)  # the live quality arrived
+    # Chromium's leg and the phone's both negotiated Opus/48000: what was heard both ways was forwarded.
+    (forwarded,) = await setup.dep.values("callhook_handoff_relays_total", mode="forwarded")
+    assert forwarded >= 1
     if (shots := _screenshots()) is not None:
         await page.screenshot(path=str(shots / "handoff-console-call.png"), full_page=True)
     await page.get_by_role("button", name="Hang up the call").click()

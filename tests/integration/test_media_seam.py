@@ -23,7 +23,7 @@ from aiortc.rtp import RtpPacket
 
 from callhook.ice import restrict_host_addresses
 from tests.fixtures.meta_peer import MetaPhone
-from worker.media.seam import PRIVATE_API, ReceiveSeam, round_trip_seconds
+from worker.media.seam import PRIVATE_API, MarkerSeam, ReceiveSeam, round_trip_seconds
 
 CONNECT_TIMEOUT = 10.0
 
@@ -53,10 +53,12 @@ def test_the_methods_the_seam_replaces_keep_their_signatures() -> None:
         RTCRtpReceiver._handle_disconnect: ["self"],
         RTCRtpReceiver._run_rtcp: ["self"],
         RTCDtlsTransport._register_rtp_receiver: ["self", "receiver", "parameters"],
+        RTCDtlsTransport._send_rtp: ["self", "data"],
         StreamStatistics.add: ["self", "packet"],
     }
     for method, parameters in expected.items():
         assert list(inspect.signature(method).parameters) == parameters, method.__qualname__
+    assert inspect.iscoroutinefunction(RTCDtlsTransport._send_rtp)
     for name, kind in PRIVATE_API["RTCRtpReceiver"]:
         if kind == "async":
             assert inspect.iscoroutinefunction(getattr(RTCRtpReceiver, name)), name
@@ -145,3 +147,23 @@ async def test_packets_reach_the_seam_before_aiortcs_jitter_buffer_and_no_decode
         await phone.close()
         await pc.close()
     assert ended == ["end"]  # closing our side afterwards does not report again
+
+
+def test_the_marker_seam_marks_where_the_timeline_does_not_continue() -> None:
+    pc_sender = RTCRtpSender.__new__(RTCRtpSender)  # mark() needs no sender state
+    seam = MarkerSeam(pc_sender)
+    opus_20ms = bytes([0x78, 1, 2, 3])
+
+    def rtp(timestamp: int, marker: int, *, extension: bool = False) -> bytes:
+        packet = RtpPacket(payload_type=111, marker=marker, sequence_number=1, timestamp=timestamp)
+        packet.payload = opus_20ms
+        data = packet.serialize()
+        if extension:  # a one-word header extension, as aiortc adds (mid, abs-send-time)
+            data = bytes([data[0] | 0x10]) + data[1:12] + b"\xbe\xde\x00\x01\x10\xaa\x00\x00" + data[12:]
+        return data
+
+    stream = [(0, 1), (960, 1), (1920, 0), (1920 + 960 * 10, 0), (1920 + 960 * 11, 1)]
+    marked = [RtpPacket.parse(seam.mark(rtp(ts, m, extension=True))).marker for ts, m in stream]
+    assert marked == [1, 0, 0, 1, 0]
+    assert RtpPacket.parse(seam.mark(rtp(1920 + 960 * 12, 1))).marker == 0  # no extension: same rule
+    assert seam.talkspurts == 2

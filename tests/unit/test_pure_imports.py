@@ -18,9 +18,9 @@ PURE_MODULES = [
     "worker.decode", "worker.wire", "worker.events", "worker.call", "worker.sdp", "ingress.contract",
     "ingress.signature", "simulator.calls", "simulator.sdp", "simulator.faults", "worker.media.codec",
     # worker/media/__init__.py imports its session lazily, so a pure module of the package stays pure.
-    "worker.media.dtmf", "worker.media.jitter", "worker.media.quality",
+    "worker.media.dtmf", "worker.media.jitter", "worker.media.quality", "worker.media.forward",
     "simulator.net", "simulator.heard", "simulator.dtmf",
-    "worker.handoff.wire", "worker.handoff.board", "worker.handoff.config",
+    "worker.handoff.wire", "worker.handoff.board", "worker.handoff.config", "worker.handoff.opus_params",
     "worker.crashpoints",
     "ingress.commands", "ingress.idempotency", "ingress.throttle",
     "worker.capture", "worker.meta_codes", "worker.transcript",

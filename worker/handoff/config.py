@@ -8,6 +8,8 @@
   that transferred, from its start).
 * ``CALLHOOK_HANDOFF_ANNOUNCE_POSITION``: every ``CALLHOOK_HANDOFF_ANNOUNCE_EVERY_SECONDS`` the caller hears
   their place in the queue as that many short pips (1-9) before the hold audio goes on.
+* ``CALLHOOK_HANDOFF_FORWARD_OPUS``: relay the caller's and the agent's Opus packets as they are when both
+  legs negotiated Opus/48000 (true), or always decode and re-encode (false: the PCM relay).
 * ``CALLHOOK_HANDOFF_HEARTBEAT_SECONDS``: how often an owner repeats its waiting calls on the board; an
   entry expires after three heartbeats without a mention.
 """
@@ -31,6 +33,7 @@ class HandoffSettings:
     announce_position: bool = True
     announce_every_seconds: float = 30.0
     heartbeat_seconds: float = 2.0
+    forward_opus: bool = True
 
     @property
     def ttl_seconds(self) -> float:
@@ -51,6 +54,7 @@ def read(r: EnvReader) -> HandoffSettings:
             "CALLHOOK_HANDOFF_ANNOUNCE_EVERY_SECONDS", 30.0, minimum=1, maximum=3600
         ),
         heartbeat_seconds=r.float("CALLHOOK_HANDOFF_HEARTBEAT_SECONDS", 2.0, minimum=0.1, maximum=60),
+        forward_opus=r.bool("CALLHOOK_HANDOFF_FORWARD_OPUS", True),
     )
     for name, path in (("HOLD_WAV", settings.hold_wav), ("FALLBACK_WAV", settings.fallback_wav)):
         if path is not None and not path.is_file():

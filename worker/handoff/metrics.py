@@ -32,6 +32,12 @@ class HandoffMetrics:
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
+        self.relays = Counter(
+            "callhook_handoff_relays_total",
+            "Relays to an agent started, by mode: forwarded (Opus packets as they are) or transcoded (PCM).",
+            ["mode"],
+            registry=registry,
+        )
         self.transfers = Counter(
             "callhook_handoff_transfers_total", "Calls transferred to a queue.", ["queue"], registry=registry
         )

@@ -8,8 +8,9 @@ and its return hangs the call up (terminate), exactly as an app's return does.
        |--caller hangs up (terminate, media ended) --> abandoned (``left`` on the board)
        '--maximum wait --> the fallback (hang up, a message, back to the app)
 
-The relay decodes each leg on the worker's playout tick (each leg is a :class:`~worker.media.MediaSession`)
-and queues the PCM on the other leg, which encodes it on the same tick: the audio path of every other call.
+The relay (worker/handoff/relay.py) forwards each leg's Opus packets to the other leg as they arrive when
+both legs negotiated Opus/48000, and otherwise decodes each leg on the playout tick and encodes its PCM for
+the other; on hold both legs encode again (the caller hears the hold audio).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from worker.apps.play import open_wav, to_mono
 from worker.handoff import wire
 from worker.handoff.hub import HandoffHub
 from worker.handoff.metrics import HandoffMetrics
+from worker.handoff.opus_params import carry_opus_limits, opus_limits
+from worker.handoff.relay import Relay, choose_mode
 from worker.media import EndReason, MediaError, MediaSession, MediaSettings
 
 log = logging.getLogger(__name__)
@@ -125,7 +128,7 @@ class TransferredCall:
         self._agent_done = asyncio.Event()
         self._agent_end_reason = ""
         self._on_hold = False
-        self._hold_changed = asyncio.Event()
+        self._relay_audio: Relay | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = time.monotonic()
 
@@ -147,7 +150,8 @@ class TransferredCall:
                 self._end_agent("agent hung up")
             case wire.Hold(agent=agent, on=on) if agent == self._agent:
                 self._on_hold = on
-                self._hold_changed.set()
+                if self._relay_audio is not None:
+                    self._relay_audio.set_hold(on)
             case wire.Take() | wire.Hangup() | wire.Hold():
                 self._h.hub.reply(
                     reply_to, wire.Refused(call_id=call_id, reason="not_yours", agent=command.agent)
@@ -268,6 +272,10 @@ class TransferredCall:
         media = MediaSession(h.media_settings, on_ended=self._on_agent_media_end)
         try:
             answer = await media.answer(offer)
+            caller_sdp = self._caller.remote_sdp
+            if h.hub.settings.forward_opus and caller_sdp is not None:
+                # Forwarded packets reach Meta as the browser made them: ask it for what Meta asks for.
+                answer = carry_opus_limits(answer, opus_limits(caller_sdp))
         except MediaError as exc:
             await media.close()
             log.warning("agent offer refused", extra={"error": str(exc)})
@@ -307,11 +315,14 @@ class TransferredCall:
             h.metrics.time_to_answer.labels(queue=queue).observe(self._waited())
             await h.publish_event("agent_answered", info, queue=queue, agent=self._agent,
                                   wait_seconds=self._waited())  # fmt: skip
+            mode = choose_mode(self._caller, agent, forward_opus=h.hub.settings.forward_opus)
+            relay = self._relay_audio = Relay(self._caller, agent, mode, h.hold)
+            relay.set_hold(self._on_hold)
+            h.metrics.relays.labels(mode=mode.value).inc()
+            log.info("relay started", extra={"queue": queue, "relay_mode": mode.value})
             async with asyncio.TaskGroup() as tg:
                 tasks = [
-                    tg.create_task(self._pipe(self._caller, agent)),
-                    tg.create_task(self._pipe(agent, self._caller)),
-                    tg.create_task(self._hold_music()),
+                    tg.create_task(relay.run()),
                     tg.create_task(self._report_quality(agent)),
                 ]
                 caller_gone = tg.create_task(self._caller.wait_ended())
@@ -321,30 +332,6 @@ class TransferredCall:
                     task.cancel()
         finally:
             h.metrics.with_agent.dec()
-
-    async def _pipe(self, source: MediaSession, sink: MediaSession) -> None:
-        async for pcm in source.frames(RATE):
-            if not self._on_hold:  # on hold: both hear nothing of the other (the caller hears hold audio)
-                await sink.send(pcm, RATE)
-
-    async def _hold_music(self) -> None:
-        """While the agent holds the call, the caller hears the hold audio again."""
-        while True:
-            await self._hold_changed.wait()
-            self._hold_changed.clear()
-            if self._on_hold:
-                self._caller.clear()
-                playing = asyncio.ensure_future(self._loop_hold())
-                await self._hold_changed.wait()
-                playing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await playing
-                self._caller.clear()
-
-    async def _loop_hold(self) -> None:
-        while self._caller.ended_reason is None:
-            await self._caller.send(self._h.hold, RATE)
-            await self._caller.wait_played()
 
     async def _report_quality(self, agent: MediaSession) -> None:
         while True:
@@ -357,5 +344,6 @@ class TransferredCall:
                     agent_leg=agent.statistics().quality() or {},
                     on_hold=self._on_hold,
                     agent=self._agent,
+                    relay_mode=self._relay_audio.mode.value if self._relay_audio is not None else "",
                 ),
             )

@@ -120,6 +120,7 @@ class Quality(msgspec.Struct, frozen=True, kw_only=True, tag="quality"):
     agent_leg: dict[str, float | int | None]
     on_hold: bool = False
     agent: str = ""
+    relay_mode: str = ""  # "forwarded" (Opus as it is) or "transcoded" (PCM): worker/handoff/relay.py
 
 
 Reply = Answer | Refused | Ended | Quality

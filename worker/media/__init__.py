@@ -1,8 +1,9 @@
 """The audio path of a call: WebRTC media (aiortc for ICE, DTLS, SRTP, RTCP) and what callhook does after it.
 
 ``session`` is the per-call media (:class:`MediaSession`); ``seam`` is the one module touching aiortc's
-receive internals; ``jitter`` (the jitter buffer) and ``quality`` (MOS) are pure; ``codec`` is libopus in
-the loop; ``playout`` is the worker's one 20 ms clock. See docs/architecture.md, "Audio path".
+receive internals; ``jitter`` (the jitter buffer), ``quality`` (MOS) and ``forward`` (a sending leg's
+timeline for forwarded and encoded packets) are pure; ``codec`` is libopus in the loop; ``playout`` is the
+worker's one 20 ms clock. See docs/architecture.md, "Audio path".
 
 The session's names are imported lazily (PEP 562), so importing a pure submodule such as
 ``worker.media.jitter`` does not drag aiortc and asyncio in with the package.

@@ -14,6 +14,9 @@ receiver over *before* its ``receive()`` runs:
 * an RTCP BYE from the peer or the DTLS transport closing calls ``on_end`` (aiortc would have ended the
   remote track through its decoder thread).
 
+On the send side, :class:`MarkerSeam` sets the RTP marker bit of the call's outbound audio as RFC 3551 means
+it (the first packet of a talkspurt); aiortc's sender sets it on every audio packet.
+
 This module is the only one in callhook that touches aiortc's private names. They are listed in
 :data:`PRIVATE_API` and checked by ``tests/unit/test_media_seam.py`` against the installed aiortc, which
 fails loudly when an aiortc release moves them. Written for and verified with aiortc 1.16
@@ -31,7 +34,9 @@ from typing import Any
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 from aiortc.rtcrtpreceiver import StreamStatistics
-from aiortc.rtp import RtcpByePacket, RtpPacket
+from aiortc.rtp import RtcpByePacket, RtpPacket, is_rtcp
+
+from worker.media.forward import opus_samples
 
 # What the seam relies on, per object: (attribute, kind). ``kind`` is "method", "async", "attr" (an instance
 # attribute of a fresh receiver) or "class" (a module-level class).
@@ -53,8 +58,8 @@ PRIVATE_API: dict[str, tuple[tuple[str, str], ...]] = {
         ("_RTCRtpReceiver__started", "attr"),
         ("_RTCRtpReceiver__decoder_thread", "attr"),
     ),
-    "RTCRtpSender": (("_RTCRtpSender__rtt", "attr"),),
-    "RTCDtlsTransport": (("_register_rtp_receiver", "method"),),
+    "RTCRtpSender": (("_RTCRtpSender__rtt", "attr"), ("_ssrc", "attr")),
+    "RTCDtlsTransport": (("_register_rtp_receiver", "method"), ("_send_rtp", "async")),
     "StreamStatistics": (
         ("add", "method"),
         ("packets_received", "attr"),
@@ -188,3 +193,52 @@ class ReceiveSeam:
         if not self._ended:
             self._ended = True
             self._on_end()
+
+
+class MarkerSeam:
+    """The marker bit of one sender's outbound audio: set on the first packet of a talkspurt only.
+
+    aiortc 1.16 marks every audio packet (``packet.marker = 1`` for a frame's last payload, and an audio frame
+    has one). A receiver may take a marked packet for the start of a talkspurt and re-time its playout there
+    (RFC 3551, 4.1). This seam wraps the sender's DTLS transport's ``_send_rtp`` (plain RTP, before SRTP)
+    and sets the bit where the sender's timeline does not continue: the first packet, and a packet whose
+    timestamp is not the previous one's plus its duration (a pause, a switch between forwarded and encoded
+    audio; sequence numbers stay contiguous, so to the receiver any such gap *is* a pause). RTCP and other
+    SSRCs pass untouched. :meth:`install` once the transport is the one media flows on (connected).
+    """
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        self._sender = sender
+        self._installed = False
+        self._next_timestamp: int | None = None
+        self.talkspurts = 0
+
+    def install(self) -> None:
+        if self._installed:
+            return
+        self._installed = True
+        transport = self._sender.transport
+        original = transport._send_rtp
+        ssrc = self._sender._ssrc
+
+        async def _send_rtp(data: bytes) -> None:
+            if not is_rtcp(data) and len(data) >= 12 and int.from_bytes(data[8:12]) == ssrc:
+                data = self.mark(data)
+            await original(data)
+
+        transport._send_rtp = _send_rtp  # type: ignore[method-assign]
+
+    def mark(self, data: bytes) -> bytes:
+        """``data`` (one plain RTP packet) with its marker bit set or cleared (see the class docstring)."""
+        timestamp = int.from_bytes(data[4:8])
+        offset = 12 + 4 * (data[0] & 0x0F)
+        if data[0] & 0x10 and len(data) >= offset + 4:  # header extensions: their length in 32-bit words
+            offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4])
+        talkspurt = timestamp != self._next_timestamp
+        self._next_timestamp = (timestamp + opus_samples(data[offset : offset + 2])) % 0x1_0000_0000
+        if talkspurt:
+            self.talkspurts += 1
+        marked = bool(data[1] & 0x80)
+        if marked == talkspurt:
+            return data
+        return data[:1] + bytes([data[1] ^ 0x80]) + data[2:]

@@ -25,6 +25,10 @@ What it guarantees, and why:
 * **Bounded waits.** :meth:`wait_connected` has its own timeout (aiortc reports a failed check list only
   after ~63 s, trap 9); no inbound RTP for ``silence_timeout_seconds`` after connecting ends the media
   (:meth:`wait_ended` returns :attr:`EndReason.INBOUND_SILENCE`) so the call can be hung up.
+* **Forwarding without the codec.** A relay can take each inbound audio packet as it arrives
+  (:attr:`on_audio_packet`) and give it to another session's :meth:`forward`, which sends it as it is, on this
+  session's SSRC, sequence and timeline (worker/media/forward.py), while :meth:`set_forwarding` is on; off,
+  the session encodes its own audio again on the same timeline.
 * **Nothing outlives the call.** :meth:`close` (idempotent) takes the call off the playout clock, frees its
   decoder and closes the peer connection.
 """
@@ -38,6 +42,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from types import TracebackType
 from typing import Any, Self
 
@@ -59,15 +64,17 @@ from worker import audio, sdp
 from worker.config import WorkerConfig
 from worker.errors import CallhookError
 from worker.media.codec import OPUS_RATES, OpusDecoder
+from worker.media.forward import SendTimeline
 from worker.media.jitter import JitterBuffer, JitterSettings, Packet, Playout, PlayoutKind
 from worker.media.playout import PlayoutClock, shared_clock
 from worker.media.quality import CallQuality
-from worker.media.seam import ReceiveSeam, round_trip_seconds
+from worker.media.seam import MarkerSeam, ReceiveSeam, round_trip_seconds
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
 OPUS_CLOCK_RATE = 48000
+_OPUS_TIME_BASE = Fraction(1, OPUS_CLOCK_RATE)
 TELEPHONE_EVENT = "telephone-event"
 
 
@@ -109,6 +116,8 @@ class MediaSettings:
     opus_complexity: int = 1  # libopus 0-10: ~50 us per 20 ms frame at 1, ~130 us at 5 (bench figures)
     send_buffer_seconds: float = 2.0  # send() waits while more than this is queued
     inbound_queue_frames: int = 50  # frames kept for an app that reads slowly (1 s), oldest dropped
+    # A leg forwarding another leg's packets sends its own silence while they stop for longer than this.
+    forward_fill_after_seconds: float = 0.2
     jitter: JitterSettings = field(default_factory=JitterSettings)
 
     @classmethod
@@ -139,7 +148,7 @@ class MediaStatistics:
     connection_state: str
     sending: bool
     frames_in: int  # frames played out to the call from its audio (received, FEC-rebuilt or concealed)
-    frames_out: int
+    frames_out: int  # packets sent: encoded here or forwarded from another leg
     inbound_frames_dropped: int  # frames an app was too slow for
     packets_lost: int  # inbound RTP never received (aiortc's RTCP receiver statistics)
     queued_seconds: float
@@ -156,6 +165,11 @@ class MediaStatistics:
     round_trip_seconds: float | None = None  # from RTCP (the phone's receiver reports), when known
     mos: float | None = None  # simplified E-model estimate (worker/media/quality.py)
     call_quality: CallQuality | None = None  # the summary the above come from
+    frames_encoded: int = 0  # outbound frames this session's Opus encoder made
+    frames_decoded: int = 0  # inbound frames its decoder made (decode, FEC or PLC)
+    frames_forwarded: int = 0  # outbound packets forwarded as they came from another leg (no codec)
+    forward_dropped: int = 0  # ... dropped instead: duplicates, too late (worker/media/forward.py)
+    send_backlog_dropped: int = 0  # outbound packets dropped because aiortc's sender task was behind
 
     @property
     def loss_ratio(self) -> float:
@@ -172,7 +186,10 @@ class MediaStatistics:
 
 # ------------------------------------------------------------------------------------- outbound audio
 class _Outbound:
-    """The business side's audio: queued PCM (or silence), encoded 20 ms per tick once started."""
+    """The business side's audio: queued PCM (or silence), encoded 20 ms per tick once started; or, while
+    :attr:`forwarding`, Opus packets from another leg, sent as they come (the tick encodes only to fill a
+    source's silence longer than ``forward_fill_after_seconds``: the phone hangs up on a silent wire).
+    Both kinds are stamped on one :class:`~worker.media.forward.SendTimeline`."""
 
     def __init__(self, settings: MediaSettings) -> None:
         self._encoder = audio.OpusEncoder(
@@ -190,12 +207,42 @@ class _Outbound:
         self.space = asyncio.Event()
         self.space.set()
         self.frames_sent = 0
+        self.frames_encoded = 0
+        self.frames_forwarded = 0
+        self.timeline = SendTimeline()
+        self.forwarding = False
+        self._forwarded_at = 0.0
+        self._fill_after = settings.forward_fill_after_seconds
 
-    def next_packet(self) -> av.Packet[Any] | None:
+    def next_packet(self, now: float) -> av.Packet[Any] | None:
         if not self.started:
             return None
+        if self.forwarding:
+            if now - self._forwarded_at < self._fill_after:
+                return None
+            pcm = self._silence
+        else:
+            pcm = self._take()
+        packet = self._encoder.encode(pcm)
+        packet.pts = self.timeline.encoded(now).pts
         self.frames_sent += 1
-        return self._encoder.encode(self._take())
+        self.frames_encoded += 1
+        return packet
+
+    def forward(self, source: Packet, now: float) -> av.Packet[Any] | None:
+        """The packet to send for ``source`` (an Opus packet of another leg), None to drop it."""
+        if not (self.started and self.forwarding):
+            return None
+        stamp = self.timeline.forwarded(source.ssrc, source.sequence, source.timestamp, source.payload, now)
+        if stamp is None:
+            return None
+        self._forwarded_at = now
+        packet = av.Packet(source.payload)
+        packet.pts = stamp.pts
+        packet.time_base = _OPUS_TIME_BASE
+        self.frames_sent += 1
+        self.frames_forwarded += 1
+        return packet
 
     def enqueue(self, pcm: bytes) -> None:
         if not pcm:
@@ -251,20 +298,28 @@ class _SenderTrack(MediaStreamTrack):
     48 kHz stereo 96 kb/s in a thread pool, traps 4 and 8) and never paces (the tick does)."""
 
     kind = "audio"
-    _BACKLOG = 3  # packets kept when the sender's task is behind (a stalled loop); older ones are dropped
+    BACKLOG = 3  # packets kept when the sender's task is behind (a stalled loop); older ones are dropped
+    # Forwarded packets come in the bursts the network delivers (aiortc's DTLS task reads a burst without
+    # yielding): keep a burst's worth (200 ms) for the far end's jitter buffer rather than drop it.
+    FORWARD_BACKLOG = 10
 
     def __init__(self) -> None:
         super().__init__()
-        self._pending: deque[av.Packet[Any]] = deque(maxlen=self._BACKLOG)
+        self._pending: deque[av.Packet[Any]] = deque()
         self._waiter: asyncio.Future[av.Packet[Any]] | None = None
+        self.dropped = 0
 
-    def deliver(self, packet: av.Packet[Any]) -> None:
+    def deliver(self, packet: av.Packet[Any], backlog: int = BACKLOG) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             self._waiter = None
             waiter.set_result(packet)
-        else:
-            self._pending.append(packet)
+            return
+        pending = self._pending
+        while len(pending) >= backlog:
+            pending.popleft()
+            self.dropped += 1
+        pending.append(packet)
 
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
@@ -335,10 +390,15 @@ class MediaSession:
     :attr:`drop_inbound` (None by default): fault injection for tests and drills. Called with each inbound
     RTP packet's sequence number before anything else sees it; True drops the packet as if the network had
     lost it (aiortc's RTCP statistics still count it as received).
+
+    :attr:`on_audio_packet` (None by default): called, synchronously and as it arrives (before the jitter
+    buffer, which still gets it for the call's statistics), with every inbound audio packet: what a relay
+    forwards to another session's :meth:`forward` without decoding it (worker/handoff/relay.py).
     """
 
     on_telephone_event: Callable[[Packet], None] | None
     drop_inbound: Callable[[int], bool] | None
+    on_audio_packet: Callable[[Packet], None] | None
 
     def __init__(
         self,
@@ -360,13 +420,17 @@ class MediaSession:
         self._transceiver: RTCRtpTransceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
         self._transceiver.setCodecPreferences(_opus_only())
         self._seam = ReceiveSeam(self._transceiver.receiver, self._on_packet, self._on_remote_end)
+        self._marker = MarkerSeam(self._transceiver.sender)
         self._jitter = JitterBuffer(settings.jitter)
         self._decoder: OpusDecoder | None = None
         self._subscriptions: set[_Subscription] = set()
         self._send_resamplers: dict[int, audio.Resampler] = {}
         self.on_telephone_event = None
         self.drop_inbound = None
+        self.on_audio_packet = None
         self._telephone_event_pt: int | None = None
+        self._remote_opus_48k = False
+        self._frames_decoded = 0
         # None once connected, or why the media ended first.
         self._connect_outcome: asyncio.Future[EndReason | None] = self._loop.create_future()
         self._ended = asyncio.Event()
@@ -436,6 +500,11 @@ class MediaSession:
             facts = sdp.read_facts(remote_sdp)
         except ValueError:
             return  # aiortc's own parser reports the problem
+        self._remote_opus_48k = any(
+            c.name.lower() == "opus" and c.clock_rate == OPUS_CLOCK_RATE
+            for media in facts.audio[:1]
+            for c in media.codecs
+        )
         for media in facts.audio[:1]:
             for codec in media.codecs:
                 # The 8000 Hz one, as the answer keeps (a browser also offers telephone-event/48000).
@@ -450,6 +519,18 @@ class MediaSession:
                             payloadType=codec.payload_type,
                         )
                     )
+
+    @property
+    def remote_sdp(self) -> str | None:
+        """The remote description applied (Meta's offer or answer, a browser's offer), once there is one."""
+        description = self._pc.remoteDescription
+        return description.sdp if description is not None else None
+
+    @property
+    def opus_48k(self) -> bool:
+        """The remote's description has Opus at 48000 Hz (RFC 7587's only form): its packets and ours are
+        the same codec and clock, so a relay may forward them between legs as they are."""
+        return self._remote_opus_48k
 
     @property
     def telephone_event_payload_type(self) -> int | None:
@@ -512,6 +593,25 @@ class MediaSession:
         """Drop every queued outbound sample (barge-in)."""
         self._outbound.clear()
 
+    @property
+    def forwarding(self) -> bool:
+        return self._outbound.forwarding
+
+    def set_forwarding(self, on: bool) -> None:
+        """On: this session sends the Opus packets given to :meth:`forward` (and encodes nothing of its own
+        unless they stop coming); off: it encodes its queued audio again. Either way the receiver sees one
+        timeline with this session's SSRC, sequence and timestamps (worker/media/forward.py)."""
+        self._outbound.forwarding = on
+
+    def forward(self, packet: Packet) -> None:
+        """Send another leg's Opus packet as it is, now (not on the tick): while :attr:`forwarding` and
+        started; otherwise, or when it is a duplicate or too late, it is dropped."""
+        if self._ended.is_set():
+            return
+        out = self._outbound.forward(packet, time.monotonic())
+        if out is not None:
+            self._track.deliver(out, _SenderTrack.FORWARD_BACKLOG)
+
     async def wait_played(self) -> None:
         """Return when everything queued has been sent, or the media ended."""
         if not self._ended.is_set():
@@ -534,7 +634,7 @@ class MediaSession:
 
     def tick_send(self) -> None:
         """The tick's send side: 20 ms of the app's audio (or silence) encoded for aiortc's sender."""
-        packet = self._outbound.next_packet()
+        packet = self._outbound.next_packet(time.monotonic())
         if packet is not None:
             self._track.deliver(packet)
 
@@ -547,6 +647,9 @@ class MediaSession:
         assert decoder is not None  # created with the first subscription
         kind = playout.kind
         samples = playout.samples * decoder.sample_rate // OPUS_CLOCK_RATE
+        if kind is PlayoutKind.SILENCE:
+            return bytes(2 * samples)
+        self._frames_decoded += 1
         if kind is PlayoutKind.AUDIO and playout.payload is not None:
             return decoder.decode(playout.payload)
         if kind is PlayoutKind.FEC and playout.payload is not None:
@@ -575,6 +678,13 @@ class MediaSession:
             if callback is not None:
                 callback(packet)
             return
+        forward = self.on_audio_packet
+        if forward is not None:
+            try:
+                forward(packet)
+            except Exception:  # a relay's bug must not stop this leg's own audio (aiortc's receive task)
+                self.on_audio_packet = None
+                log.exception("forwarding an inbound packet failed: forwarding stops")
         self._jitter.put(packet)
 
     def _on_remote_end(self) -> None:
@@ -619,6 +729,11 @@ class MediaSession:
             round_trip_seconds=round_trip,
             mos=quality.mos,
             call_quality=quality,
+            frames_encoded=self._outbound.frames_encoded,
+            frames_decoded=self._frames_decoded,
+            frames_forwarded=self._outbound.frames_forwarded,
+            forward_dropped=self._outbound.timeline.dropped_packets,
+            send_backlog_dropped=self._track.dropped,
         )
 
     async def close(self) -> None:
@@ -672,6 +787,7 @@ class MediaSession:
             if not self._connect_outcome.done():
                 self._connect_outcome.set_result(None)
             if not self._ticking and not self._closing and self._ended_reason is None:
+                self._marker.install()
                 self._ticking = True
                 self._last_arrival = time.monotonic()
                 self._clock.add(self)
