@@ -170,11 +170,17 @@ class Page:
         """Until the JavaScript expression ``condition`` is truthy in the page, re-read every PROBE_MS."""
         function = f"""(timeoutMs) => new Promise((resolve, reject) => {{
             const started = performance.now();
+            let thrown = "";  // a condition that throws is not met (and never an error of the page's)
+            const met = () => {{
+                try {{ return {condition}; }} catch (e) {{ thrown = String(e); return false; }}
+            }};
             const probe = () => {{
-                if ({condition}) {{ clearInterval(timer); resolve(true); }}
+                if (met()) {{ clearInterval(timer); resolve(true); }}
                 else if (performance.now() - started > timeoutMs) {{
                     clearInterval(timer);
-                    reject(new Error("not reached: " + {json.dumps(condition)}));
+                    const shown = document.body.innerText.slice(-400);
+                    const why = `; last thrown: ${{thrown}}; the page shows: ${{shown}}`;
+                    reject(new Error("not reached: " + {json.dumps(condition)} + why));
                 }}
             }};
             const timer = setInterval(probe, {PROBE_MS});
@@ -201,7 +207,11 @@ class Page:
         await self.wait_for(f"{found} && {found}.checkVisibility() && !{found}.disabled", timeout_seconds)
         result = await self._bidi.command(
             "script.evaluate",
-            {"expression": found, "target": {"context": self.context}, "awaitPromise": False},
+            {
+                "expression": f"{found}.scrollIntoView({{block: 'center'}}) || {found}",
+                "target": {"context": self.context},
+                "awaitPromise": False,
+            },
         )
         element = {"sharedId": self._checked(result)["sharedId"]}
         pointer = [
