@@ -297,8 +297,18 @@ async def firefox(profile: Path) -> AsyncIterator[Firefox]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if process.returncode is None:
-            process.terminate()
+        await _stop(process)
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """Firefox gone: it usually quits on ``browser.close``; else SIGTERM, and SIGKILL if that is ignored."""
+    with suppress(ProcessLookupError):  # it exited in between
+        process.terminate()
+    try:
+        async with asyncio.timeout(COMMAND_SECONDS):
+            await process.wait()
+    except TimeoutError:
+        process.kill()
         await process.wait()
 
 
