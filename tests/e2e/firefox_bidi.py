@@ -6,11 +6,13 @@ protocol themselves: this module is a small BiDi client (one WebSocket, commands
 page's console kept for failure messages) plus the few page operations the console's tests need.
 
 Firefox runs on a throwaway profile whose ``user.js`` gives it a fake microphone (Firefox's generated sine
-tone, at ``AGENT_TONE_HZ``), the microphone without a prompt, ICE allowed to use loopback addresses (the
-worker's candidates are 127.0.0.1), and a mock audio output. Firefox 153 offers no loopback candidate of its
-own (neither ``media.peerconnection.ice.loopback`` nor ``...ice.force_interface`` changes its host
-candidates, which are the machine's own interface addresses): its checks go from those to the worker's
-127.0.0.1, so the agent's audio still never leaves this machine. Nothing else leaves 127.0.0.1: every
+tone, at ``AGENT_TONE_HZ``), the microphone without a prompt, ICE on UDP and on one host address per family
+(``media.peerconnection.ice.default_address_only``; loopback allowed, not obfuscated), and a mock audio
+output. Which address that is, Firefox 153 learns by connecting a UDP socket to 8.8.8.8 (and to Google's
+IPv6 resolver) and reading its own address back, which would be the machine's own interface address:
+``firefox_loopback.c``, compiled here at start into the profile and preloaded into every Firefox process,
+points that probe at 127.0.0.1 and fails the IPv6 probe and IPv6 binds, so the agent's only candidate is
+127.0.0.1 (the prefs alone cannot do it: see docs/handoff.md). Nothing else leaves 127.0.0.1: every
 outside request goes to a proxy on 127.0.0.1:9, where nothing listens, and the remote agent's own
 recommended preferences (applied because BiDi is on) turn telemetry, updates and remote settings off.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -33,6 +36,8 @@ from typing import Any
 import aiohttp
 
 FIREFOX = "/usr/bin/firefox-esr"
+CC = "cc"
+LOOPBACK_SHIM = Path(__file__).with_name("firefox_loopback.c")
 AGENT_TONE_HZ = 1750  # Firefox's fake microphone; not a tone of the phone's test signal, the chime or pips
 PROBE_MS = 50  # how often an in-page wait re-reads its condition
 COMMAND_SECONDS = 30.0  # the bound of a BiDi command that does not wait on the page
@@ -45,6 +50,8 @@ PREFS: dict[str, bool | int | str] = {
     "media.navigator.permission.disabled": True,
     "media.peerconnection.ice.loopback": True,
     "media.peerconnection.ice.obfuscate_host_addresses": False,
+    "media.peerconnection.ice.default_address_only": True,  # 127.0.0.1, through firefox_loopback.c
+    "media.peerconnection.ice.tcp": False,
     # No sound server on a test machine: Firefox's mock audio backend keeps WebAudio's clock running (with
     # no backend at all an AudioContext stays "suspended"). Autoplay keeps Firefox's defaults: the page
     # must start its audio under the real policy, after the agent's clicks.
@@ -86,11 +93,16 @@ PREFS: dict[str, bool | int | str] = {
 
 
 def firefox_available() -> bool:
-    return shutil.which(FIREFOX) is not None
+    """Firefox, and a C compiler for ``firefox_loopback.c``."""
+    return shutil.which(FIREFOX) is not None and shutil.which(CC) is not None
 
 
 class BiDiError(Exception):
     """A command Firefox refused, or a script that threw in the page."""
+
+
+class LoopbackShimError(Exception):
+    """``firefox_loopback.c`` did not compile: Firefox is not started without it."""
 
 
 class BiDi:
@@ -264,6 +276,7 @@ async def firefox(profile: Path) -> AsyncIterator[Firefox]:
     (profile / "user.js").write_text(
         "".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in PREFS.items())
     )
+    shim = await _build_loopback_shim(profile)
     process = await asyncio.create_subprocess_exec(
         FIREFOX,
         "--headless",
@@ -275,6 +288,7 @@ async def firefox(profile: Path) -> AsyncIterator[Firefox]:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LD_PRELOAD": str(shim)},  # inherited by Firefox's content and socket processes
     )
     # Owned here rather than by a TaskGroup: a module fixture enters and leaves this in different tasks.
     tasks: list[asyncio.Task[None]] = []
@@ -298,6 +312,29 @@ async def firefox(profile: Path) -> AsyncIterator[Firefox]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await _stop(process)
+
+
+async def _build_loopback_shim(directory: Path) -> Path:
+    """``firefox_loopback.c`` compiled into ``directory``: the library Firefox is started with."""
+    library = directory / "libfirefox-loopback.so"
+    compiler = await asyncio.create_subprocess_exec(
+        CC,
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-o",
+        str(library),
+        str(LOOPBACK_SHIM),
+        "-ldl",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await compiler.communicate()
+    if compiler.returncode != 0:
+        said = output.decode(errors="replace")
+        raise LoopbackShimError(f"{CC} could not build {LOOPBACK_SHIM.name}: {said}")
+    return library
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:

@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.asyncio(loop_scope="module"),
     pytest.mark.skipif(
-        not firefox_available(), reason="needs Debian's firefox-esr (scripts/install-firefox)"
+        not firefox_available(), reason="needs Debian's firefox-esr and cc (scripts/install-firefox)"
     ),
 ]
 
@@ -63,6 +63,23 @@ async def signed_in(setup: Setup, token: str) -> Page:
     return page
 
 
+# Every address of the call's ICE as the page knows it: each candidate in its getStats (local and remote),
+# both ends of each candidate pair it checked, each candidate line of both descriptions. "<what> <address>".
+ICE_ADDRESSES_JS = """(async () => {
+  const pc = state.pc;
+  const stats = [...(await pc.getStats()).values()];
+  const byId = new Map(stats.map((s) => [s.id, s]));
+  const address = (s) => s?.address ?? s?.ipAddress;
+  const candidates = stats.filter((s) => s.type.endsWith('-candidate')).map((s) => `${s.type} ${address(s)}`);
+  const pairs = stats.filter((s) => s.type === 'candidate-pair').flatMap((s) => [
+    `pair-local ${address(byId.get(s.localCandidateId))}`,
+    `pair-remote ${address(byId.get(s.remoteCandidateId))}`]);
+  const lines = `${pc.localDescription.sdp}\\n${pc.remoteDescription.sdp}`.split(/\\r?\\n/);
+  const sdp = lines.filter((l) => l.startsWith('a=candidate:')).map((l) => `sdp ${l.split(' ')[4]}`);
+  return [...candidates, ...pairs, ...sdp];
+})()"""
+
+
 def row(call_id: str) -> str:
     return f'tr[data-call-id="{call_id}"]'
 
@@ -80,6 +97,11 @@ async def test_agent_answers_talks_both_ways_and_hangs_up(setup: Setup) -> None:
     # The caller hears the agent: Firefox's fake microphone at the phone's ears.
     await poll(lambda: heard_frequency(call), lambda hz: abs(hz - AGENT_TONE_HZ) < 30)
     await page.wait_for_text("Caller MOS", WAIT_SECONDS)  # the live quality arrived
+    # The agent's leg ran on 127.0.0.1 alone (firefox_bidi.py, firefox_loopback.c), at both ends.
+    used = await page.evaluate(ICE_ADDRESSES_JS)
+    kinds = {"local-candidate", "remote-candidate", "pair-local", "pair-remote", "sdp"}
+    assert {u.split()[0] for u in used} >= kinds
+    assert [u for u in used if u.split()[1] != "127.0.0.1"] == []
     await page.click("#hangup", WAIT_SECONDS)
     await call.wait_ended(timeout=WAIT_SECONDS)
     terminates = setup.dep.sim.journal.graph_requests("terminate", call.call_id)
