@@ -13,8 +13,9 @@ IPv6 resolver) and reading its own address back, which would be the machine's ow
 ``firefox_loopback.c``, compiled here at start into the profile and preloaded into every Firefox process,
 points that probe at 127.0.0.1 and fails the IPv6 probe and IPv6 binds, so the agent's only candidate is
 127.0.0.1 (the prefs alone cannot do it: see docs/handoff.md). Nothing else leaves 127.0.0.1: every
-outside request goes to a proxy on 127.0.0.1:9, where nothing listens, and the remote agent's own
-recommended preferences (applied because BiDi is on) turn telemetry, updates and remote settings off.
+name resolves to localhost without a DNS query, every outside request goes to a proxy on 127.0.0.1:9,
+where nothing listens, and the remote agent's own recommended preferences (applied because BiDi is on)
+turn telemetry, updates and remote settings off.
 
 Input is real input (``input.performActions``: the pointer clicks the element's centre, keys are typed),
 so a button a person could not press cannot be pressed here either.
@@ -65,6 +66,9 @@ PREFS: dict[str, bool | int | str] = {
     "network.proxy.no_proxies_on": "127.0.0.1,localhost",
     "network.proxy.allow_hijacking_localhost": False,
     "network.trr.mode": 5,
+    # Firefox still resolves names of its own (firefox.settings.services.mozilla.com) with the system's DNS
+    # server, off this machine: every name is localhost instead, and no query is sent.
+    "network.dns.native-is-localhost": True,
     "network.dns.disablePrefetch": True,
     "network.prefetch-next": False,
     "network.http.speculative-parallel-limit": 0,
