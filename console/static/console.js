@@ -240,7 +240,7 @@ function listen(stream) {
   const bins = new Float32Array(analyser.frequencyBinCount);
   const wave = new Float32Array(analyser.fftSize);
   const step = () => {
-    if (state.analyser !== analyser) { context.close(); return; }
+    if (state.analyser !== analyser) return;
     analyser.getFloatTimeDomainData(wave);
     let sum = 0;
     for (const v of wave) sum += v * v;
@@ -251,11 +251,16 @@ function listen(stream) {
     window.callhook.callerLevel = rms;
     if (rms > 0.01) window.callhook.callerFrequency = best * context.sampleRate / analyser.fftSize;
     $("caller-level").value = Math.min(1, rms * 4);
-    requestAnimationFrame(step);
   };
-  requestAnimationFrame(step);
-  // requestAnimationFrame does not run in a hidden tab: sample on a timer too.
-  setInterval(() => { if (state.analyser === analyser) step(); }, 250);
+  const frame = () => { step(); if (state.analyser === analyser) requestAnimationFrame(frame); };
+  requestAnimationFrame(frame);
+  // requestAnimationFrame does not run in a hidden tab: sample on a timer too. The timer alone ends the
+  // listening, so the context is closed once (Firefox throws on a second close).
+  const timer = setInterval(() => {
+    if (state.analyser === analyser) { step(); return; }
+    clearInterval(timer);
+    context.close();
+  }, 250);
 }
 
 function renderQuality(message) {

@@ -13,16 +13,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from simulator.calls import CallState
-from simulator.local import Process, free_port, wait_ready
-from simulator.signal import FREQUENCIES_HZ
-from simulator.sim import SimulatedCall
+from simulator.local import Process
 from tests.e2e.console_browser import (
     AGENT_TONE_HZ,
     chromium,
@@ -31,21 +27,20 @@ from tests.e2e.console_browser import (
     signed_in,
     write_tone_wav,
 )
-from tests.e2e.harness import WAIT_SECONDS, Deployment, deploy, poll
+from tests.e2e.console_deploy import (
+    CONNECTED,
+    HEARS_THE_PHONE_JS,
+    console_deployment,
+    heard_frequency,
+    queued_call,
+)
+from tests.e2e.harness import WAIT_SECONDS, Deployment, poll
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.asyncio(loop_scope="module"),
     pytest.mark.skipif(not chromium_available(), reason="needs Debian's chromium (scripts/install-chromium)"),
 ]
-
-AGENTS = "alice:alice-token:support;bob:bob-token:support+sales;carol:carol-token:sales"
-WORKER_ENV = {
-    "CALLHOOK_APP": "tests.support.handoff_app:echo_then_transfer",
-    "CALLHOOK_MEDIA_CONNECT_TIMEOUT_SECONDS": "5",
-    "CALLHOOK_DRAIN_TIMEOUT_SECONDS": "5",
-    "CALLHOOK_HANDOFF_HEARTBEAT_SECONDS": "0.5",
-}
 
 
 @dataclass
@@ -63,57 +58,22 @@ class Setup:
 async def setup(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup]:
     logs = tmp_path_factory.mktemp("handoff-logs")
     voice = write_tone_wav(tmp_path_factory.mktemp("agent") / "agent.wav")
-    async with deploy(amqp_url, logs, workers=1, worker_env=WORKER_ENV) as dep:
-        port = free_port()
-        env = dep.system.base_env() | {
-            "CALLHOOK_CONSOLE_AGENTS": AGENTS,
-            "CALLHOOK_CONSOLE_HOST": "127.0.0.1",
-            "CALLHOOK_CONSOLE_PORT": str(port),
-        }
-        console = dep.system._spawn("console", "console", env, port)
-        try:
-            await wait_ready(dep.http, console)
-            async with chromium(voice) as browser:
-                yield Setup(dep, console, browser)
-        finally:
-            console.popen.terminate()
-            console.popen.wait(10)
-
-
-async def queued_call(setup: Setup) -> SimulatedCall:
-    call = await setup.dep.place_calls(1)
-    await call[0].wait_state(CallState.ACCEPTED, timeout=WAIT_SECONDS)
-    return call[0]
-
-
-def tail_frequency(call: SimulatedCall, seconds: float = 0.4) -> float:
-    """The dominant frequency of the last ``seconds`` the phone heard (16 kHz analysis)."""
-    heard = call.phone.recording().heard
-    tail = heard[-int(16000 * seconds) :]
-    if len(tail) < 1600 or float(np.sqrt(np.mean(tail**2))) < 0.01:
-        return 0.0
-    spectrum = np.abs(np.fft.rfft(tail * np.hanning(len(tail))))
-    return float(np.fft.rfftfreq(len(tail), 1 / 16000)[int(np.argmax(spectrum))])
-
-
-PHONE_TONES_JS = "[" + ",".join(str(f) for f in FREQUENCIES_HZ) + "]"
+    async with console_deployment(amqp_url, logs) as (dep, console), chromium(voice) as browser:
+        yield Setup(dep, console, browser)
 
 
 async def test_agent_answers_talks_both_ways_and_hangs_up(setup: Setup, tmp_path: Path) -> None:
     page = await signed_in(setup.browser, setup.url, "alice-token")
-    call = await queued_call(setup)
+    call = await queued_call(setup.dep)
     answer = page.locator(row(page, call.call_id)).get_by_role("button", name="Answer")
     await answer.wait_for()
     await page.locator(row(page, call.call_id)).get_by_text("order: A-42").wait_for()  # what the bot passed
     await answer.click()
-    await page.get_by_text("Connected: you are talking to the caller.").wait_for(timeout=WAIT_SECONDS * 1000)
+    await page.get_by_text(CONNECTED).wait_for(timeout=WAIT_SECONDS * 1000)
     # The page hears the caller: the phone's test tones, measured by a WebAudio AnalyserNode in the page.
-    await page.wait_for_function(
-        f"{PHONE_TONES_JS}.some(f => Math.abs(window.callhook.callerFrequency - f) < 25)",
-        timeout=WAIT_SECONDS * 1000,
-    )
+    await page.wait_for_function(HEARS_THE_PHONE_JS, timeout=WAIT_SECONDS * 1000)
     # The caller hears the agent: the fake microphone's 1750 Hz at the phone's ears.
-    await poll(lambda: _async(tail_frequency(call)), lambda hz: abs(hz - AGENT_TONE_HZ) < 30)
+    await poll(lambda: heard_frequency(call), lambda hz: abs(hz - AGENT_TONE_HZ) < 30)
     await page.get_by_text("Caller MOS").wait_for(timeout=WAIT_SECONDS * 1000)  # the live quality arrived
     # Chromium's leg and the phone's both negotiated Opus/48000: what was heard both ways was forwarded.
     (forwarded,) = await setup.dep.values("callhook_handoff_relays_total", mode="forwarded")
@@ -130,7 +90,7 @@ async def test_agent_answers_talks_both_ways_and_hangs_up(setup: Setup, tmp_path
 async def test_a_second_agent_never_gets_a_taken_call(setup: Setup) -> None:
     alice = await signed_in(setup.browser, setup.url, "alice-token")
     bob = await signed_in(setup.browser, setup.url, "bob-token")
-    call = await queued_call(setup)
+    call = await queued_call(setup.dep)
     for page in (alice, bob):
         await page.locator(row(page, call.call_id)).wait_for()
     if (shots := _screenshots()) is not None:
@@ -139,9 +99,8 @@ async def test_a_second_agent_never_gets_a_taken_call(setup: Setup) -> None:
     # Both click at once; the call's owner decides: the first take wins, the other is refused.
     await alice.evaluate(f"document.querySelector('{selector}').click()")
     await bob.evaluate(f"document.querySelector('{selector}').click()")
-    connected = "Connected: you are talking to the caller."
     refused = re.compile("Another agent took this call|Could not take the call")
-    winner = await _first_to_show(connected, alice, bob)
+    winner = await _first_to_show(CONNECTED, alice, bob)
     loser = bob if winner is alice else alice
     # Refused by the owner ("taken"), or by the console once the board showed the call taken (or gone).
     try:
@@ -150,7 +109,7 @@ async def test_a_second_agent_never_gets_a_taken_call(setup: Setup) -> None:
         events = await loser.evaluate("window.callhook.events")
         raise AssertionError(f"the second agent was not refused: {events}") from None
     await loser.locator(row(loser, call.call_id)).wait_for(state="detached")
-    assert connected not in await loser.evaluate("window.callhook.events")
+    assert CONNECTED not in await loser.evaluate("window.callhook.events")
     await call.hangup()  # the caller hangs up: the agent's page is told
     await winner.get_by_text("Call ended").wait_for(timeout=WAIT_SECONDS * 1000)
     for page in (alice, bob):
@@ -161,7 +120,7 @@ async def test_caller_hanging_up_while_queued_leaves_every_console(setup: Setup)
     alice = await signed_in(setup.browser, setup.url, "alice-token")
     bob = await signed_in(setup.browser, setup.url, "bob-token")
     carol = await signed_in(setup.browser, setup.url, "carol-token")  # sales only: never sees support
-    call = await queued_call(setup)
+    call = await queued_call(setup.dep)
     for page in (alice, bob):
         await page.locator(row(page, call.call_id)).wait_for()
     assert await carol.locator(row(carol, call.call_id)).count() == 0
@@ -184,10 +143,6 @@ async def _first_to_show(text: str, *pages: Page) -> Page:
     first = done.pop()
     first.result()
     return waits[first]
-
-
-async def _async(value: float) -> float:
-    return value
 
 
 def _screenshots() -> Path | None:
