@@ -149,6 +149,16 @@ class EnvReader:
                 self.problems.append(f"{name}: {item!r} is not an IP address")
         return items
 
+    def network_list(self, name: builtins.str) -> tuple[builtins.str, ...]:
+        """Comma-separated IP networks (``127.0.0.0/8``) or addresses (a /32 or /128)."""
+        items = self.list(name)
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                self.problems.append(f"{name}: {item!r} is not an IP network or address")
+        return items
+
     def _check_range(
         self,
         name: builtins.str,

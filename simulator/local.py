@@ -107,6 +107,7 @@ class System:
             CALLHOOK_ACCESS_TOKEN=ACCESS_TOKEN,
             CALLHOOK_GRAPH_URL=self.graph_url,
             CALLHOOK_ICE_HOST_ADDRESSES="127.0.0.1",
+            CALLHOOK_ICE_PEER_NETWORKS="127.0.0.0/8",  # a browser's other candidates get no answer
             CALLHOOK_LOG_FORMAT="json",
             CALLHOOK_LOG_LEVEL="info",
             PYTHONUNBUFFERED="1",

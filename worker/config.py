@@ -38,6 +38,7 @@ class WorkerConfig:
     turn_username: str = ""
     turn_credential: str = field(default="", repr=False)
     ice_host_addresses: tuple[str, ...] = ()
+    ice_peer_networks: tuple[str, ...] = ()  # empty: any peer
     # observability
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9100
@@ -82,6 +83,7 @@ def load(env: Mapping[str, str]) -> WorkerConfig:
         turn_username=r.str("CALLHOOK_TURN_USERNAME", ""),
         turn_credential=r.str("CALLHOOK_TURN_CREDENTIAL", ""),
         ice_host_addresses=r.ip_list("CALLHOOK_ICE_HOST_ADDRESSES"),
+        ice_peer_networks=r.network_list("CALLHOOK_ICE_PEER_NETWORKS"),
         metrics_host=r.str("CALLHOOK_METRICS_HOST", "0.0.0.0"),
         metrics_port=r.int("CALLHOOK_METRICS_PORT", 9100, minimum=0, maximum=65535),
         bridge=bridge_config.read(r),

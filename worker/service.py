@@ -22,7 +22,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from callhook import loop
-from callhook.ice import restrict_host_addresses
+from callhook.ice import restrict_host_addresses, restrict_peer_networks
 from callhook.logs import call_id_var, setup_logging
 from callhook.loop import loop_name
 from worker import call as machine
@@ -80,6 +80,7 @@ class WorkerService:
     async def __aenter__(self) -> WorkerService:
         config, stack = self.config, self._stack
         restrict_host_addresses(config.ice_host_addresses)
+        restrict_peer_networks(config.ice_peer_networks)
         try:
             self._link = await stack.enter_async_context(AmqpLink(config.amqp_url, name="worker"))
             self._graph = await stack.enter_async_context(

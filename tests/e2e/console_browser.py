@@ -51,6 +51,15 @@ async def chromium(fake_audio: Path) -> AsyncIterator[Browser]:
                 "--disable-features=WebRtcHideLocalIpsWithMdns",
                 "--autoplay-policy=no-user-gesture-required",
                 "--no-sandbox",
+                # Nothing leaves the machine: every name resolves nowhere but 127.0.0.1 (no DNS query to the
+                # system's resolver), and Chromium's own background traffic (updates, pings, sync) is off.
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-domain-reliability",
+                "--disable-sync",
+                "--no-pings",
+                "--dns-prefetch-disable",
             ],
         )
         try:
