@@ -21,8 +21,8 @@ from simulator.calls import CallState
 from simulator.local import Process, free_port, wait_ready
 from simulator.sim import SimulatedCall
 from tests.e2e.console_browser import chromium, chromium_available, row, signed_in, write_tone_wav
+from tests.e2e.console_deploy import WORKER_ENV
 from tests.e2e.harness import WAIT_SECONDS, Deployment, deploy
-from tests.e2e.test_handoff_console import WORKER_ENV
 from tests.support.oidc_provider import CLIENT_ID, TestIdentityProvider
 
 pytestmark = [
