@@ -7,6 +7,7 @@ per line to stdout:
 
     {"ready": true, "pid": 123}
     {"claimed": "<call id>", "direction": "incoming", "received_at": 1700000000.1}
+    {"fenced": "<call id>"}        (the answer marker holds its record and the connect is settled)
     {"event": "status", "call_id": "<call id>", "status": "ringing", "attempt": 0, "delivered_at": ...}
     {"released": "<call id>"}      {"lost": "<call id>"}
     {"stale": "<call id>"}         {"overflow": "<call id>"}      {"abandoned": "<call id>"}
@@ -51,6 +52,7 @@ class RecordingHandler:
         # As a worker that answers at once: fence (before pre_accept), then settle the connect (accepted).
         await claim.fence()
         await claim.settle()
+        self._emit({"fenced": claim.call_id})
         self.follow(claim)
 
     async def on_abandoned(self, event: Any) -> None:
@@ -229,6 +231,9 @@ class WorkerProcess:
 
     def claimed(self) -> set[str]:
         return {r["claimed"] for r in self.records if "claimed" in r}
+
+    def fenced(self) -> set[str]:
+        return {r["fenced"] for r in self.records if "fenced" in r}
 
     def events(self, call_id: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("call_id") == call_id and "event" in r]
