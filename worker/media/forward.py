@@ -39,6 +39,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from worker.media.jitter import opus_packet_samples
+
 CLOCK_RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 REORDER_WINDOW = 5  # packets: older ones are past any receiver's playout point on a good link
@@ -59,25 +61,8 @@ class Stamp:
 
 def opus_samples(payload: bytes) -> int:
     """The 48 kHz samples an Opus packet covers (RFC 6716 3.1: TOC byte, frame count); 960 if unreadable."""
-    if not payload:
-        return FRAME_SAMPLES
-    toc = payload[0]
-    config = toc >> 3
-    if config < 12:  # SILK: 10, 20, 40, 60 ms
-        per_frame = (480, 960, 1920, 2880)[config & 3]
-    elif config < 16:  # hybrid: 10, 20 ms
-        per_frame = (480, 960)[config & 1]
-    else:  # CELT: 2.5, 5, 10, 20 ms
-        per_frame = (120, 240, 480, 960)[config & 3]
-    code = toc & 3
-    if code == 0:
-        frames = 1
-    elif code in (1, 2):
-        frames = 2
-    else:
-        frames = payload[1] & 0x3F if len(payload) > 1 else 1
-    samples = per_frame * frames
-    return samples if 0 < samples <= 5760 else FRAME_SAMPLES  # at most 120 ms
+    samples = opus_packet_samples(payload)
+    return FRAME_SAMPLES if samples is None else samples
 
 
 def _seq_delta(new: int, old: int) -> int:
