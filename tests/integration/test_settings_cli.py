@@ -50,8 +50,9 @@ class Run:
     err: str
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(loop_scope="module")
 async def sim() -> AsyncIterator[Simulator]:
+    """A simulator of its own for each test: each starts from Meta's default settings, in any order."""
     config = SimulatorConfig(access_token=TOKEN, ingress_url="http://127.0.0.1:9/webhook")
     async with Simulator(config, graph_port=0) as simulator:
         yield simulator
